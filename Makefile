@@ -1,0 +1,165 @@
+# Inference-PIO — one entry point for building, testing and installing.
+#
+#   make                 build/bin/pio, build/plugins/*.so, build/lib/*.a
+#   make CUDA=0          force a CPU-only build (default: on when nvcc is found)
+#   make test            the CPU test suite (CMocka)
+#   make test SANITIZE=1 the same suite built with ASan + UBSan (into build-asan/)
+#   make install PREFIX=/usr/local DESTDIR=   /   make uninstall
+#
+# Layout conventions the rules rely on (add files, not rules):
+#   sdk/src/*.c                  -> libpio_sdk.a      (linked statically into plugins)
+#   kernels/*.c kernels/cpu/*.c  -> libpio_kernels.a  (shared compute, PIC)
+#   host/*.c (but main.c)        -> libpio_host.a, + host/main.c -> bin/pio
+#   plugins/NAME/**.c (but tests/, benchmarks/) -> plugins/NAME.so
+#   tests/test_*.c               -> tests/test_*  (CMocka; links host, sdk and kernels)
+#   tests/plugins/*.c            -> test_plugins/*.so (fixture plugins for the loader tests)
+
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+SANITIZE ?= 0
+SHARED   ?= ../shared
+
+CC       ?= cc
+PKG_CONFIG ?= pkg-config
+
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda) /usr/local/cuda)
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
+ifeq ($(origin CUDA),undefined)
+  CUDA := $(if $(NVCC),1,0)
+endif
+
+ifeq ($(SANITIZE),1)
+  BUILD ?= build-asan
+  SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+  OPT := -O1 -g
+else
+  BUILD ?= build
+  SAN_FLAGS :=
+  OPT := -O2 -g
+endif
+
+WARN     := -Wall -Wextra -Werror
+CPPFLAGS += -D_GNU_SOURCE -Isdk/include -I.
+CFLAGS   += -std=c11 $(OPT) $(WARN) -fPIC -fopenmp $(SAN_FLAGS)
+LDFLAGS  += $(SAN_FLAGS) -fopenmp
+EXTRA_LIBS := -ljansson -lpcre2-8 -lutf8proc -lm -lpthread -ldl
+
+ifeq ($(CUDA),1)
+  CUDA_VERSION_NUM := $(shell $(NVCC) --version | sed -n 's/.*release \([0-9]*\)\.\([0-9]*\).*/\1 \2/p' | awk '{print $$1*1000+$$2*10}')
+  CPPFLAGS += -DPIO_HAVE_CUDA=1 -DPIO_BUILD_CUDA_RUNTIME_VERSION=$(CUDA_VERSION_NUM) \
+              -DPIO_BUILD_CUDA_ARCHITECTURES='"sm_90a,compute_90"'
+endif
+
+PLUGIN_CFLAGS  := -fvisibility=hidden
+PLUGIN_LDFLAGS := -shared -Wl,--version-script=sdk/plugin.map -Wl,-z,defs
+
+LIB := $(BUILD)/lib
+OBJ := $(BUILD)/obj
+
+SDK_SRCS     := $(sort $(wildcard sdk/src/*.c))
+KERNEL_SRCS  := $(sort $(wildcard kernels/*.c kernels/cpu/*.c))
+HOST_SRCS    := $(filter-out host/main.c,$(sort $(wildcard host/*.c)))
+TEST_SRCS    := $(sort $(wildcard tests/test_*.c))
+FIXTURE_PLUGIN_SRCS := $(sort $(wildcard tests/plugins/*.c))
+PLUGIN_NAMES := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard plugins/*/plugin.c)))))
+
+SDK_LIB     := $(LIB)/libpio_sdk.a
+KERNELS_LIB := $(LIB)/libpio_kernels.a
+HOST_LIB    := $(LIB)/libpio_host.a
+PIO         := $(BUILD)/bin/pio
+PLUGINS     := $(PLUGIN_NAMES:%=$(BUILD)/plugins/%.so)
+TESTS       := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+FIXTURE_PLUGINS := $(FIXTURE_PLUGIN_SRCS:tests/plugins/%.c=$(BUILD)/test_plugins/%.so) \
+                   $(BUILD)/test_plugins/not_an_elf.so $(BUILD)/test_plugins/good_a_copy.so
+
+objs = $(patsubst %.c,$(OBJ)/%.o,$(1))
+
+.PHONY: all test test-build install uninstall clean sdk-pc
+all: $(PIO) $(PLUGINS) $(SDK_LIB) $(KERNELS_LIB) $(BUILD)/pio-sdk.pc
+
+$(OBJ)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# Plugin objects are compiled with hidden visibility.
+$(OBJ)/plugins/%.o: plugins/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(PLUGIN_CFLAGS) -MMD -MP -c $< -o $@
+
+$(SDK_LIB): $(call objs,$(SDK_SRCS))
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(KERNELS_LIB): $(call objs,$(KERNEL_SRCS))
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
+
+$(HOST_LIB): $(call objs,$(HOST_SRCS))
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
+
+HOST_DEFS := -DPIO_DEFAULT_PLUGIN_DIR='"$(PREFIX)/lib/pio/plugins"'
+$(OBJ)/host/plugin_loader.o: CPPFLAGS += $(HOST_DEFS)
+
+$(PIO): $(OBJ)/host/main.o $(HOST_LIB) $(SDK_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -rdynamic -o $@ $^ -lyaml $(EXTRA_LIBS)
+
+# One shared object per plugin folder: every .c below it except tests/ and benchmarks/.
+define PLUGIN_RULE
+$(1)_SRCS := $$(shell find plugins/$(1) -name '*.c' -not -path '*/tests/*' -not -path '*/benchmarks/*' | sort)
+$(BUILD)/plugins/$(1).so: $$(call objs,$$($(1)_SRCS)) $(SDK_LIB) $(KERNELS_LIB)
+	@mkdir -p $$(dir $$@)
+	$(CC) $(LDFLAGS) $(PLUGIN_LDFLAGS) -o $$@ $$(filter %.o,$$^) $(KERNELS_LIB) $(SDK_LIB) $(EXTRA_LIBS)
+endef
+$(foreach p,$(PLUGIN_NAMES),$(eval $(call PLUGIN_RULE,$(p))))
+
+# Fixture plugins for the loader tests. unresolved_symbol must link with an undefined symbol,
+# so it skips -z defs; no_entry_symbol is built without the version script on purpose.
+$(BUILD)/test_plugins/%.so: tests/plugins/%.c $(wildcard tests/plugins/*.h) sdk/include/pio/plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(PLUGIN_CFLAGS) $(LDFLAGS) -shared \
+	  $(if $(filter unresolved_symbol no_entry_symbol,$*),,-Wl,--version-script=sdk/plugin.map -Wl,-z,defs) \
+	  -o $@ $<
+$(BUILD)/test_plugins/not_an_elf.so:
+	@mkdir -p $(dir $@)
+	printf 'this is a text file, not a shared object\n' > $@
+$(BUILD)/test_plugins/good_a_copy.so: $(BUILD)/test_plugins/good_a.so
+	cp $< $@
+
+$(BUILD)/tests/%: tests/%.c $(HOST_LIB) $(SDK_LIB) $(KERNELS_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -DPIO_TEST_SHARED_DIR='"$(SHARED)"' -DPIO_TEST_BUILD_DIR='"$(BUILD)"' -DPIO_TEST_SANITIZE=$(SANITIZE) \
+	  -MMD -MP -o $@ $< $(HOST_LIB) $(KERNELS_LIB) $(SDK_LIB) $(LDFLAGS) -rdynamic -lcmocka -lyaml $(EXTRA_LIBS)
+
+test-build: all $(TESTS) $(FIXTURE_PLUGINS)
+
+test: test-build
+	BUILD=$(BUILD) PREFIX=$(PREFIX) CC=$(CC) SHARED=$(SHARED) sh tests/run_tests.sh $(TESTS)
+
+$(BUILD)/pio-sdk.pc: sdk/pio-sdk.pc.in Makefile
+	@mkdir -p $(dir $@)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define PIO_SDK_VERSION_STRING "\(.*\)"/\1/p' sdk/include/pio/plugin.h)|g' $< > $@
+
+SDK_HEADERS := $(wildcard sdk/include/pio/*.h)
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pio/plugins \
+	  $(DESTDIR)$(PREFIX)/include/pio $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 755 $(PIO) $(DESTDIR)$(PREFIX)/bin/pio
+	$(if $(PLUGINS),install -m 755 $(PLUGINS) $(DESTDIR)$(PREFIX)/lib/pio/plugins/)
+	install -m 644 $(SDK_HEADERS) $(DESTDIR)$(PREFIX)/include/pio/
+	install -m 644 $(SDK_LIB) $(DESTDIR)$(PREFIX)/lib/libpio_sdk.a
+	install -m 644 sdk/plugin.map $(DESTDIR)$(PREFIX)/lib/pio/plugin.map
+	install -m 644 $(BUILD)/pio-sdk.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/pio-sdk.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/pio $(DESTDIR)$(PREFIX)/lib/libpio_sdk.a \
+	  $(DESTDIR)$(PREFIX)/lib/pio/plugin.map $(DESTDIR)$(PREFIX)/lib/pkgconfig/pio-sdk.pc
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/lib/pio/plugins/,$(notdir $(PLUGINS)))
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/include/pio/,$(notdir $(SDK_HEADERS)))
+	-rmdir $(DESTDIR)$(PREFIX)/lib/pio/plugins $(DESTDIR)$(PREFIX)/lib/pio $(DESTDIR)$(PREFIX)/include/pio 2>/dev/null
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,277 @@
+/*
+ * The pio executable end to end, driven like a user would: list, run, chat, logits, bench,
+ * serve, --help, YAML configs and overrides, using the fixture plugins in build/test_plugins.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#define PIO PIO_TEST_BUILD_DIR "/bin/pio"
+#define FIXTURES PIO_TEST_BUILD_DIR "/test_plugins"
+#define ECHO " --plugin-dir " FIXTURES " --plugin good_a --set model.load_format=dummy "
+
+static char scratch[256];
+
+static int make_scratch(void **state)
+{
+    (void)state;
+    snprintf(scratch, sizeof scratch, "/tmp/pio-cli-XXXXXX");
+    return mkdtemp(scratch) == NULL;
+}
+
+static int remove_scratch(void **state)
+{
+    (void)state;
+    char command[512];
+    snprintf(command, sizeof command, "rm -rf '%s'", scratch);
+    return system(command);
+}
+
+/* Runs a shell command; returns its exit status and (stdout+stderr) in *output (free it). */
+static int run(char **output, const char *format, ...)
+{
+    char command[4096];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(command, sizeof command, format, args);
+    va_end(args);
+    strncat(command, " 2>&1", sizeof command - strlen(command) - 1);
+    FILE *pipe = popen(command, "r");
+    assert_non_null(pipe);
+    size_t capacity = 1 << 16, len = 0;
+    char *buf = malloc(capacity);
+    assert_non_null(buf);
+    size_t got;
+    while ((got = fread(buf + len, 1, capacity - len - 1, pipe)) > 0)
+        len += got;
+    buf[len] = '\0';
+    int status = pclose(pipe);
+    *output = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void expect_output(const char *output, const char *needle)
+{
+    if (strstr(output, needle) == NULL)
+        fail_msg("expected '%s' in output:\n%s", needle, output);
+}
+
+static void write_file(const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", scratch, name);
+    FILE *file = fopen(path, "w");
+    assert_non_null(file);
+    fputs(text, file);
+    fclose(file);
+}
+
+static void version_and_help(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run(&out, PIO " --version"), 0);
+    expect_output(out, "plugin ABI 1.0");
+    free(out);
+    const char *commands[] = {"list", "run", "chat", "bench", "logits", "serve"};
+    for (size_t i = 0; i < 6; i++) {
+        assert_int_equal(run(&out, PIO " %s --help", commands[i]), 0);
+        expect_output(out, "usage: pio");
+        free(out);
+    }
+    assert_int_equal(run(&out, PIO " frobnicate"), 2);
+    expect_output(out, "unknown command 'frobnicate'");
+    free(out);
+}
+
+static void list_shows_good_plugins_and_one_line_per_bad_file(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run(&out, PIO " list --plugin-dir " FIXTURES), 0);
+    expect_output(out, "good_a ");
+    expect_output(out, "EchoForCausalLM");
+    expect_output(out, "good_b ");
+    expect_output(out, "not_an_elf.so: not an ELF shared object");
+    expect_output(out, "abi_major_mismatch.so: built for ABI 2.0");
+    expect_output(out, "newer_minor.so: built for ABI 1.1, newer than this host's ABI 1.0");
+    expect_output(out, "good_a_copy.so: duplicate plugin name 'good_a'");
+    expect_output(out, "unresolved_symbol.so: cannot be loaded");
+    int skipped = 0;
+    for (const char *p = out; (p = strstr(p, "pio: skipping ")) != NULL; p++)
+        skipped++;
+    assert_int_equal(skipped, 9);
+    free(out);
+
+    assert_int_equal(run(&out, "PIO_PLUGIN_PATH=/nonexistent:" FIXTURES " " PIO " list"), 0);
+    expect_output(out, "good_b ");
+    expect_output(out, "/nonexistent: plugin directory cannot be read");
+    free(out);
+
+    assert_int_equal(run(&out, PIO " list --plugin-dir %s", scratch), 1);
+    expect_output(out, "no plugin found");
+    free(out);
+}
+
+static void run_streams_the_reply(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run(&out, PIO " run" ECHO "-p hello"), 0);
+    expect_output(out, "olleh\n[prompt 5 tokens");
+    expect_output(out, "finish: stop");
+    free(out);
+    assert_int_equal(run(&out, "printf 'from stdin' | " PIO " run" ECHO "--raw -n 4"), 0);
+    expect_output(out, "nidt\n");
+    expect_output(out, "finish: length");
+    free(out);
+    assert_int_equal(run(&out, PIO " run" ECHO "-p x --temp warm"), 2);
+    expect_output(out, "--temp expects a number, got 'warm'");
+    free(out);
+}
+
+static void yaml_config_and_overrides(void **state)
+{
+    (void)state;
+    write_file("echo.yaml", "plugin: good_a\n"
+                            "plugins:\n  dir: " FIXTURES "\n"
+                            "model:\n  load_format: dummy\n"
+                            "plugin_options:\n  reply_prefix: \"Y:\"\n");
+    char *out;
+    assert_int_equal(run(&out, PIO " run -c %s/echo.yaml -p ab", scratch), 0);
+    expect_output(out, "Y:ba\n");
+    free(out);
+    assert_int_equal(run(&out, PIO " run -c %s/echo.yaml -p abcd --set generation.max_new_tokens=2",
+                         scratch), 0);
+    expect_output(out, "Y:dc\n");
+    free(out);
+
+    write_file("typo.yaml", "plugin: good_a\nplugins:\n  dir: " FIXTURES "\n"
+                            "model:\n  load_format: dummy\nkv_cache:\n  blok_size: 16\n");
+    assert_int_equal(run(&out, PIO " run -c %s/typo.yaml -p ab", scratch), 0);
+    expect_output(out, "typo.yaml:7:3");
+    expect_output(out, "kv_cache.blok_size");
+    free(out);
+
+    write_file("bad_type.yaml", "plugin: good_a\nplugins:\n  dir: " FIXTURES "\n"
+                                "model:\n  load_format: dummy\n"
+                                "generation:\n  max_new_tokens: lots\n");
+    assert_int_equal(run(&out, PIO " run -c %s/bad_type.yaml -p ab", scratch), 1);
+    expect_output(out, "bad_type.yaml:7:19");
+    free(out);
+
+    write_file("broken.yaml", "plugin: good_a\nmodel:\n  path: [unclosed\n");
+    assert_int_equal(run(&out, PIO " run -c %s/broken.yaml -p ab", scratch), 1);
+    expect_output(out, "broken.yaml:");
+    free(out);
+}
+
+static void plugin_selected_from_model_folder(void **state)
+{
+    (void)state;
+    char *out;
+    write_file("config.json", "{\"architectures\": [\"OtherEchoForCausalLM\"]}");
+    assert_int_equal(run(&out, PIO " run --plugin-dir " FIXTURES " -m %s -p pq", scratch), 0);
+    expect_output(out, "qp\n");
+    free(out);
+    write_file("config.json", "{\"architectures\": [\"LlamaForCausalLM\"]}");
+    assert_int_equal(run(&out, PIO " run --plugin-dir " FIXTURES " -m %s -p pq", scratch), 1);
+    expect_output(out, "no plugin serves the architectures [\"LlamaForCausalLM\"]");
+    expect_output(out, "EchoForCausalLM (good_a)");
+    free(out);
+    assert_int_equal(run(&out, PIO " run --plugin-dir " FIXTURES " --plugin nope -p pq"), 1);
+    expect_output(out, "no plugin named 'nope'");
+    free(out);
+}
+
+static void chat_keeps_the_conversation_going(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run(&out, "printf 'hello\\n/reset\\nworld\\n/exit\\nignored\\n' | " PIO
+                               " chat" ECHO),
+                     0);
+    expect_output(out, "olleh\n");
+    expect_output(out, "dlrow\n");
+    assert_null(strstr(out, "deringi"));
+    free(out);
+}
+
+static void logits_writes_a_npy_file(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run(&out, PIO " logits" ECHO "--tokens 65,66,255 --out %s/l.npy", scratch), 0);
+    free(out);
+    char path[512];
+    snprintf(path, sizeof path, "%s/l.npy", scratch);
+    FILE *file = fopen(path, "rb");
+    assert_non_null(file);
+    unsigned char head[10];
+    assert_int_equal(fread(head, 1, 10, file), 10);
+    assert_memory_equal(head, "\x93NUMPY\x01\x00", 8);
+    size_t header_len = head[8] | (size_t)head[9] << 8;
+    assert_int_equal((10 + header_len) % 64, 0);
+    char *dict = calloc(1, header_len + 1);
+    assert_int_equal(fread(dict, 1, header_len, file), header_len);
+    expect_output(dict, "'shape': (3, 258)");
+    free(dict);
+    float row[258];
+    for (int r = 0; r < 3; r++) {
+        assert_int_equal(fread(row, sizeof(float), 258, file), 258);
+        int expected = (int[]){66, 67, 0}[r];
+        for (int v = 0; v < 258; v++)
+            assert_true(row[v] == (v == expected ? 1.0f : 0.0f));
+    }
+    assert_int_equal(fgetc(file), EOF);
+    fclose(file);
+    assert_int_equal(run(&out, PIO " logits" ECHO "--tokens 1,x --out %s/l.npy", scratch), 2);
+    expect_output(out, "bad token id at character 3");
+    free(out);
+}
+
+static void bench_reports_json(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run(&out, PIO " bench" ECHO "-p 8 -n 4 -r 2 --json"), 0);
+    expect_output(out, "\"test\": \"pp8\"");
+    expect_output(out, "\"test\": \"tg4\"");
+    free(out);
+    assert_int_equal(run(&out, PIO " bench" ECHO "-p 8 -n 0 -r 1"), 0);
+    expect_output(out, "| good_a");
+    free(out);
+}
+
+static void serve_refuses_a_plugin_without_batching(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run(&out, PIO " serve" ECHO), 1);
+    expect_output(out, "does not offer the serving calls");
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(version_and_help),
+        cmocka_unit_test(list_shows_good_plugins_and_one_line_per_bad_file),
+        cmocka_unit_test(run_streams_the_reply),
+        cmocka_unit_test(yaml_config_and_overrides),
+        cmocka_unit_test(plugin_selected_from_model_folder),
+        cmocka_unit_test(chat_keeps_the_conversation_going),
+        cmocka_unit_test(logits_writes_a_npy_file),
+        cmocka_unit_test(bench_reports_json),
+        cmocka_unit_test(serve_refuses_a_plugin_without_batching),
+    };
+    return cmocka_run_group_tests(tests, make_scratch, remove_scratch);
+}

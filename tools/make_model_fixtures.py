@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Builds tiny random-weight models with Hugging Face transformers (the reference
+implementation) and records their reference outputs, as test fixtures for our C engine.
+
+For each fixture it writes OUT/<name>/:
+  config.json, generation_config.json, model.safetensors   (bf16 weights, as the real models)
+  reference.json   input sequences, greedy continuations, settings
+  logits_f32.npy   float32 logits of every position of every sequence, computed in float32
+                   from the bf16 weights (our CPU engine must match these closely)
+  logits_bf16.npy  the same computed by the model in bfloat16 (for bf16 tolerance checks)
+
+Run it where transformers and torch are installed (the GPU machine):
+  python3 tools/make_model_fixtures.py OUT_DIR [--only NAME]
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+import transformers
+
+SEED = 1234
+
+
+def perturb_norm_weights(model, generator):
+    """HF initialises RMSNorm weights to ones; make them differ so a test sees them applied."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=generator))
+
+
+def qwen3_dense():
+    config = transformers.Qwen3Config(
+        vocab_size=1024, hidden_size=96, intermediate_size=160, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+        rms_norm_eps=1e-6, rope_theta=5000000.0, tie_word_embeddings=True,
+        initializer_range=0.08, bos_token_id=1000, eos_token_id=1001, pad_token_id=1001,
+        attention_bias=False, use_sliding_window=False,
+    )
+    config.architectures = ["Qwen3ForCausalLM"]
+    return config, transformers.Qwen3ForCausalLM
+
+
+def qwen3_moe(tie_router=False):
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=1024, hidden_size=80, intermediate_size=192, moe_intermediate_size=48,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, head_dim=24,
+        num_experts=12, num_experts_per_tok=3, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[], max_position_embeddings=512, rms_norm_eps=1e-6,
+        rope_theta=10000000.0, tie_word_embeddings=False, initializer_range=0.08,
+        bos_token_id=1000, eos_token_id=1001, output_router_logits=False,
+    )
+    config.architectures = ["Qwen3MoeForCausalLM"]
+    return config, transformers.Qwen3MoeForCausalLM
+
+
+def make_router_ties(model):
+    """Makes experts 2 and 5 of every layer's router identical (exact ties) and expert 7 a
+    near-tie of expert 0, so a test can check which expert wins a tie."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            gate = layer.mlp.gate.weight
+            gate[5].copy_(gate[2])
+            gate[7].copy_(gate[0] * (1.0 + 1e-3))
+
+
+FIXTURES = {
+    "qwen3_tiny": (qwen3_dense, None),
+    "qwen3_moe_tiny": (qwen3_moe, None),
+    "qwen3_moe_router_ties": (qwen3_moe, make_router_ties),
+}
+
+SEQUENCES = [
+    [1000, 17, 923, 4, 511, 88, 1002],
+    [5, 900, 33, 33, 33, 641, 7, 250, 1019, 64, 2, 999, 128, 300, 301, 302, 17, 18, 19, 511,
+     700, 12, 1],
+    [42],
+]
+GREEDY_NEW_TOKENS = 12
+
+
+def logits_of(model, sequences):
+    rows = []
+    with torch.no_grad():
+        for seq in sequences:
+            ids = torch.tensor([seq], device=model.device)
+            rows.append(model(input_ids=ids).logits[0].float().cpu().numpy())
+    return np.concatenate(rows, axis=0)
+
+
+def greedy(model, sequences):
+    out = []
+    with torch.no_grad():
+        for seq in sequences:
+            ids = torch.tensor([seq], device=model.device)
+            gen = model.generate(input_ids=ids, max_new_tokens=GREEDY_NEW_TOKENS, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0,
+                                 attention_mask=torch.ones_like(ids))
+            out.append(gen[0, len(seq):].tolist())
+    return out
+
+
+def build(name, out_dir, device):
+    make_config, post = FIXTURES[name]
+    config, model_class = make_config()
+    torch.manual_seed(SEED)
+    generator = torch.Generator().manual_seed(SEED + 1)
+    model = model_class(config).eval()
+    perturb_norm_weights(model, generator)
+    if post is not None:
+        post(model)
+    # Round every weight to bf16 once; the fp32 reference then runs on exactly those values.
+    model = model.to(torch.bfloat16)
+    path = os.path.join(out_dir, name)
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    model.generation_config.save_pretrained(path)
+
+    model_f32 = model.to(device=device, dtype=torch.float32)
+    model_f32.config._attn_implementation = "eager"
+    np.save(os.path.join(path, "logits_f32.npy"), logits_of(model_f32, SEQUENCES))
+    continuations = greedy(model_f32, SEQUENCES)
+    model_bf16 = model_f32.to(torch.bfloat16)
+    np.save(os.path.join(path, "logits_bf16.npy"), logits_of(model_bf16, SEQUENCES))
+    reference = {
+        "generator": "tools/make_model_fixtures.py",
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "seed": SEED,
+        "sequences": SEQUENCES,
+        "rows_per_sequence": [len(s) for s in SEQUENCES],
+        "greedy_new_tokens": GREEDY_NEW_TOKENS,
+        "greedy_continuations_f32": continuations,
+        "attention": "eager",
+    }
+    with open(os.path.join(path, "reference.json"), "w") as f:
+        json.dump(reference, f, indent=1)
+    print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters -> {path}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir")
+    parser.add_argument("--only")
+    args = parser.parse_args()
+    # The CPU gives plain IEEE float32 math (no TF32) and is fast enough for tiny models.
+    device = "cpu"
+    for name in FIXTURES:
+        if args.only is None or args.only == name:
+            build(name, args.out_dir, device)
+
+
+if __name__ == "__main__":
+    main()
