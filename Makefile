@@ -163,3 +163,14 @@ clean:
 	rm -rf build build-asan
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# libFuzzer targets (clang): tests/fuzz/fuzz_NAME.c -> $(BUILD)/fuzz/fuzz_NAME, linked with the
+# SDK and host sources they exercise. Not part of `make test`; run e.g.
+#   build/fuzz/fuzz_safetensors -max_total_time=60 CORPUS_DIR
+FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -Isdk/include -I. -g -O1 -fsanitize=fuzzer,address,undefined
+.PHONY: fuzz
+fuzz: $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(SDK_SRCS) $(HOST_SRCS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) $< $(SDK_SRCS) $(HOST_SRCS) -lyaml $(EXTRA_LIBS) -o $@
