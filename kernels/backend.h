@@ -1,0 +1,96 @@
+/*
+ * The seam between the op API (ops.h) and the backends that run it. Model code never includes
+ * this header.
+ *
+ * ops.c checks every argument (shapes, dtypes, devices, aliasing, parameter ranges) and then calls
+ * the backend through this table, so a backend implements math only and may assume:
+ *   - every tensor is valid, on the context's device, with the dtypes ops.h lists;
+ *   - shapes agree as ops.h states.
+ * A backend still checks what only the data can tell (token ids, positions and block ids in
+ * range) where it can do so cheaply, and returns PIO_ERR_UNSUPPORTED for a valid combination it
+ * does not implement.
+ *
+ * Adding a backend: define a `const pk_backend` with every member filled and add it to the
+ * table in kernels/backend.c (a CUDA backend under `#if PIO_HAVE_CUDA`). Nothing else changes.
+ */
+#ifndef PIO_KERNELS_BACKEND_H
+#define PIO_KERNELS_BACKEND_H
+
+#include "kernels/ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pk_backend pk_backend;
+
+struct pk_context {
+    const pk_backend *backend;
+    pk_context_options options;
+    void *state; /* the backend's own per-context data (threads, workspace, stream) */
+};
+
+struct pk_backend {
+    const char *name;
+    pk_device_kind device;
+
+    /* Sets ctx->state; ctx->backend and ctx->options are filled before the call. */
+    pio_status (*init)(pk_context *ctx, pio_error *err);
+    void (*fini)(pk_context *ctx);
+    int (*threads)(const pk_context *ctx);
+
+    pio_status (*alloc)(pk_context *ctx, size_t bytes, void **data, pio_error *err);
+    void (*free)(pk_context *ctx, void *data);
+    /* Either side may be PK_DEVICE_CPU host memory; same dtype and shape. */
+    pio_status (*copy)(pk_context *ctx, const pk_tensor *dst, const pk_tensor *src,
+                       pio_error *err);
+    pio_status (*synchronize)(pk_context *ctx, pio_error *err);
+
+    pio_status (*embedding)(pk_context *ctx, const pk_tensor *out, const pk_tensor *table,
+                            const pk_tensor *ids, pio_error *err);
+    /* accumulate: y += x·w^T instead of y = x·w^T. */
+    pio_status (*matmul)(pk_context *ctx, const pk_tensor *y, const pk_tensor *x,
+                         const pk_tensor *w, int accumulate, pio_error *err);
+    /* group_width: the row is normalised in independent slices of this many elements (the
+     * row width for pk_rmsnorm, head_dim for pk_head_rmsnorm); weight has group_width values. */
+    pio_status (*rmsnorm)(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                          const pk_tensor *weight, int64_t group_width, float eps,
+                          pio_error *err);
+    pio_status (*rope)(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                       const pk_tensor *positions, const pk_rope_params *params, pio_error *err);
+    pio_status (*swiglu)(pk_context *ctx, const pk_tensor *out, const pk_tensor *gate,
+                         const pk_tensor *up, pio_error *err);
+    pio_status (*add)(pk_context *ctx, const pk_tensor *out, const pk_tensor *a,
+                      const pk_tensor *b, pio_error *err);
+    pio_status (*softmax)(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                          pio_error *err);
+    pio_status (*argmax)(pk_context *ctx, const pk_tensor *ids, const pk_tensor *x,
+                         pio_error *err);
+    pio_status (*cast)(pk_context *ctx, const pk_tensor *out, const pk_tensor *x, pio_error *err);
+    /* v_new and v_cache are NULL together when only keys are stored. */
+    pio_status (*kv_store)(pk_context *ctx, const pk_tensor *k_cache, const pk_tensor *v_cache,
+                           const pk_tensor *k_new, const pk_tensor *v_new,
+                           const pk_token_batch *batch, const pk_attention_params *params,
+                           pio_error *err);
+    /* Attends only; ops.c issues kv_store first. params->v_head_dim is already resolved. */
+    pio_status (*attention)(pk_context *ctx, const pk_tensor *out, const pk_tensor *q,
+                            const pk_tensor *k_cache, const pk_tensor *v_cache,
+                            const pk_token_batch *batch, const pk_attention_params *params,
+                            pio_error *err);
+};
+
+/* The CPU backend (kernels/cpu/). */
+extern const pk_backend pk_cpu_backend;
+
+/* The backend serving `device` in this build, or NULL. */
+const pk_backend *pk_backend_for(pk_device_kind device);
+
+/* Creates a context on an explicit backend (tests use it to run a backend double). */
+pio_status pk_context_create_with(const pk_backend *backend, const pk_context_options *options,
+                                  pk_context **out, pio_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

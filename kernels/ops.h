@@ -1,0 +1,194 @@
+/*
+ * The op API of the compute layer: what model code calls, whatever backend runs it.
+ *
+ * A pk_context binds one backend (CPU now; CUDA behind the same calls) and one device. Every
+ * tensor an op touches must live on that context's device (pk_copy alone also reaches host
+ * memory). Ops are issued in order; on the CPU backend each has finished when it returns, on a
+ * GPU backend it is queued, and pk_synchronize waits for everything issued so far.
+ *
+ * Conventions shared by all ops:
+ *   - Activations (x, y, out, q, k_new, ...) are F32. Weights (embedding table, matmul W, norm
+ *     weights) and KV-cache planes are BF16 or F32. Token ids, positions and block tables are I32.
+ *   - Math is fp32 whatever the storage dtype.
+ *   - Tensors are 2-D row-major views (tensor.h); 1-D inputs are single rows. Row strides are
+ *     honoured everywhere, so column views of a wider tensor are valid operands.
+ *   - Shape, dtype and device mismatches return PIO_ERR_INVALID_ARGUMENT with a message naming
+ *     the op and the operand. Where an op says "may alias", out may be the same view as an input;
+ *     otherwise outputs must not overlap inputs.
+ *   - err may be NULL.
+ *
+ * A context is driven by one thread at a time.
+ */
+#ifndef PIO_KERNELS_OPS_H
+#define PIO_KERNELS_OPS_H
+
+#include <stdint.h>
+
+#include "kernels/tensor.h"
+#include "pio/error.h"
+#include "pio/plugin.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pk_context pk_context;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Contexts and memory                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct pk_context_options {
+    int n_threads;        /* CPU worker threads; <= 0: OpenMP's default (OMP_NUM_THREADS / cores) */
+    int device_index;     /* GPU ordinal for a GPU backend; ignored by the CPU backend */
+    int cpu_force_scalar; /* non-zero: the CPU backend uses its portable C paths only (tests) */
+} pk_context_options;
+
+/* True when this build has a backend for `device`. */
+int pk_backend_available(pk_device_kind device);
+/* "cpu", "cuda"; "unknown" otherwise. */
+const char *pk_device_name(pk_device_kind device);
+
+/* Creates a context on `device`; options may be NULL (defaults). PIO_ERR_UNSUPPORTED when the
+ * build has no backend for that device. */
+pio_status pk_context_create(pk_device_kind device, const pk_context_options *options,
+                             pk_context **out, pio_error *err);
+void pk_context_destroy(pk_context *ctx);
+pk_device_kind pk_context_device(const pk_context *ctx);
+const char *pk_context_backend_name(const pk_context *ctx);
+/* Worker threads the CPU backend uses (1 for GPU backends). */
+int pk_context_threads(const pk_context *ctx);
+/* Waits until every op and copy issued on ctx has finished; reports a deferred device error. */
+pio_status pk_synchronize(pk_context *ctx, pio_error *err);
+
+/* Device memory of ctx's device, 64-byte aligned; *out is empty after a failure. */
+pio_status pk_buffer_alloc(pk_context *ctx, size_t bytes, pk_buffer *out, pio_error *err);
+/* Releases buf's memory (no-op for an empty buffer) and empties it. */
+void pk_buffer_free(pk_context *ctx, pk_buffer *buf);
+
+/* dst = src, element by element (same dtype and shape). Either side may be host memory
+ * (PK_DEVICE_CPU) or ctx's device. Host memory read or written must stay valid until
+ * pk_synchronize returns (on the CPU backend the copy is done on return). */
+pio_status pk_copy(pk_context *ctx, const pk_tensor *dst, const pk_tensor *src, pio_error *err);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Ops                                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* out[t, :] = table[ids[t], :] as F32. out [T, H] F32, table [V, H] BF16|F32, ids [1, T] I32.
+ * An id outside [0, V) is PIO_ERR_INVALID_ARGUMENT. */
+pio_status pk_embedding(pk_context *ctx, const pk_tensor *out, const pk_tensor *table,
+                        const pk_tensor *ids, pio_error *err);
+
+/* y[M, N] = x[M, K] · w[N, K]^T (w in the Hugging Face Linear layout), fp32 accumulation.
+ * y, x F32; w BF16|F32. */
+pio_status pk_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *x, const pk_tensor *w,
+                     pio_error *err);
+/* y[M, N] += x[M, K] · w[N, K]^T: a projection fused with its residual add. */
+pio_status pk_matmul_add(pk_context *ctx, const pk_tensor *y, const pk_tensor *x,
+                         const pk_tensor *w, pio_error *err);
+
+/* RMSNorm over each row, in Hugging Face's order: out = (x · rsqrt(mean(x²) + eps)) · weight.
+ * out, x [T, H] F32 (may alias); weight [1, H] BF16|F32. */
+pio_status pk_rmsnorm(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                      const pk_tensor *weight, float eps, pio_error *err);
+
+/* The same RMSNorm applied to every head_dim-wide slice of each row with one shared weight
+ * (Qwen3's q_norm / k_norm). out, x [T, n_heads·head_dim] F32 (may alias); weight [1, head_dim]. */
+pio_status pk_head_rmsnorm(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                           const pk_tensor *weight, int64_t head_dim, float eps, pio_error *err);
+
+typedef enum pk_rope_layout {
+    PK_ROPE_NEOX = 0,       /* rotate-half: dims (i, i + rotary_dim/2) form a pair (Qwen3, Llama) */
+    PK_ROPE_INTERLEAVED = 1 /* dims (2i, 2i + 1) form a pair (GLM, GPT-J) */
+} pk_rope_layout;
+
+typedef struct pk_rope_params {
+    pk_rope_layout layout;
+    int32_t head_dim;      /* distance between heads within a row */
+    int32_t rotary_dim;    /* dims rotated in each head, even, <= head_dim - rotary_offset */
+    int32_t rotary_offset; /* first rotated dim within the head (0 normally; MLA puts rope last) */
+    float theta;           /* base: inv_freq[i] = theta^(-2i / rotary_dim) */
+} pk_rope_params;
+
+/* Rotary position embedding of every head of every row. Pair i turns by positions[t]·inv_freq[i];
+ * inv_freq, the angle, cos and sin are computed in fp32 as Hugging Face does, so large positions
+ * round the same way. Dims outside the rotary range are copied. out, x [T, n_heads·head_dim] F32
+ * (may alias); positions [1, T] I32. */
+pio_status pk_rope(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                   const pk_tensor *positions, const pk_rope_params *params, pio_error *err);
+
+/* out = silu(gate) · up, silu(g) = g / (1 + e^-g). All [T, F] F32; out may alias gate or up. */
+pio_status pk_swiglu(pk_context *ctx, const pk_tensor *out, const pk_tensor *gate,
+                     const pk_tensor *up, pio_error *err);
+/* The same on a fused projection output: gate_up [T, 2F] = [gate | up], out [T, F]. */
+pio_status pk_swiglu_fused(pk_context *ctx, const pk_tensor *out, const pk_tensor *gate_up,
+                           pio_error *err);
+
+/* out = a + b, all [T, H] F32; out may alias a or b (the residual add). */
+pio_status pk_add(pk_context *ctx, const pk_tensor *out, const pk_tensor *a, const pk_tensor *b,
+                  pio_error *err);
+
+/* Numerically stable softmax of each row, fp32. out, x [T, N] F32 (may alias). */
+pio_status pk_softmax(pk_context *ctx, const pk_tensor *out, const pk_tensor *x, pio_error *err);
+
+/* ids[0, t] = index of the largest value of row t of x (the lowest index among ties; NaN is
+ * never chosen unless the whole row is NaN). ids [1, T] I32, x [T, N] F32. */
+pio_status pk_argmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor *x, pio_error *err);
+
+/* out = x converted element by element between F32 and BF16 (round to nearest even); same
+ * dtypes copy. Same shape; no aliasing. */
+pio_status pk_cast(pk_context *ctx, const pk_tensor *out, const pk_tensor *x, pio_error *err);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Attention over the paged KV cache                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * A flattened batch: T tokens drawn from S sequences, prefill and decode mixed. A cache plane is
+ * a [n_blocks·block_size, width] tensor (kv_cache.h); the entry of the token at position p of a
+ * sequence lives in slot block_table[p / block_size]·block_size + p % block_size.
+ */
+typedef struct pk_token_batch {
+    pk_tensor positions;    /* [1, T] I32: position of each token within its sequence */
+    pk_tensor seq_rows;     /* [1, T] I32: which row of block_tables is the token's sequence */
+    pk_tensor block_tables; /* [S, W] I32: each sequence's block ids in order (padding ignored) */
+    int32_t block_size;     /* tokens per cache block */
+} pk_token_batch;
+
+typedef struct pk_attention_params {
+    int32_t n_q_heads;  /* a multiple of n_kv_heads; query head h reads kv head h / (n_q / n_kv) */
+    int32_t n_kv_heads;
+    int32_t head_dim;   /* width of a query and key head */
+    int32_t v_head_dim; /* width of a value head; 0 = head_dim */
+    float scale;        /* score = scale · q·k, usually 1/sqrt(head_dim) */
+} pk_attention_params;
+
+/* Writes each token's key and value into its cache slot. k_new [T, n_kv·head_dim] and v_new
+ * [T, n_kv·v_head_dim] F32; the cache planes have those widths and are BF16|F32. v_new and
+ * v_cache may both be NULL to store keys only (a latent cache whose values live inside the key
+ * entry). Block ids and positions outside the cache are PIO_ERR_INVALID_ARGUMENT. */
+pio_status pk_kv_store(pk_context *ctx, const pk_tensor *k_cache, const pk_tensor *v_cache,
+                       const pk_tensor *k_new, const pk_tensor *v_new,
+                       const pk_token_batch *batch, const pk_attention_params *params,
+                       pio_error *err);
+
+/*
+ * Causal attention of every token over its own sequence's cache: stores k_new/v_new first (as
+ * pk_kv_store; pass both NULL when already stored), then for token t at position p, query head h:
+ *   out[t, h] = Σ_{j<=p} softmax_j(scale · q[t, h] · K[j, kvh]) · V[j, kvh]
+ * with K/V read through the sequence's block table. All positions 0..p must have been stored
+ * (by this call or an earlier one). out [T, n_q·v_head_dim], q [T, n_q·head_dim], both F32.
+ * v_cache may be a column view of k_cache (absorbed MLA: values are the first v_head_dim
+ * columns of each latent key entry).
+ */
+pio_status pk_attention(pk_context *ctx, const pk_tensor *out, const pk_tensor *q,
+                        const pk_tensor *k_new, const pk_tensor *v_new, const pk_tensor *k_cache,
+                        const pk_tensor *v_cache, const pk_token_batch *batch,
+                        const pk_attention_params *params, pio_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
