@@ -142,22 +142,29 @@ $(BUILD)/pio-sdk.pc: sdk/pio-sdk.pc.in Makefile
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define PIO_SDK_VERSION_STRING "\(.*\)"/\1/p' sdk/include/pio/plugin.h)|g' $< > $@
 
 SDK_HEADERS := $(wildcard sdk/include/pio/*.h)
-install: all
+# The public compute-layer headers (backend internals stay private).
+KERNEL_HEADERS := kernels/ops.h kernels/tensor.h kernels/kv_cache.h kernels/sampler.h
+install: all $(KERNELS_LIB)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pio/plugins \
 	  $(DESTDIR)$(PREFIX)/include/pio $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 755 $(PIO) $(DESTDIR)$(PREFIX)/bin/pio
 	$(if $(PLUGINS),install -m 755 $(PLUGINS) $(DESTDIR)$(PREFIX)/lib/pio/plugins/)
 	install -m 644 $(SDK_HEADERS) $(DESTDIR)$(PREFIX)/include/pio/
+	install -d $(DESTDIR)$(PREFIX)/include/pio/kernels
+	install -m 644 $(KERNEL_HEADERS) $(DESTDIR)$(PREFIX)/include/pio/kernels/
 	install -m 644 $(SDK_LIB) $(DESTDIR)$(PREFIX)/lib/libpio_sdk.a
+	install -m 644 $(KERNELS_LIB) $(DESTDIR)$(PREFIX)/lib/libpio_kernels.a
 	install -m 644 sdk/plugin.map $(DESTDIR)$(PREFIX)/lib/pio/plugin.map
 	install -m 644 $(BUILD)/pio-sdk.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/pio-sdk.pc
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/pio $(DESTDIR)$(PREFIX)/lib/libpio_sdk.a \
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/include/pio/kernels/,$(notdir $(KERNEL_HEADERS)))
+	rm -f $(DESTDIR)$(PREFIX)/bin/pio $(DESTDIR)$(PREFIX)/lib/libpio_sdk.a $(DESTDIR)$(PREFIX)/lib/libpio_kernels.a \
 	  $(DESTDIR)$(PREFIX)/lib/pio/plugin.map $(DESTDIR)$(PREFIX)/lib/pkgconfig/pio-sdk.pc
 	rm -f $(addprefix $(DESTDIR)$(PREFIX)/lib/pio/plugins/,$(notdir $(PLUGINS)))
 	rm -f $(addprefix $(DESTDIR)$(PREFIX)/include/pio/,$(notdir $(SDK_HEADERS)))
-	-rmdir $(DESTDIR)$(PREFIX)/lib/pio/plugins $(DESTDIR)$(PREFIX)/lib/pio $(DESTDIR)$(PREFIX)/include/pio 2>/dev/null
+	-rmdir $(DESTDIR)$(PREFIX)/lib/pio/plugins $(DESTDIR)$(PREFIX)/lib/pio \
+	  $(DESTDIR)$(PREFIX)/include/pio/kernels $(DESTDIR)$(PREFIX)/include/pio 2>/dev/null
 
 clean:
 	rm -rf build build-asan

@@ -1,9 +1,10 @@
 /*
  * A third-party plugin, built out of tree against the installed SDK only
- * (pkg-config pio-sdk): it proves the headers, the static support library and the
+ * (pkg-config pio-sdk): it proves the headers, the static support libraries and the
  * version script are installed and usable. It serves "ConsumerForCausalLM" and answers
  * every prompt with "42".
  */
+#include <kernels/sampler.h>
 #include <pio/dtype.h>
 #include <pio/error.h>
 #include <pio/plugin.h>
@@ -30,9 +31,11 @@ static pio_status consumer_load_model(pio_instance *inst, const pio_load_params 
 {
     (void)params;
     pio_error err;
-    /* Uses the SDK library: the dtype table and the error helper. */
-    if (pio_dtype_size(pio_dtype_from_name("BF16")) != 2)
-        return pio_error_set(&err, PIO_ERR_INTERNAL, "dtype table broken");
+    /* Uses both installed libraries: the SDK's dtype table and the kernels' random numbers. */
+    pk_rng rng;
+    pk_rng_seed(&rng, 7);
+    if (pio_dtype_size(pio_dtype_from_name("BF16")) != 2 || pk_rng_uniform(&rng) >= 1.0)
+        return pio_error_set(&err, PIO_ERR_INTERNAL, "installed SDK libraries misbehave");
     inst->services->log(inst->host, PIO_LOG_DEBUG, "consumer loaded");
     return PIO_OK;
 }
