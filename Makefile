@@ -178,6 +178,6 @@ FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -Isdk/include -I. -g -O1 -fsanitize=fuzzer,address,undefined
 .PHONY: fuzz
 fuzz: $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(SDK_SRCS) $(HOST_SRCS)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(SDK_SRCS) $(KERNEL_SRCS) $(HOST_SRCS)
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_FLAGS) $< $(SDK_SRCS) $(HOST_SRCS) -lyaml $(EXTRA_LIBS) -o $@
+	clang $(FUZZ_FLAGS) -fopenmp $< $(SDK_SRCS) $(KERNEL_SRCS) $(HOST_SRCS) -lyaml $(EXTRA_LIBS) -o $@
