@@ -74,15 +74,29 @@ FIXTURE_PLUGINS := $(FIXTURE_PLUGIN_SRCS:tests/plugins/%.c=$(BUILD)/test_plugins
 
 objs = $(patsubst %.c,$(OBJ)/%.o,$(1))
 
+# Everything is rebuilt when the compiler or its flags change (CUDA=0 after CUDA=1, a new
+# PREFIX, ...): objects depend on a stamp file holding the flags they were built with.
+FLAGS_STAMP := $(BUILD)/flags.stamp
+BUILD_FLAGS := $(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS)
+ifneq ($(BUILD_FLAGS),$(file <$(FLAGS_STAMP)))
+$(shell mkdir -p $(BUILD))
+$(file >$(FLAGS_STAMP),$(BUILD_FLAGS))
+endif
+# PREFIX reaches only the host's default plugin folder (session.c), so it has its own stamp.
+PREFIX_STAMP := $(BUILD)/prefix.stamp
+ifneq ($(PREFIX),$(file <$(PREFIX_STAMP)))
+$(file >$(PREFIX_STAMP),$(PREFIX))
+endif
+
 .PHONY: all test test-build install uninstall clean sdk-pc
 all: $(PIO) $(PLUGINS) $(SDK_LIB) $(KERNELS_LIB) $(BUILD)/pio-sdk.pc
 
-$(OBJ)/%.o: %.c
+$(OBJ)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 # Plugin objects are compiled with hidden visibility.
-$(OBJ)/plugins/%.o: plugins/%.c
+$(OBJ)/plugins/%.o: plugins/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(PLUGIN_CFLAGS) -MMD -MP -c $< -o $@
 
@@ -99,7 +113,8 @@ $(HOST_LIB): $(call objs,$(HOST_SRCS))
 	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
 HOST_DEFS := -DPIO_DEFAULT_PLUGIN_DIR='"$(PREFIX)/lib/pio/plugins"'
-$(OBJ)/host/plugin_loader.o: CPPFLAGS += $(HOST_DEFS)
+$(OBJ)/host/session.o: CPPFLAGS += $(HOST_DEFS)
+$(OBJ)/host/session.o: $(PREFIX_STAMP)
 
 $(PIO): $(OBJ)/host/main.o $(HOST_LIB) $(SDK_LIB)
 	@mkdir -p $(dir $@)
@@ -116,7 +131,7 @@ $(foreach p,$(PLUGIN_NAMES),$(eval $(call PLUGIN_RULE,$(p))))
 
 # Fixture plugins for the loader tests. unresolved_symbol must link with an undefined symbol,
 # so it skips -z defs; no_entry_symbol is built without the version script on purpose.
-$(BUILD)/test_plugins/%.so: tests/plugins/%.c $(wildcard tests/plugins/*.h) sdk/include/pio/plugin.h
+$(BUILD)/test_plugins/%.so: tests/plugins/%.c $(wildcard tests/plugins/*.h) sdk/include/pio/plugin.h $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(PLUGIN_CFLAGS) $(LDFLAGS) -shared \
 	  $(if $(filter unresolved_symbol no_entry_symbol,$*),,-Wl,--version-script=sdk/plugin.map -Wl,-z,defs) \
@@ -127,7 +142,7 @@ $(BUILD)/test_plugins/not_an_elf.so:
 $(BUILD)/test_plugins/good_a_copy.so: $(BUILD)/test_plugins/good_a.so
 	cp $< $@
 
-$(BUILD)/tests/%: tests/%.c $(HOST_LIB) $(SDK_LIB) $(KERNELS_LIB)
+$(BUILD)/tests/%: tests/%.c $(HOST_LIB) $(SDK_LIB) $(KERNELS_LIB) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -DPIO_TEST_SHARED_DIR='"$(SHARED)"' -DPIO_TEST_BUILD_DIR='"$(BUILD)"' -DPIO_TEST_SANITIZE=$(SANITIZE) \
 	  -MMD -MP -o $@ $< $(HOST_LIB) $(KERNELS_LIB) $(SDK_LIB) $(LDFLAGS) -rdynamic -lcmocka -lyaml $(EXTRA_LIBS)

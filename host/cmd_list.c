@@ -24,24 +24,10 @@ static void print_plugin(const pio_loaded_plugin *plugin)
 
 int pio_cmd_list(int argc, char **argv)
 {
-    static const struct option long_options[] = {PIO_CLI_COMMON_LONG_OPTIONS,
-                                                 {"help", no_argument, NULL, 'h'},
-                                                 {NULL, 0, NULL, 0}};
     pio_cli_options options = {0};
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, PIO_CLI_COMMON_SHORT_OPTIONS "h", long_options,
-                              NULL)) != -1) {
-        if (opt == 'h') {
-            fputs(list_help, stdout);
-            return 0;
-        }
-        int taken = pio_cli_take_common_option(&options, opt, optarg);
-        if (taken <= 0) {
-            fputs(list_help, stderr);
-            return 2;
-        }
-    }
+    int parsed = pio_cli_parse_common_only(argc, argv, list_help, &options);
+    if (parsed >= 0)
+        return parsed;
     pio_session session;
     memset(&session, 0, sizeof session);
     if (pio_session_read_config(&session, &options) != 0) {

@@ -13,23 +13,10 @@ static const char serve_help[] =
 
 int pio_cmd_serve(int argc, char **argv)
 {
-    static const struct option long_options[] = {PIO_CLI_COMMON_LONG_OPTIONS,
-                                                 {"help", no_argument, NULL, 'h'},
-                                                 {NULL, 0, NULL, 0}};
     pio_cli_options options = {0};
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, PIO_CLI_COMMON_SHORT_OPTIONS "h", long_options,
-                              NULL)) != -1) {
-        if (opt == 'h') {
-            fputs(serve_help, stdout);
-            return 0;
-        }
-        if (pio_cli_take_common_option(&options, opt, optarg) <= 0) {
-            fputs(serve_help, stderr);
-            return 2;
-        }
-    }
+    int parsed = pio_cli_parse_common_only(argc, argv, serve_help, &options);
+    if (parsed >= 0)
+        return parsed;
     pio_session session;
     if (pio_session_open(&session, &options) != 0)
         return 1;

@@ -42,46 +42,23 @@ static pio_status record_config_status(pio_host_state *state, pio_status status,
     return status;
 }
 
-static pio_status service_config_get_str(void *host, const char *key, const char **value)
-{
-    pio_host_state *state = state_of(host);
-    if (state->config == NULL)
-        return PIO_SOFT_ABSENT;
-    pio_error err;
-    pio_error_clear(&err);
-    return record_config_status(state, pio_config_get_str(state->config, key, value, &err), &err);
-}
+/* The four typed getters differ only in the value type and the config function they call. */
+#define DEFINE_CONFIG_GETTER(service_name, value_type, config_getter)                         \
+    static pio_status service_name(void *host, const char *key, value_type *value)           \
+    {                                                                                         \
+        pio_host_state *state = state_of(host);                                               \
+        if (state->config == NULL)                                                            \
+            return PIO_SOFT_ABSENT;                                                           \
+        pio_error err;                                                                        \
+        pio_error_clear(&err);                                                                \
+        return record_config_status(state, config_getter(state->config, key, value, &err),    \
+                                    &err);                                                    \
+    }
 
-static pio_status service_config_get_i64(void *host, const char *key, int64_t *value)
-{
-    pio_host_state *state = state_of(host);
-    if (state->config == NULL)
-        return PIO_SOFT_ABSENT;
-    pio_error err;
-    pio_error_clear(&err);
-    return record_config_status(state, pio_config_get_i64(state->config, key, value, &err), &err);
-}
-
-static pio_status service_config_get_f64(void *host, const char *key, double *value)
-{
-    pio_host_state *state = state_of(host);
-    if (state->config == NULL)
-        return PIO_SOFT_ABSENT;
-    pio_error err;
-    pio_error_clear(&err);
-    return record_config_status(state, pio_config_get_f64(state->config, key, value, &err), &err);
-}
-
-static pio_status service_config_get_bool(void *host, const char *key, int *value)
-{
-    pio_host_state *state = state_of(host);
-    if (state->config == NULL)
-        return PIO_SOFT_ABSENT;
-    pio_error err;
-    pio_error_clear(&err);
-    return record_config_status(state, pio_config_get_bool(state->config, key, value, &err),
-                                &err);
-}
+DEFINE_CONFIG_GETTER(service_config_get_str, const char *, pio_config_get_str)
+DEFINE_CONFIG_GETTER(service_config_get_i64, int64_t, pio_config_get_i64)
+DEFINE_CONFIG_GETTER(service_config_get_f64, double, pio_config_get_f64)
+DEFINE_CONFIG_GETTER(service_config_get_bool, int, pio_config_get_bool)
 
 static void service_progress(void *host, const char *stage, uint64_t done, uint64_t total)
 {

@@ -35,6 +35,31 @@ int pio_cli_take_common_option(pio_cli_options *options, int opt, const char *ar
     }
 }
 
+int pio_cli_parse_common_only(int argc, char **argv, const char *help, pio_cli_options *options)
+{
+    static const struct option long_options[] = {PIO_CLI_COMMON_LONG_OPTIONS,
+                                                 {"help", no_argument, NULL, 'h'},
+                                                 {NULL, 0, NULL, 0}};
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, PIO_CLI_COMMON_SHORT_OPTIONS "h", long_options,
+                              NULL)) != -1) {
+        if (opt == 'h') {
+            fputs(help, stdout);
+            return 0;
+        }
+        if (pio_cli_take_common_option(options, opt, optarg) <= 0) {
+            fputs(help, stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "pio: unexpected argument '%s'\n%s", argv[optind], help);
+        return 2;
+    }
+    return -1;
+}
+
 static void print_config_warning(void *user_data, const char *message)
 {
     (void)user_data;

@@ -44,6 +44,10 @@ typedef struct pio_cli_options {
  * -1 on a usage error (already printed). */
 int pio_cli_take_common_option(pio_cli_options *options, int opt, const char *arg);
 
+/* For commands that take only the shared options and --help: parses argv into *options.
+ * Returns -1 to go on, or the exit status to return (0 after --help, 2 on a usage error). */
+int pio_cli_parse_common_only(int argc, char **argv, const char *help, pio_cli_options *options);
+
 typedef struct pio_session {
     pio_config *config;
     pio_host_state loader_state;   /* services context while loading plugins */
