@@ -186,7 +186,7 @@ int pio_cmd_bench(int argc, char **argv)
         return 2;
     }
     pio_session session;
-    if (pio_session_open(&session, &options) != 0)
+    if (pio_session_open(&session, &options, 0) != 0)
         return 1;
     int exit_code = run_benchmarks(&session, pp, tg, reps, json);
     pio_session_close(&session);

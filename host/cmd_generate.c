@@ -273,7 +273,7 @@ int pio_cmd_run(int argc, char **argv)
     if (prompt == NULL)
         return 1;
     pio_session session;
-    if (pio_session_open(&session, &o.common) != 0) {
+    if (pio_session_open(&session, &o.common, 0) != 0) {
         free(prompt);
         return 1;
     }
@@ -412,7 +412,7 @@ int pio_cmd_chat(int argc, char **argv)
     if (parsed)
         return parsed - 1;
     pio_session session;
-    if (pio_session_open(&session, &o.common) != 0)
+    if (pio_session_open(&session, &o.common, 0) != 0)
         return 1;
     conversation c = {0};
     int exit_code = 0;

@@ -1,5 +1,4 @@
 /* pio logits: the float32 logits of every position of a token sequence, as a .npy file. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,37 +13,6 @@ static const char logits_help[] =
     "shape [n_tokens, vocab], as a NumPy .npy file. Needs no tokenizer files.\n\n"
     "      --tokens LIST      comma-separated token ids\n"
     "      --out FILE         output .npy file\n" PIO_CLI_COMMON_HELP;
-
-/* Parses "1,2,3" into a malloc'd array. */
-static int32_t *parse_token_list(const char *text, size_t *count)
-{
-    size_t capacity = 1;
-    for (const char *c = text; *c; c++)
-        capacity += *c == ',';
-    int32_t *ids = malloc(capacity * sizeof *ids);
-    if (ids == NULL)
-        return NULL;
-    const char *cursor = text;
-    size_t n = 0;
-    for (;;) {
-        char *end;
-        errno = 0;
-        long value = strtol(cursor, &end, 10);
-        if (errno != 0 || end == cursor || value < 0 || value > INT32_MAX ||
-            (*end != ',' && *end != '\0')) {
-            fprintf(stderr, "pio: --tokens: bad token id at character %zu of '%s'\n",
-                    (size_t)(cursor - text) + 1, text);
-            free(ids);
-            return NULL;
-        }
-        ids[n++] = (int32_t)value;
-        if (*end == '\0')
-            break;
-        cursor = end + 1;
-    }
-    *count = n;
-    return ids;
-}
 
 static int write_logits(pio_session *session, const int32_t *ids, size_t n, const char *out)
 {
@@ -110,12 +78,12 @@ int pio_cmd_logits(int argc, char **argv)
         return 2;
     }
     size_t n = 0;
-    int32_t *ids = parse_token_list(tokens, &n);
+    int32_t *ids = pio_cli_parse_ids("--tokens", tokens, &n);
     if (ids == NULL)
         return 2;
     pio_session session;
     int exit_code = 1;
-    if (pio_session_open(&session, &options) == 0) {
+    if (pio_session_open(&session, &options, 0) == 0) {
         exit_code = write_logits(&session, ids, n, out);
         pio_session_close(&session);
     }

@@ -18,7 +18,7 @@ int pio_cmd_serve(int argc, char **argv)
     if (parsed >= 0)
         return parsed;
     pio_session session;
-    if (pio_session_open(&session, &options) != 0)
+    if (pio_session_open(&session, &options, 0) != 0)
         return 1;
     const pio_plugin_descriptor *desc = session.plugin->descriptor;
     int supported = (desc->capabilities & PIO_CAP_BATCHING) != 0;

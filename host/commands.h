@@ -9,5 +9,7 @@ int pio_cmd_chat(int argc, char **argv);
 int pio_cmd_logits(int argc, char **argv);
 int pio_cmd_bench(int argc, char **argv);
 int pio_cmd_serve(int argc, char **argv);
+int pio_cmd_tokenize(int argc, char **argv);
+int pio_cmd_detokenize(int argc, char **argv);
 
 #endif

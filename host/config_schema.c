@@ -34,8 +34,8 @@ static const pio_config_key_info schema[] = {
     STR("model.dtype", NULL, "auto", "weight dtype: auto keeps the file dtype (bf16)"),
     I64("model.seed", AT_LEAST(0), "0", "seed of the dummy weight generator"),
 
-    STR("device", "cpu|cuda|cuda:N", "cuda when built with CUDA and a GPU is present, else cpu",
-        "where the model runs; cuda means cuda:0"),
+    STR("device.backend", "cpu|cuda|cuda:N", "cpu",
+        "compute backend: cpu, or cuda on GPU N (cuda means cuda:0; needs a CUDA build)"),
 
     I64("kv_cache.block_size", BETWEEN(1, 4096), "16", "tokens per paged KV-cache block"),
     I64("kv_cache.max_tokens", AT_LEAST(1), "sized from kv_cache.memory_gb",

@@ -15,6 +15,8 @@ static const struct {
     {"chat", pio_cmd_chat, "interactive chat that keeps the conversation"},
     {"bench", pio_cmd_bench, "measure prompt processing and generation speed"},
     {"logits", pio_cmd_logits, "write the logits of a token sequence as a .npy file"},
+    {"tokenize", pio_cmd_tokenize, "print the token ids of a text (loads the tokenizer only)"},
+    {"detokenize", pio_cmd_detokenize, "print the text of token ids (loads the tokenizer only)"},
     {"serve", pio_cmd_serve, "serve the model over HTTP (needs a batching plugin)"},
 };
 

@@ -1,5 +1,6 @@
 #include "host/session.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
@@ -94,7 +95,7 @@ int pio_session_read_config(pio_session *session, const pio_cli_options *options
     }
     if (set_from_option(session->config, "model.path", options->model_path, "--model") ||
         set_from_option(session->config, "plugin", options->plugin_name, "--plugin") ||
-        set_from_option(session->config, "device", options->device, "--device"))
+        set_from_option(session->config, "device.backend", options->device, "--device"))
         return -1;
     for (size_t i = 0; i < options->n_overrides; i++) {
         if (pio_config_apply_override(session->config, options->overrides[i], &err) != PIO_OK) {
@@ -247,6 +248,36 @@ static const pio_loaded_plugin *select_plugin(const pio_session *session)
     return NULL;
 }
 
+int32_t *pio_cli_parse_ids(const char *option, const char *text, size_t *count)
+{
+    size_t capacity = 1;
+    for (const char *c = text; *c; c++)
+        capacity += *c == ',';
+    int32_t *ids = malloc(capacity * sizeof *ids);
+    if (ids == NULL)
+        return NULL;
+    const char *cursor = text;
+    size_t n = 0;
+    for (;;) {
+        char *end;
+        errno = 0;
+        long value = strtol(cursor, &end, 10);
+        if (errno != 0 || end == cursor || value < 0 || value > INT32_MAX ||
+            (*end != ',' && *end != '\0')) {
+            fprintf(stderr, "pio: %s: bad token id at character %zu of '%s'\n", option,
+                    (size_t)(cursor - text) + 1, text);
+            free(ids);
+            return NULL;
+        }
+        ids[n++] = (int32_t)value;
+        if (*end == '\0')
+            break;
+        cursor = end + 1;
+    }
+    *count = n;
+    return ids;
+}
+
 void pio_session_report_failure(const pio_session *session, const char *what, pio_status status)
 {
     const char *detail = session->instance_state.last_error;
@@ -254,7 +285,7 @@ void pio_session_report_failure(const pio_session *session, const char *what, pi
             detail[0] ? ": " : "", detail);
 }
 
-static int create_instance(pio_session *session)
+static int create_instance(pio_session *session, uint32_t load_flags)
 {
     const pio_plugin_descriptor *desc = session->plugin->descriptor;
     pio_host_state_init(&session->instance_state, session->config, desc->name);
@@ -271,12 +302,13 @@ static int create_instance(pio_session *session)
     const char *model_path = NULL, *load_format = "auto", *device = "cpu";
     pio_config_get_str(session->config, "model.path", &model_path, NULL);
     pio_config_get_str(session->config, "model.load_format", &load_format, NULL);
-    pio_config_get_str(session->config, "device", &device, NULL);
+    pio_config_get_str(session->config, "device.backend", &device, NULL);
     pio_load_params load = {
         .struct_size = sizeof load,
         .model_path = model_path,
         .load_format = load_format,
         .device = device,
+        .flags = load_flags,
     };
     status = desc->vtable->load_model(session->instance, &load);
     if (status != PIO_OK) {
@@ -287,7 +319,7 @@ static int create_instance(pio_session *session)
     return 0;
 }
 
-int pio_session_open(pio_session *session, const pio_cli_options *options)
+int pio_session_open(pio_session *session, const pio_cli_options *options, uint32_t load_flags)
 {
     memset(session, 0, sizeof *session);
     if (pio_session_read_config(session, options) != 0) {
@@ -296,7 +328,7 @@ int pio_session_open(pio_session *session, const pio_cli_options *options)
     }
     pio_session_scan_plugins(session, options);
     session->plugin = select_plugin(session);
-    if (session->plugin == NULL || create_instance(session) != 0) {
+    if (session->plugin == NULL || create_instance(session, load_flags) != 0) {
         pio_session_close(session);
         return -1;
     }

@@ -18,7 +18,7 @@ typedef struct pio_cli_options {
     const char *config_path;                      /* -c */
     const char *model_path;                       /* -m: sets model.path */
     const char *plugin_name;                      /* --plugin: sets plugin */
-    const char *device;                           /* --device: sets device */
+    const char *device;                           /* --device: sets device.backend */
     const char *plugin_dirs[PIO_CLI_MAX_LIST];    /* --plugin-dir, repeatable */
     size_t n_plugin_dirs;
     const char *overrides[PIO_CLI_MAX_LIST];      /* --set key=value, repeatable */
@@ -38,7 +38,7 @@ typedef struct pio_cli_options {
     "      --plugin NAME      use this plugin (default: from config.json architectures)\n"  \
     "      --plugin-dir DIR   look for plugins here (repeatable; also PIO_PLUGIN_PATH)\n"   \
     "      --set KEY=VALUE    override a config key (repeatable)\n"                         \
-    "      --device DEV       cpu, cuda or cuda:N (sets device)\n"
+    "      --device DEV       cpu, cuda or cuda:N (sets device.backend)\n"
 
 /* Returns 1 when opt was a shared option (and stores it), 0 when it is the command's own,
  * -1 on a usage error (already printed). */
@@ -66,11 +66,16 @@ int pio_session_read_config(pio_session *session, const pio_cli_options *options
  * Returns the number of plugins loaded. */
 int pio_session_scan_plugins(pio_session *session, const pio_cli_options *options);
 
-/* Everything: config, plugins, selection, initialize, load_model. Returns 0 on success;
- * on failure everything already opened is closed again. */
-int pio_session_open(pio_session *session, const pio_cli_options *options);
+/* Everything: config, plugins, selection, initialize, load_model (with load_flags, e.g.
+ * PIO_LOAD_VOCAB_ONLY). Returns 0 on success; on failure everything already opened is closed
+ * again. */
+int pio_session_open(pio_session *session, const pio_cli_options *options, uint32_t load_flags);
 
 void pio_session_close(pio_session *session);
+
+/* Parses "1,2,3" (token ids) into a malloc'd array; prints an error naming `option` and the
+ * character position and returns NULL on a bad list. */
+int32_t *pio_cli_parse_ids(const char *option, const char *text, size_t *count);
 
 /* Prints "pio: <what>: <status text>: <plugin's error text>" after a failed plugin call. */
 void pio_session_report_failure(const pio_session *session, const char *what, pio_status status);

@@ -85,7 +85,9 @@ FROZEN_OFFSET(pio_infer_request, logits, 40);
 FROZEN_SIZE(pio_infer_result, 24);
 FROZEN_SIZE(pio_model_info, 56);
 FROZEN_SIZE(pio_init_params, 48);
-FROZEN_SIZE(pio_load_params, 32);
+FROZEN_SIZE(pio_load_params, 40);
+FROZEN_OFFSET(pio_load_params, device, 24);
+FROZEN_OFFSET(pio_load_params, flags, 32);
 
 FROZEN_SIZE(pio_plugin_vtable, 96);
 FROZEN_OFFSET(pio_plugin_vtable, initialize, 8);

@@ -81,8 +81,9 @@ static void version_and_help(void **state)
     assert_int_equal(run(&out, PIO " --version"), 0);
     expect_output(out, "plugin ABI 1.0");
     free(out);
-    const char *commands[] = {"list", "run", "chat", "bench", "logits", "serve"};
-    for (size_t i = 0; i < 6; i++) {
+    const char *commands[] = {"list", "run", "chat", "bench", "logits", "serve", "tokenize",
+                              "detokenize"};
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         assert_int_equal(run(&out, PIO " %s --help", commands[i]), 0);
         expect_output(out, "usage: pio");
         free(out);
@@ -251,6 +252,40 @@ static void bench_reports_json(void **state)
     free(out);
 }
 
+static void tokenize_and_detokenize_load_only_the_tokenizer(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run(&out, PIO " tokenize" ECHO "--set logging.level=debug hey you"), 0);
+    expect_output(out, "[104, 101, 121, 32, 121, 111, 117]\n");
+    expect_output(out, "vocab only");
+    assert_null(strstr(out, "echo model loaded"));
+    free(out);
+    assert_int_equal(run(&out, PIO " tokenize" ECHO "--add-special hi"), 0);
+    expect_output(out, "[256, 104, 105]\n");
+    free(out);
+    assert_int_equal(run(&out, PIO " detokenize" ECHO "--ids 256,104,105,257"), 0);
+    expect_output(out, "<s>hi</s>\n");
+    free(out);
+    assert_int_equal(run(&out, PIO " detokenize" ECHO "--ids 256,104,105 --skip-special"), 0);
+    expect_output(out, "hi\n");
+    free(out);
+    assert_int_equal(run(&out, PIO " detokenize" ECHO "--ids 1,-2"), 2);
+    expect_output(out, "--ids: bad token id at character 3");
+    free(out);
+}
+
+static void device_option_sets_the_backend_key(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run(&out, PIO " run" ECHO "--device cuda:1 -p x"), 0);
+    free(out);
+    assert_int_equal(run(&out, PIO " run" ECHO "--device gpu -p x"), 1);
+    expect_output(out, "key 'device.backend': expected one of cpu|cuda|cuda:N, got 'gpu'");
+    free(out);
+}
+
 static void serve_refuses_a_plugin_without_batching(void **state)
 {
     (void)state;
@@ -271,6 +306,8 @@ int main(void)
         cmocka_unit_test(chat_keeps_the_conversation_going),
         cmocka_unit_test(logits_writes_a_npy_file),
         cmocka_unit_test(bench_reports_json),
+        cmocka_unit_test(tokenize_and_detokenize_load_only_the_tokenizer),
+        cmocka_unit_test(device_option_sets_the_backend_key),
         cmocka_unit_test(serve_refuses_a_plugin_without_batching),
     };
     return cmocka_run_group_tests(tests, make_scratch, remove_scratch);

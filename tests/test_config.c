@@ -920,14 +920,14 @@ static void expect_validation(const char *text, const char *fragment)
 static void test_validate_checks_choices_and_ranges(void **state)
 {
     (void)state;
-    expect_validation("device: cpu\n", NULL);
-    expect_validation("device: cuda\n", NULL);
-    expect_validation("device: cuda:7\n", NULL);
-    expect_validation("device: gpu\n",
-                      "t.yaml:1:9: key 'device': expected one of cpu|cuda|cuda:N, got 'gpu'");
-    expect_validation("device: \"cuda:\"\n", "got 'cuda:'");
-    expect_validation("device: cuda:x\n", "got 'cuda:x'");
-    expect_validation("device: CPU\n", "got 'CPU'");
+    expect_validation("device.backend: cpu\n", NULL);
+    expect_validation("device:\n  backend: cuda\n", NULL);
+    expect_validation("device.backend: cuda:7\n", NULL);
+    expect_validation("device.backend: gpu\n",
+                      "t.yaml:1:17: key 'device.backend': expected one of cpu|cuda|cuda:N, got 'gpu'");
+    expect_validation("device.backend: \"cuda:\"\n", "got 'cuda:'");
+    expect_validation("device.backend: cuda:x\n", "got 'cuda:x'");
+    expect_validation("device.backend: CPU\n", "got 'CPU'");
     expect_validation("model.load_format: dummy\n", NULL);
     expect_validation("model.load_format: pt\n", "expected one of auto|dummy");
     expect_validation("logging.level: verbose\n", "expected one of error|warn|info|debug");

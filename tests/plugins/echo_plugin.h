@@ -77,6 +77,10 @@ static pio_status echo_load_model(pio_instance *inst, const pio_load_params *par
     pio_status status = echo_read_config(inst);
     if (status != PIO_OK)
         return status;
+    if (PIO_HAS_FIELD(params, pio_load_params, flags) && (params->flags & PIO_LOAD_VOCAB_ONLY)) {
+        inst->services->log(inst->host, PIO_LOG_DEBUG, "echo tokenizer loaded (vocab only)");
+        return PIO_OK; /* the byte tokenizer needs nothing; weights stay unloaded */
+    }
     status = inst->services->mem_reserve(inst->host, -1, ECHO_WEIGHT_BYTES, "weights");
     if (status != PIO_OK)
         return status;

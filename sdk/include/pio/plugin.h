@@ -335,13 +335,20 @@ typedef struct pio_init_params {
     size_t n_kwargs;
 } pio_init_params;
 
+enum pio_load_flag {
+    /* Load only what tokenize/detokenize need (the tokenizer), never the weights: the other
+     * calls then return PIO_ERR_STATE. Like llama.cpp's vocab_only. */
+    PIO_LOAD_VOCAB_ONLY = 1u << 0
+};
+
 /* Arguments to load_model(). Everything else comes through the config getters. */
 typedef struct pio_load_params {
     uint32_t struct_size;
     const char *model_path;  /* folder with config.json (may be NULL when load_format is dummy
                                 and the plugin knows its real shapes) */
     const char *load_format; /* "auto" (safetensors) or "dummy" (seeded random weights) */
-    const char *device;      /* "cpu", "cuda", "cuda:N" */
+    const char *device;      /* "cpu", "cuda", "cuda:N" (the YAML key device.backend) */
+    uint32_t flags;          /* OR of pio_load_flag */
 } pio_load_params;
 
 typedef struct pio_instance pio_instance; /* opaque, plugin-defined */
