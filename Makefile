@@ -66,6 +66,9 @@ PLUGIN_NAMES := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard plugins/*/plugi
 SDK_LIB     := $(LIB)/libpio_sdk.a
 KERNELS_LIB := $(LIB)/libpio_kernels.a
 HOST_LIB    := $(LIB)/libpio_host.a
+# The SDK and the kernels call each other (the text-generation runtime samples with the
+# kernels' sampler; kernels report errors through the SDK): one link group resolves both ways.
+STATIC_LIBS := -Wl,--start-group $(KERNELS_LIB) $(SDK_LIB) -Wl,--end-group
 PIO         := $(BUILD)/bin/pio
 PLUGINS     := $(PLUGIN_NAMES:%=$(BUILD)/plugins/%.so)
 TESTS       := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
@@ -88,7 +91,8 @@ ifneq ($(PREFIX),$(file <$(PREFIX_STAMP)))
 $(file >$(PREFIX_STAMP),$(PREFIX))
 endif
 
-.PHONY: all test test-build install uninstall clean sdk-pc
+.PHONY: all test test-build install uninstall clean deps run
+DEMO_QUESTION ?= What is 12 plus 30?
 all: $(PIO) $(PLUGINS) $(SDK_LIB) $(KERNELS_LIB) $(BUILD)/pio-sdk.pc
 
 $(OBJ)/%.o: %.c $(FLAGS_STAMP)
@@ -125,7 +129,7 @@ define PLUGIN_RULE
 $(1)_SRCS := $$(shell find plugins/$(1) -name '*.c' -not -path '*/tests/*' -not -path '*/benchmarks/*' | sort)
 $(BUILD)/plugins/$(1).so: $$(call objs,$$($(1)_SRCS)) $(SDK_LIB) $(KERNELS_LIB)
 	@mkdir -p $$(dir $$@)
-	$(CC) $(LDFLAGS) $(PLUGIN_LDFLAGS) -o $$@ $$(filter %.o,$$^) $(KERNELS_LIB) $(SDK_LIB) $(EXTRA_LIBS)
+	$(CC) $(LDFLAGS) $(PLUGIN_LDFLAGS) -o $$@ $$(filter %.o,$$^) $(STATIC_LIBS) $(EXTRA_LIBS)
 endef
 $(foreach p,$(PLUGIN_NAMES),$(eval $(call PLUGIN_RULE,$(p))))
 
@@ -145,7 +149,14 @@ $(BUILD)/test_plugins/good_a_copy.so: $(BUILD)/test_plugins/good_a.so
 $(BUILD)/tests/%: tests/%.c $(HOST_LIB) $(SDK_LIB) $(KERNELS_LIB) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -DPIO_TEST_SHARED_DIR='"$(SHARED)"' -DPIO_TEST_BUILD_DIR='"$(BUILD)"' -DPIO_TEST_SANITIZE=$(SANITIZE) \
-	  -MMD -MP -o $@ $< $(HOST_LIB) $(KERNELS_LIB) $(SDK_LIB) $(LDFLAGS) -rdynamic -lcmocka -lyaml $(EXTRA_LIBS)
+	  -MMD -MP -o $@ $< $(HOST_LIB) $(STATIC_LIBS) $(LDFLAGS) -rdynamic -lcmocka -lyaml $(EXTRA_LIBS)
+
+# One command from a fresh clone: install what is missing, build, ask the demo model.
+deps:
+	bash tools/install_deps.sh
+run: deps
+	$(MAKE) all
+	$(PIO) run -c configs/demo.yaml -p "$(DEMO_QUESTION)"
 
 test-build: all $(TESTS) $(FIXTURE_PLUGINS)
 

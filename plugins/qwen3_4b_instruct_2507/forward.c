@@ -1,0 +1,204 @@
+/* The batched forward of the Qwen3 dense model (see model.h) and its sequence operations. */
+#include <stdio.h>
+
+#include "attention/attention.h"
+#include "model.h"
+
+pio_status qwen3_seq_open(void *self, int32_t *seq, pio_error *err)
+{
+    qwen3_model *m = self;
+    return pk_kv_seq_open(m->pool, seq, err);
+}
+
+void qwen3_seq_close(void *self, int32_t seq)
+{
+    qwen3_model *m = self;
+    pk_kv_seq_close(m->pool, seq);
+}
+
+int64_t qwen3_seq_length(void *self, int32_t seq)
+{
+    const qwen3_model *m = self;
+    return pk_kv_seq_length(m->pool, seq);
+}
+
+static pio_status check_batch(const qwen3_model *m, const pio_textgen_batch *b, pio_error *err)
+{
+    if (b == NULL || b->struct_size < sizeof *b || b->n_tokens == 0 || b->tokens == NULL ||
+        b->seq_ids == NULL)
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
+                             "forward: the batch is empty, too small or lacks its arrays");
+    for (size_t t = 0; t < b->n_tokens; t++)
+        if (b->tokens[t] < 0 || b->tokens[t] >= m->config.vocab_size)
+            return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "forward: token %zu has id %d, "
+                                 "outside the vocabulary [0, %ld)", t, (int)b->tokens[t],
+                                 m->config.vocab_size);
+    if (b->n_logits_rows > 0 && (b->logits_rows == NULL || b->logits == NULL))
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
+                             "forward: logits rows asked for without arrays");
+    for (size_t i = 0; i < b->n_logits_rows; i++)
+        if (b->logits_rows[i] < 0 || (size_t)b->logits_rows[i] >= b->n_tokens)
+            return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "forward: logits row %zu names "
+                                 "token %d of a batch of %zu", i, (int)b->logits_rows[i],
+                                 b->n_tokens);
+    return PIO_OK;
+}
+
+/* Host ids copied into a device buffer, as a [1, n] tensor. */
+static pio_status stage_ids(const qwen3_model *m, const pk_buffer *buf, const int32_t *host,
+                            int64_t n, pk_tensor *out, pio_error *err)
+{
+    *out = pk_tensor_in(buf, 0, PIO_DTYPE_I32, 1, n);
+    pk_tensor src = pk_tensor_host((void *)host, PIO_DTYPE_I32, 1, n);
+    return pk_copy(m->ctx, out, &src, err);
+}
+
+static pio_status stage_block_tables(qwen3_model *m, pk_tensor *out, pio_error *err)
+{
+    const pio_kv_batch *kb = &m->kv_batch;
+    size_t bytes = (size_t)(kb->n_seqs * kb->table_width) * sizeof(int32_t);
+    if (bytes > m->ws.block_tables.bytes) {
+        pk_buffer_free(m->ctx, &m->ws.block_tables);
+        pio_status status = pk_buffer_alloc(m->ctx, 2 * bytes, &m->ws.block_tables, err);
+        if (status != PIO_OK)
+            return status;
+    }
+    *out = pk_tensor_in(&m->ws.block_tables, 0, PIO_DTYPE_I32, kb->n_seqs, kb->table_width);
+    pk_tensor src = pk_tensor_host(kb->block_tables, PIO_DTYPE_I32, kb->n_seqs, kb->table_width);
+    return pk_copy(m->ctx, out, &src, err);
+}
+
+static qwen3_activations activations(const qwen3_model *m, int64_t n)
+{
+    const qwen3_config *c = &m->config;
+    const qwen3_workspace *ws = &m->ws;
+    int64_t q_width = c->n_heads * c->head_dim, kv_width = c->n_kv_heads * c->head_dim;
+    return (qwen3_activations){
+        .n = n,
+        .x = pk_tensor_in(&ws->x, 0, PIO_DTYPE_F32, n, c->hidden_size),
+        .h = pk_tensor_in(&ws->h, 0, PIO_DTYPE_F32, n, c->hidden_size),
+        .q = pk_tensor_in(&ws->q, 0, PIO_DTYPE_F32, n, q_width),
+        .k = pk_tensor_in(&ws->k, 0, PIO_DTYPE_F32, n, kv_width),
+        .v = pk_tensor_in(&ws->v, 0, PIO_DTYPE_F32, n, kv_width),
+        .attn = pk_tensor_in(&ws->attn, 0, PIO_DTYPE_F32, n, q_width),
+        .gate = pk_tensor_in(&ws->gate, 0, PIO_DTYPE_F32, n, c->intermediate_size),
+        .up = pk_tensor_in(&ws->up, 0, PIO_DTYPE_F32, n, c->intermediate_size),
+    };
+}
+
+/* x += down(silu(gate(h)) · up(h)) with h = RMSNorm(x) · post_attention_layernorm. */
+static pio_status mlp_block(const qwen3_model *m, const qwen3_layer_weights *w,
+                            const qwen3_activations *a, pio_error *err)
+{
+    pio_status st;
+    if ((st = pk_rmsnorm(m->ctx, &a->h, &a->x, &w->post_norm, (float)m->config.rms_norm_eps,
+                         err)) ||
+        (st = pk_matmul(m->ctx, &a->gate, &a->h, &w->gate_proj, err)) ||
+        (st = pk_matmul(m->ctx, &a->up, &a->h, &w->up_proj, err)) ||
+        (st = pk_swiglu(m->ctx, &a->gate, &a->gate, &a->up, err)) ||
+        (st = pk_matmul_add(m->ctx, &a->x, &a->gate, &w->down_proj, err)))
+        return st;
+    return PIO_OK;
+}
+
+/* Logits of up to QWEN3_LOGITS_ROWS tokens of the chunk: their final hidden states are
+ * gathered, normalised and projected, then copied to the caller's rows. */
+static pio_status logits_group(qwen3_model *m, const pio_textgen_batch *b, const pk_tensor *x,
+                               const int32_t *local_rows, const size_t *out_rows, int64_t g,
+                               pio_error *err)
+{
+    const qwen3_config *c = &m->config;
+    pk_tensor ids;
+    pk_tensor hidden = pk_tensor_in(&m->ws.logits_hidden, 0, PIO_DTYPE_F32, g, c->hidden_size);
+    pk_tensor logits = pk_tensor_in(&m->ws.logits, 0, PIO_DTYPE_F32, g, c->vocab_size);
+    pio_status st;
+    if ((st = stage_ids(m, &m->ws.logits_ids, local_rows, g, &ids, err)) ||
+        (st = pk_embedding(m->ctx, &hidden, x, &ids, err)) ||
+        (st = pk_rmsnorm(m->ctx, &hidden, &hidden, &m->weights.final_norm,
+                         (float)c->rms_norm_eps, err)) ||
+        (st = pk_matmul(m->ctx, &logits, &hidden, &m->weights.lm_head, err)))
+        return st;
+    for (int64_t j = 0; j < g && st == PIO_OK; j++) {
+        pk_tensor dst = pk_tensor_host(b->logits + out_rows[j] * (size_t)c->vocab_size,
+                                       PIO_DTYPE_F32, 1, c->vocab_size);
+        pk_tensor src = pk_tensor_rows(&logits, j, 1);
+        st = pk_copy(m->ctx, &dst, &src, err);
+    }
+    return st;
+}
+
+/* The logits rows of the batch that fall in the chunk [first, first + n). */
+static pio_status chunk_logits(qwen3_model *m, const pio_textgen_batch *b, int64_t first,
+                               int64_t n, const pk_tensor *x, pio_error *err)
+{
+    int32_t local_rows[QWEN3_LOGITS_ROWS];
+    size_t out_rows[QWEN3_LOGITS_ROWS];
+    int64_t g = 0;
+    for (size_t i = 0; i < b->n_logits_rows; i++) {
+        int64_t row = b->logits_rows[i];
+        if (row < first || row >= first + n)
+            continue;
+        local_rows[g] = (int32_t)(row - first);
+        out_rows[g++] = i;
+        if (g == QWEN3_LOGITS_ROWS) {
+            pio_status st = logits_group(m, b, x, local_rows, out_rows, g, err);
+            if (st != PIO_OK)
+                return st;
+            g = 0;
+        }
+    }
+    return g > 0 ? logits_group(m, b, x, local_rows, out_rows, g, err) : PIO_OK;
+}
+
+/* Tokens [first, first + n) of the batch through every layer. */
+static pio_status run_chunk(qwen3_model *m, const pio_textgen_batch *b, int64_t first,
+                            int64_t n, const pk_tensor *block_tables, pio_error *err)
+{
+    const pio_kv_batch *kb = &m->kv_batch;
+    pk_tensor ids;
+    pk_token_batch tb = {.block_tables = *block_tables,
+                         .block_size = pk_kv_pool_block_size(m->pool)};
+    pio_status st;
+    if ((st = stage_ids(m, &m->ws.ids, b->tokens + first, n, &ids, err)) ||
+        (st = stage_ids(m, &m->ws.positions, kb->positions + first, n, &tb.positions, err)) ||
+        (st = stage_ids(m, &m->ws.seq_rows, kb->seq_rows + first, n, &tb.seq_rows, err)))
+        return st;
+    qwen3_activations a = activations(m, n);
+    if ((st = pk_embedding(m->ctx, &a.x, &m->weights.embed, &ids, err)))
+        return st;
+    for (int32_t layer = 0; layer < m->config.n_layers; layer++) {
+        if ((st = qwen3_attention_block(m, layer, &a, &tb, err)) ||
+            (st = mlp_block(m, &m->weights.layers[layer], &a, err)))
+            return st;
+    }
+    return chunk_logits(m, b, first, n, &a.x, err);
+}
+
+static pio_status run_chunks(qwen3_model *m, const pio_textgen_batch *b, pio_error *err)
+{
+    pk_tensor block_tables;
+    pio_status st = stage_block_tables(m, &block_tables, err);
+    int64_t total = (int64_t)b->n_tokens;
+    for (int64_t first = 0; st == PIO_OK && first < total; first += QWEN3_CHUNK_TOKENS) {
+        if (m->services->should_abort(m->host))
+            return pio_error_set(err, PIO_ERR_CANCELLED, "forward: interrupted");
+        int64_t n = total - first < QWEN3_CHUNK_TOKENS ? total - first : QWEN3_CHUNK_TOKENS;
+        st = run_chunk(m, b, first, n, &block_tables, err);
+    }
+    return st == PIO_OK ? pk_synchronize(m->ctx, err) : st;
+}
+
+pio_status qwen3_forward(void *self, const pio_textgen_batch *b, pio_error *err)
+{
+    qwen3_model *m = self;
+    pio_status st = check_batch(m, b, err);
+    if (st == PIO_OK)
+        st = pio_kv_batch_prepare(&m->kv_batch, m->pool, b->seq_ids, b->n_tokens,
+                                  (int64_t)m->context_length, err);
+    if (st != PIO_OK)
+        return st;
+    st = run_chunks(m, b, err);
+    if (st != PIO_OK)
+        pio_kv_batch_rollback(&m->kv_batch, m->pool);
+    return st;
+}

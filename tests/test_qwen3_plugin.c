@@ -1,0 +1,895 @@
+/*
+ * The qwen3_4b_instruct_2507 plugin end to end on the CPU backend, checked against the
+ * transformers reference of tests/fixtures/models/qwen3_tiny (tools/make_model_fixtures.py):
+ * logits of every position, batched forwards of several sequences against one at a time,
+ * greedy continuations, the chat reply, `pio logits`, dummy weights, malformed model folders
+ * and a full KV cache. The plugin is driven as the host drives it: the built .so is loaded with
+ * the host's loader, services and YAML config.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "host/config.h"
+#include "host/host_services.h"
+#include "host/plugin_loader.h"
+#include "pio/safetensors.h"
+#include "pio/textgen.h"
+
+#define PLUGIN_DIR PIO_TEST_BUILD_DIR "/plugins"
+#define PLUGIN_SO PLUGIN_DIR "/qwen3_4b_instruct_2507.so"
+#define PIO PIO_TEST_BUILD_DIR "/bin/pio"
+#define FIXTURE "tests/fixtures/models/qwen3_tiny"
+
+/*
+ * ‖ours − ref‖ / ‖ref‖ per position against logits_f32.npy. With an F32 KV cache our math is
+ * fp32 like the reference's; what is left is the fixture's RoPE: the script rounds the model to
+ * bf16 with model.to(), which also rounds the rotary inv_freq buffer that from_pretrained keeps
+ * in fp32. Measured: 1.85e-3 at worst (0 at position 0, where RoPE does nothing); against a
+ * float64 reference with fp32 inv_freq the same logits agree to 8e-7. With the default BF16
+ * cache the bar is the issue's 1e-2 (measured 4.2e-3).
+ */
+#define F32_CACHE_TOLERANCE 3e-3
+#define BF16_CACHE_TOLERANCE 1e-2
+/* Two runs of the same math in another batch layout or through the CLI. */
+#define SAME_MATH_TOLERANCE 1e-5
+
+#define MAX_SEQS 8
+
+/* ------------------------------------------------------------------------------------------ */
+/* Reference data                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct npy_f32 {
+    size_t rows, cols;
+    float *data;
+} npy_f32;
+
+/* A C-order little-endian float32 2-D .npy file (format versions 1 and 2). */
+static int read_npy(const char *path, npy_f32 *out)
+{
+    FILE *file = fopen(path, "rb");
+    if (file == NULL)
+        return -1;
+    unsigned char head[12];
+    char header[1024];
+    int ok = fread(head, 1, 10, file) == 10 && memcmp(head, "\x93NUMPY", 6) == 0;
+    size_t header_len = head[8] | (size_t)head[9] << 8;
+    if (ok && head[6] == 2) {
+        ok = fread(head + 10, 1, 2, file) == 2;
+        header_len |= (size_t)head[10] << 16 | (size_t)head[11] << 24;
+    }
+    ok = ok && header_len < sizeof header && fread(header, 1, header_len, file) == header_len;
+    header[ok ? header_len : 0] = '\0';
+    const char *shape = strstr(header, "'shape': (");
+    ok = ok && strstr(header, "'descr': '<f4'") && strstr(header, "'fortran_order': False") &&
+         shape && sscanf(shape, "'shape': (%zu, %zu)", &out->rows, &out->cols) == 2;
+    size_t count = ok ? out->rows * out->cols : 0;
+    out->data = ok ? malloc(count * sizeof(float)) : NULL;
+    ok = ok && out->data && fread(out->data, sizeof(float), count, file) == count;
+    fclose(file);
+    if (!ok) {
+        free(out->data);
+        out->data = NULL;
+    }
+    return ok ? 0 : -1;
+}
+
+typedef struct reference {
+    json_t *json;
+    npy_f32 logits;          /* logits_f32.npy: rows of every sequence, concatenated */
+    size_t n_seqs;
+    int32_t *seqs[MAX_SEQS];
+    size_t seq_len[MAX_SEQS];
+    size_t first_row[MAX_SEQS];
+} reference;
+
+static reference ref;
+
+static int32_t *int_array(const json_t *array, size_t *count)
+{
+    *count = json_array_size(array);
+    int32_t *ids = malloc((*count ? *count : 1) * sizeof *ids);
+    for (size_t i = 0; ids && i < *count; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(array, i));
+    return ids;
+}
+
+static int load_reference(void **state)
+{
+    (void)state;
+    json_error_t error;
+    ref.json = json_load_file(FIXTURE "/reference.json", 0, &error);
+    if (ref.json == NULL || read_npy(FIXTURE "/logits_f32.npy", &ref.logits) != 0)
+        return -1;
+    const json_t *seqs = json_object_get(ref.json, "sequences");
+    ref.n_seqs = json_array_size(seqs);
+    size_t row = 0;
+    for (size_t s = 0; s < ref.n_seqs && s < MAX_SEQS; s++) {
+        ref.seqs[s] = int_array(json_array_get(seqs, s), &ref.seq_len[s]);
+        ref.first_row[s] = row;
+        row += ref.seq_len[s];
+    }
+    return row == ref.logits.rows ? 0 : -1;
+}
+
+static int free_reference(void **state)
+{
+    (void)state;
+    for (size_t s = 0; s < ref.n_seqs; s++)
+        free(ref.seqs[s]);
+    free(ref.logits.data);
+    json_decref(ref.json);
+    return 0;
+}
+
+static const float *reference_row(size_t seq, size_t position)
+{
+    return ref.logits.data + (ref.first_row[seq] + position) * ref.logits.cols;
+}
+
+/* ‖a − b‖ / ‖b‖, or ‖a − b‖ when b is zero (the pad token's row is all zeros). */
+static double relative_error(const float *a, const float *b, size_t n)
+{
+    double diff = 0.0, norm = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        diff += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        norm += (double)b[i] * b[i];
+    }
+    return norm > 0.0 ? sqrt(diff / norm) : sqrt(diff);
+}
+
+static int32_t argmax(const float *row, size_t n)
+{
+    size_t best = 0;
+    for (size_t i = 1; i < n; i++)
+        if (row[i] > row[best])
+            best = i;
+    return (int32_t)best;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A plugin instance driven through the host                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct session {
+    pio_config *config;
+    pio_host_state state;
+    pio_plugin_registry registry;
+    const pio_plugin_vtable *vt;
+    pio_instance *inst;
+    const pio_textgen_model *model; /* the batched-forward extension */
+} session;
+
+/* Loads the plugin and a model; returns load_model's status (the instance stays open for
+ * close_session either way). yaml may be NULL. */
+static pio_status open_session_flags(session *s, const char *yaml, const char *model_path,
+                                     const char *load_format, uint32_t flags)
+{
+    memset(s, 0, sizeof *s);
+    pio_error err;
+    s->config = pio_config_new();
+    assert_non_null(s->config);
+    if (yaml != NULL)
+        assert_int_equal(pio_config_load_string(s->config, "test.yaml", yaml, strlen(yaml), &err),
+                         PIO_OK);
+    pio_host_state_init(&s->state, s->config, "qwen3");
+    s->state.show_progress = 0;
+    s->state.log_level = PIO_LOG_ERROR;
+    pio_registry_init(&s->registry, pio_host_services_table(), &s->state);
+    if (pio_registry_load_file(&s->registry, PLUGIN_SO, &err) != PIO_OK)
+        fail_msg("%s: %s", PLUGIN_SO, err.message);
+    s->vt = s->registry.plugins[0].descriptor->vtable;
+    pio_init_params init = {.struct_size = sizeof init, .services = pio_host_services_table(),
+                            .host = &s->state};
+    assert_int_equal(s->vt->initialize(&init, &s->inst), PIO_OK);
+    pio_load_params load = {.struct_size = sizeof load, .model_path = model_path,
+                            .load_format = load_format ? load_format : "auto", .device = "cpu",
+                            .flags = flags};
+    pio_status status = s->vt->load_model(s->inst, &load);
+    if (status == PIO_OK)
+        s->model = s->vt->get_extension(s->inst, PIO_TEXTGEN_MODEL_EXTENSION);
+    return status;
+}
+
+static pio_status open_session(session *s, const char *yaml, const char *model_path,
+                               const char *load_format)
+{
+    return open_session_flags(s, yaml, model_path, load_format, 0);
+}
+
+static void open_ok(session *s, const char *yaml, const char *model_path, const char *format)
+{
+    pio_status status = open_session(s, yaml, model_path, format);
+    if (status != PIO_OK)
+        fail_msg("load_model: %s: %s", pio_status_str(status), s->state.last_error);
+    assert_non_null(s->model);
+}
+
+static void close_session(session *s)
+{
+    s->vt->cleanup(s->inst);
+    pio_registry_close(&s->registry);
+    pio_config_free(s->config);
+}
+
+static void expect_error(const session *s, const char *part)
+{
+    if (strstr(s->state.last_error, part) == NULL)
+        fail_msg("error '%s' lacks '%s'", s->state.last_error, part);
+}
+
+/* Logits of every position of a fresh sequence, through infer(). The caller frees. */
+static float *infer_all(session *s, const int32_t *ids, size_t n)
+{
+    size_t vocab = s->model->vocab_size;
+    float *logits = malloc(n * vocab * sizeof *logits);
+    pio_infer_request req = {.struct_size = sizeof req, .tokens = ids, .n_tokens = n,
+                             .logits_mode = PIO_LOGITS_ALL, .logits = logits,
+                             .logits_capacity = n * vocab};
+    pio_infer_result result = {.struct_size = sizeof result};
+    pio_status status = s->vt->infer(s->inst, &req, &result);
+    if (status != PIO_OK)
+        fail_msg("infer: %s: %s", pio_status_str(status), s->state.last_error);
+    assert_int_equal(result.n_rows, n);
+    assert_int_equal(result.vocab_size, vocab);
+    return logits;
+}
+
+static const char F32_CACHE[] = "kv_cache:\n  dtype: f32\n";
+
+/* ------------------------------------------------------------------------------------------ */
+/* Numerics against the reference                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+static double worst_error_against_reference(session *s)
+{
+    double worst = 0.0;
+    for (size_t q = 0; q < ref.n_seqs; q++) {
+        float *logits = infer_all(s, ref.seqs[q], ref.seq_len[q]);
+        for (size_t p = 0; p < ref.seq_len[q]; p++) {
+            double e = relative_error(logits + p * ref.logits.cols, reference_row(q, p),
+                                      ref.logits.cols);
+            worst = e > worst ? e : worst;
+        }
+        free(logits);
+    }
+    return worst;
+}
+
+static void logits_match_the_reference(void **state)
+{
+    (void)state;
+    session s;
+    open_ok(&s, F32_CACHE, FIXTURE, NULL);
+    assert_int_equal(s.model->vocab_size, ref.logits.cols);
+    double worst = worst_error_against_reference(&s);
+    print_message("max relative logits error, F32 KV cache: %.3g\n", worst);
+    assert_true(worst <= F32_CACHE_TOLERANCE);
+    close_session(&s);
+
+    open_ok(&s, NULL, FIXTURE, NULL);
+    worst = worst_error_against_reference(&s);
+    print_message("max relative logits error, BF16 KV cache: %.3g\n", worst);
+    assert_true(worst <= BF16_CACHE_TOLERANCE);
+    close_session(&s);
+}
+
+/* One forward step of a mixed batch: `take[q]` next tokens of each sequence q (0 = none). */
+static void forward_step(session *s, const int32_t *seq_ids_of, const size_t *take,
+                         size_t *done, float **out)
+{
+    int32_t tokens[64], seq_ids[64], rows[64];
+    size_t owner[64], position[64], n = 0;
+    /* Interleave the sequences token by token, so the batch is really mixed. */
+    for (size_t k = 0; k < 32; k++) {
+        for (size_t q = 0; q < ref.n_seqs; q++) {
+            if (k >= take[q])
+                continue;
+            tokens[n] = ref.seqs[q][done[q] + k];
+            seq_ids[n] = seq_ids_of[q];
+            owner[n] = q;
+            position[n] = done[q] + k;
+            rows[n] = (int32_t)n;
+            n++;
+        }
+    }
+    size_t vocab = s->model->vocab_size;
+    float *logits = malloc(n * vocab * sizeof *logits);
+    pio_textgen_batch batch = {.struct_size = sizeof batch, .n_tokens = n, .tokens = tokens,
+                               .seq_ids = seq_ids, .n_logits_rows = n, .logits_rows = rows,
+                               .logits = logits};
+    pio_error err;
+    pio_status status = s->model->forward(s->model->self, &batch, &err);
+    if (status != PIO_OK)
+        fail_msg("forward: %s", err.message);
+    for (size_t i = 0; i < n; i++)
+        memcpy(out[owner[i]] + position[i] * vocab, logits + i * vocab, vocab * sizeof(float));
+    for (size_t q = 0; q < ref.n_seqs; q++)
+        done[q] += take[q];
+    free(logits);
+}
+
+static void batched_forward_equals_one_sequence_at_a_time(void **state)
+{
+    (void)state;
+    session s;
+    /* Blocks of 4 tokens: every sequence spans several blocks, interleaved in the pool. */
+    open_ok(&s, "kv_cache: {dtype: f32, block_size: 4, max_tokens: 64}\n", FIXTURE, NULL);
+    float *alone[MAX_SEQS], *batched[MAX_SEQS];
+    int32_t seq_ids[MAX_SEQS];
+    pio_error err;
+    for (size_t q = 0; q < ref.n_seqs; q++) {
+        alone[q] = infer_all(&s, ref.seqs[q], ref.seq_len[q]);
+        batched[q] = calloc(ref.seq_len[q] * s.model->vocab_size, sizeof(float));
+        assert_int_equal(s.model->seq_open(s.model->self, &seq_ids[q], &err), PIO_OK);
+    }
+    /* Prefill chunks and single-token decode steps of different sequences, mixed. */
+    const size_t schedule[][3] = {{3, 5, 0}, {1, 1, 1}, {2, 9, 0}, {1, 1, 0}, {0, 7, 0}};
+    size_t done[MAX_SEQS] = {0};
+    for (size_t step = 0; step < sizeof schedule / sizeof schedule[0]; step++)
+        forward_step(&s, seq_ids, schedule[step], done, batched);
+    for (size_t q = 0; q < ref.n_seqs; q++) {
+        assert_int_equal(done[q], ref.seq_len[q]);
+        assert_int_equal(s.model->seq_length(s.model->self, seq_ids[q]), ref.seq_len[q]);
+        for (size_t p = 0; p < ref.seq_len[q]; p++) {
+            size_t v = s.model->vocab_size;
+            double e = relative_error(batched[q] + p * v, alone[q] + p * v, v);
+            if (e > SAME_MATH_TOLERANCE)
+                fail_msg("sequence %zu position %zu: batched differs by %.3g", q, p, e);
+        }
+        s.model->seq_close(s.model->self, seq_ids[q]);
+        free(alone[q]);
+        free(batched[q]);
+    }
+    close_session(&s);
+}
+
+/* Greedy decoding of every fixture sequence at once: one prefill batch, then one batch per
+ * step holding the last token of each sequence. */
+static void greedy_continuations_match_the_reference(void **state)
+{
+    (void)state;
+    session s;
+    open_ok(&s, "kv_cache: {dtype: f32, block_size: 4}\n", FIXTURE, NULL);
+    const json_t *expected = json_object_get(ref.json, "greedy_continuations_f32");
+    size_t n_new = (size_t)json_integer_value(json_object_get(ref.json, "greedy_new_tokens"));
+    size_t vocab = s.model->vocab_size, n_seqs = ref.n_seqs, total = 0;
+    int32_t seq_ids[MAX_SEQS], tokens[64], owners[64], rows[MAX_SEQS], next[MAX_SEQS];
+    pio_error err;
+    for (size_t q = 0; q < n_seqs; q++) {
+        assert_int_equal(s.model->seq_open(s.model->self, &seq_ids[q], &err), PIO_OK);
+        for (size_t p = 0; p < ref.seq_len[q]; p++) {
+            tokens[total] = ref.seqs[q][p];
+            owners[total++] = seq_ids[q];
+        }
+        rows[q] = (int32_t)total - 1;
+    }
+    float *logits = malloc(n_seqs * vocab * sizeof *logits);
+    pio_textgen_batch batch = {.struct_size = sizeof batch, .n_tokens = total, .tokens = tokens,
+                               .seq_ids = owners, .n_logits_rows = n_seqs, .logits_rows = rows,
+                               .logits = logits};
+    for (size_t step = 0; step < n_new; step++) {
+        pio_status status = s.model->forward(s.model->self, &batch, &err);
+        if (status != PIO_OK)
+            fail_msg("forward: %s", err.message);
+        for (size_t q = 0; q < n_seqs; q++) {
+            next[q] = argmax(logits + q * vocab, vocab);
+            int64_t want = json_integer_value(json_array_get(json_array_get(expected, q), step));
+            if (next[q] != want)
+                fail_msg("sequence %zu, new token %zu: %d, reference %d", q, step, next[q],
+                         (int)want);
+            rows[q] = (int32_t)q;
+        }
+        batch = (pio_textgen_batch){.struct_size = sizeof batch, .n_tokens = n_seqs,
+                                    .tokens = next, .seq_ids = seq_ids, .n_logits_rows = n_seqs,
+                                    .logits_rows = rows, .logits = logits};
+    }
+    free(logits);
+    close_session(&s);
+}
+
+typedef struct collected {
+    char text[1024];
+    size_t len;
+    int calls;
+} collected;
+
+static int collect(void *user, int32_t id, const char *text, size_t len)
+{
+    collected *c = user;
+    (void)id;
+    assert_true(c->len + len < sizeof c->text);
+    memcpy(c->text + c->len, text, len);
+    c->len += len;
+    c->text[c->len] = '\0';
+    c->calls++;
+    return 0;
+}
+
+static void chat_reply_matches_the_reference(void **state)
+{
+    (void)state;
+    session s;
+    open_ok(&s, F32_CACHE, FIXTURE, NULL);
+    const json_t *chat = json_object_get(ref.json, "chat_f32");
+    const json_t *messages = json_object_get(chat, "messages");
+    pio_chat_message storage[4];
+    const pio_chat_message *pointers[4];
+    size_t n = json_array_size(messages);
+    for (size_t i = 0; i < n && i < 4; i++) {
+        const json_t *m = json_array_get(messages, i);
+        storage[i] = (pio_chat_message){
+            .struct_size = sizeof storage[i],
+            .role = json_string_value(json_object_get(m, "role")),
+            .content = json_string_value(json_object_get(m, "content"))};
+        pointers[i] = &storage[i];
+    }
+    pio_sampling_params greedy = {.struct_size = sizeof greedy,
+                                  .fields_set = PIO_SAMPLING_TEMPERATURE, .temperature = 0.0f};
+    collected streamed = {0};
+    pio_chat_request req = {
+        .struct_size = sizeof req, .messages = pointers, .n_messages = n,
+        .add_generation_prompt = 1, .enable_thinking = -1,
+        .max_new_tokens = (int32_t)json_integer_value(json_object_get(chat, "max_new_tokens")),
+        .sampling = &greedy, .on_token = collect, .user_data = &streamed};
+    pio_generate_response resp = {.struct_size = sizeof resp};
+    assert_int_equal(s.vt->chat_completion(s.inst, &req, &resp), PIO_OK);
+
+    size_t n_reply = 0, n_prompt = 0;
+    int32_t *reply = int_array(json_object_get(chat, "reply_ids"), &n_reply);
+    int32_t *prompt = int_array(json_object_get(chat, "prompt_ids"), &n_prompt);
+    assert_int_equal(resp.n_tokens, n_reply);
+    assert_memory_equal(resp.token_ids, reply, n_reply * sizeof *reply);
+    assert_string_equal(resp.text, json_string_value(json_object_get(chat, "reply_text")));
+    assert_string_equal(streamed.text, resp.text);
+    assert_int_equal(streamed.calls, (int)n_reply);
+    assert_int_equal(resp.usage.prompt_tokens, n_prompt);
+    assert_int_equal(resp.finish_reason, PIO_FINISH_LENGTH);
+
+    /* The prompt: the rendered ChatML tokenizes to the reference's ids. */
+    const char *prompt_text = json_string_value(json_object_get(chat, "prompt_text"));
+    int32_t ids[256];
+    size_t n_ids = 0;
+    assert_int_equal(s.vt->tokenize(s.inst, prompt_text, strlen(prompt_text), 0, ids, 256,
+                                    &n_ids),
+                     PIO_OK);
+    assert_int_equal(n_ids, n_prompt);
+    assert_memory_equal(ids, prompt, n_prompt * sizeof *prompt);
+    s.vt->free_response(s.inst, &resp);
+    free(reply);
+    free(prompt);
+    close_session(&s);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Generation behaviour on the real plugin                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static pio_status generate(session *s, const char *prompt, int32_t max_new,
+                           const pio_sampling_params *sampling, const pio_stop_conditions *stop,
+                           pio_generate_response *resp)
+{
+    pio_generate_request req = {.struct_size = sizeof req, .prompt = prompt,
+                                .prompt_len = strlen(prompt), .max_new_tokens = max_new,
+                                .sampling = sampling, .stop = stop};
+    memset(resp, 0, sizeof *resp);
+    resp->struct_size = sizeof *resp;
+    return s->vt->generate_text(s->inst, &req, resp);
+}
+
+static void sampling_is_reproducible_and_stop_tokens_end_generation(void **state)
+{
+    (void)state;
+    session s;
+    open_ok(&s, NULL, FIXTURE, NULL);
+    pio_sampling_params sampling = {.struct_size = sizeof sampling,
+                                    .fields_set = PIO_SAMPLING_TEMPERATURE | PIO_SAMPLING_SEED |
+                                                  PIO_SAMPLING_TOP_K,
+                                    .temperature = 0.9f, .top_k = 40, .seed = 42};
+    pio_stop_conditions no_eos = {.struct_size = sizeof no_eos, .ignore_eos = 1};
+    pio_generate_response a, b;
+    assert_int_equal(generate(&s, "The model", 20, &sampling, &no_eos, &a), PIO_OK);
+    assert_int_equal(generate(&s, "The model", 20, &sampling, &no_eos, &b), PIO_OK);
+    assert_int_equal(a.n_tokens, 20);
+    assert_memory_equal(a.token_ids, b.token_ids, 20 * sizeof(int32_t));
+    assert_string_equal(a.text, b.text);
+    assert_int_equal(a.finish_reason, PIO_FINISH_LENGTH);
+    assert_true(a.timings.decode_tokens_per_s > 0.0);
+    s.vt->free_response(s.inst, &b);
+
+    /* Stopping on the fifth sampled token ends generation there. */
+    int32_t stop_id = a.token_ids[4];
+    size_t first = 0;
+    while (a.token_ids[first] != stop_id)
+        first++;
+    pio_stop_conditions stop = {.struct_size = sizeof stop, .stop_token_ids = &stop_id,
+                                .n_stop_token_ids = 1};
+    assert_int_equal(generate(&s, "The model", 20, &sampling, &stop, &b), PIO_OK);
+    assert_int_equal(b.finish_reason, PIO_FINISH_STOP);
+    assert_int_equal(b.n_tokens, first + 1);
+    s.vt->free_response(s.inst, &a);
+    s.vt->free_response(s.inst, &b);
+    close_session(&s);
+}
+
+static void prompts_that_cannot_run_are_clear_errors(void **state)
+{
+    (void)state;
+    session s;
+    open_ok(&s, "runtime: {max_context: 8}\n", FIXTURE, NULL);
+    pio_generate_response resp;
+    assert_int_equal(generate(&s, "", 4, NULL, NULL, &resp), PIO_ERR_INVALID_ARGUMENT);
+    expect_error(&s, "the prompt is empty");
+    s.vt->free_response(s.inst, &resp);
+    const char *long_prompt = "the model number plus minus answer question value cache layer";
+    assert_int_equal(generate(&s, long_prompt, 4, NULL, NULL, &resp), PIO_ERR_INVALID_ARGUMENT);
+    expect_error(&s, "leaves no room in the context of 8 tokens");
+    s.vt->free_response(s.inst, &resp);
+    assert_int_equal(generate(&s, "\xff\xfe", 4, NULL, NULL, &resp), PIO_ERR_INVALID_ARGUMENT);
+    s.vt->free_response(s.inst, &resp);
+
+    int32_t bad_ids[] = {1, 1024};
+    float logits[2 * 1024];
+    pio_infer_request req = {.struct_size = sizeof req, .tokens = bad_ids, .n_tokens = 2,
+                             .logits_mode = PIO_LOGITS_LAST, .logits = logits,
+                             .logits_capacity = 2 * 1024};
+    pio_infer_result result = {.struct_size = sizeof result};
+    assert_int_equal(s.vt->infer(s.inst, &req, &result), PIO_ERR_INVALID_ARGUMENT);
+    expect_error(&s, "token 1 has id 1024, outside the vocabulary [0, 1024)");
+    int32_t nine[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    req.tokens = nine;
+    req.n_tokens = 9;
+    assert_int_equal(s.vt->infer(s.inst, &req, &result), PIO_ERR_INVALID_ARGUMENT);
+    expect_error(&s, "context length of 8");
+    req.n_tokens = 2;
+    req.logits_capacity = 1000;
+    assert_int_equal(s.vt->infer(s.inst, &req, &result), PIO_SOFT_TRUNCATED);
+    assert_int_equal(result.n_rows, 1);
+    close_session(&s);
+}
+
+static void full_kv_cache_is_soft_and_ends_generation_with_length(void **state)
+{
+    (void)state;
+    session s;
+    open_ok(&s, "kv_cache: {block_size: 4, max_tokens: 16}\n", FIXTURE, NULL);
+    pio_model_info info = {.struct_size = sizeof info};
+    assert_int_equal(s.vt->get_model_info(s.inst, &info), PIO_OK);
+    assert_int_equal(info.context_length, 16);
+    pio_stop_conditions no_eos = {.struct_size = sizeof no_eos, .ignore_eos = 1};
+    pio_generate_response resp;
+    assert_int_equal(generate(&s, "The model", 100, NULL, &no_eos, &resp), PIO_OK);
+    assert_int_equal(resp.finish_reason, PIO_FINISH_LENGTH);
+    assert_int_equal(resp.usage.prompt_tokens + resp.n_tokens, 16);
+    s.vt->free_response(s.inst, &resp);
+
+    /* Two sequences asking for more blocks than the pool has: soft, and nothing changed. */
+    int32_t a = -1, b = -1, tokens[24], seqs[24], row = 0;
+    pio_error err;
+    assert_int_equal(s.model->seq_open(s.model->self, &a, &err), PIO_OK);
+    assert_int_equal(s.model->seq_open(s.model->self, &b, &err), PIO_OK);
+    for (int i = 0; i < 24; i++) {
+        tokens[i] = i + 1;
+        seqs[i] = i < 12 ? a : b;
+    }
+    float logits[1024];
+    pio_textgen_batch batch = {.struct_size = sizeof batch, .n_tokens = 12, .tokens = tokens,
+                               .seq_ids = seqs, .n_logits_rows = 1, .logits_rows = &row,
+                               .logits = logits};
+    assert_int_equal(s.model->forward(s.model->self, &batch, &err), PIO_OK);
+    batch.n_tokens = 24;
+    assert_int_equal(s.model->forward(s.model->self, &batch, &err), PIO_ERR_INVALID_ARGUMENT);
+    batch.n_tokens = 12;
+    batch.tokens = tokens + 12;
+    batch.seq_ids = seqs + 12;
+    assert_int_equal(s.model->forward(s.model->self, &batch, &err), PIO_SOFT_KV_FULL);
+    assert_int_equal(s.model->seq_length(s.model->self, a), 12);
+    assert_int_equal(s.model->seq_length(s.model->self, b), 0);
+    s.model->seq_close(s.model->self, a);
+    assert_int_equal(s.model->forward(s.model->self, &batch, &err), PIO_OK);
+    s.model->seq_close(s.model->self, b);
+    close_session(&s);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* pio logits, dummy weights, malformed folders                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+static char scratch[64];
+
+static int make_scratch(void **state)
+{
+    (void)state;
+    snprintf(scratch, sizeof scratch, "/tmp/pio-qwen3-XXXXXX");
+    return mkdtemp(scratch) == NULL;
+}
+
+static int remove_scratch(void **state)
+{
+    (void)state;
+    char command[128];
+    snprintf(command, sizeof command, "rm -rf '%s'", scratch);
+    return system(command);
+}
+
+static int shell(const char *format, ...)
+{
+    char command[2048];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(command, sizeof command, format, args);
+    va_end(args);
+    int status = system(command);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void pio_logits_writes_the_same_numbers(void **state)
+{
+    (void)state;
+    const size_t q = 1;
+    char ids[512] = "", out[128];
+    for (size_t p = 0; p < ref.seq_len[q]; p++)
+        snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "%s%d", p ? "," : "",
+                 (int)ref.seqs[q][p]);
+    snprintf(out, sizeof out, "%s/logits.npy", scratch);
+    assert_int_equal(shell(PIO " logits --plugin-dir " PLUGIN_DIR " -m " FIXTURE
+                               " --set kv_cache.dtype=f32 --tokens %s --out %s 2>/dev/null",
+                           ids, out),
+                     0);
+    npy_f32 written;
+    assert_int_equal(read_npy(out, &written), 0);
+    assert_int_equal(written.rows, ref.seq_len[q]);
+    assert_int_equal(written.cols, ref.logits.cols);
+    session s;
+    open_ok(&s, F32_CACHE, FIXTURE, NULL);
+    float *logits = infer_all(&s, ref.seqs[q], ref.seq_len[q]);
+    for (size_t p = 0; p < written.rows; p++) {
+        const float *row = written.data + p * written.cols;
+        assert_true(relative_error(row, logits + p * written.cols, written.cols) <=
+                    SAME_MATH_TOLERANCE);
+        assert_true(relative_error(row, reference_row(q, p), written.cols) <=
+                    F32_CACHE_TOLERANCE);
+    }
+    free(logits);
+    free(written.data);
+    close_session(&s);
+}
+
+/* `pio run` prints the reply of the reference chat on stdout. */
+static void pio_run_prints_the_reply(void **state)
+{
+    (void)state;
+    const json_t *chat = json_object_get(ref.json, "chat_f32");
+    const json_t *messages = json_object_get(chat, "messages");
+    const char *system_text = json_string_value(json_object_get(json_array_get(messages, 0),
+                                                                "content"));
+    const char *user_text = json_string_value(json_object_get(json_array_get(messages, 1),
+                                                              "content"));
+    char out[128];
+    snprintf(out, sizeof out, "%s/reply.txt", scratch);
+    assert_int_equal(shell(PIO " run --plugin-dir " PLUGIN_DIR " -m " FIXTURE " --temp 0 -n 12 "
+                               "--set kv_cache.dtype=f32 --system '%s' -p '%s' > %s 2>/dev/null",
+                           system_text, user_text, out),
+                     0);
+    FILE *file = fopen(out, "rb");
+    assert_non_null(file);
+    char printed[512];
+    size_t len = fread(printed, 1, sizeof printed - 1, file);
+    fclose(file);
+    printed[len] = '\0';
+    assert_string_equal(printed, json_string_value(json_object_get(chat, "reply_text")));
+}
+
+/* Copies the fixture's config files (and tokenizer) into scratch/NAME, without weights. */
+static void copy_config_folder(const char *name, int with_tokenizer)
+{
+    assert_int_equal(shell("mkdir -p %s/%s && cp " FIXTURE "/config.json " FIXTURE
+                           "/generation_config.json %s %s/%s/",
+                           scratch, name, with_tokenizer ? FIXTURE "/tokenizer.json" : "",
+                           scratch, name),
+                     0);
+}
+
+static void dummy_weights_of_a_config_only_folder(void **state)
+{
+    (void)state;
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/config_only", scratch);
+    assert_int_equal(shell("mkdir -p %s && cp " FIXTURE "/config.json %s/", dir, dir), 0);
+    session s;
+    open_ok(&s, "model: {seed: 7}\n", dir, "dummy");
+    pio_model_info info = {.struct_size = sizeof info};
+    assert_int_equal(s.vt->get_model_info(s.inst, &info), PIO_OK);
+    assert_int_equal(info.vocab_size, 1024);
+    assert_string_equal(info.backend, "cpu");
+    int32_t ids[] = {1, 2, 3};
+    float *first = infer_all(&s, ids, 3);
+    for (size_t i = 0; i < 3 * info.vocab_size; i++)
+        assert_true(isfinite(first[i]));
+    /* No tokenizer in the folder: raw forwards work, text requests say what is missing. */
+    pio_generate_response resp;
+    assert_int_equal(generate(&s, "hi", 4, NULL, NULL, &resp), PIO_ERR_STATE);
+    expect_error(&s, "tokenizer.json does not exist");
+    s.vt->free_response(s.inst, &resp);
+    close_session(&s);
+
+    open_ok(&s, "model: {seed: 7}\n", dir, "dummy");
+    float *again = infer_all(&s, ids, 3);
+    assert_memory_equal(first, again, 3 * info.vocab_size * sizeof(float));
+    close_session(&s);
+    open_ok(&s, "model: {seed: 8}\n", dir, "dummy");
+    float *other = infer_all(&s, ids, 3);
+    assert_memory_not_equal(first, other, 3 * info.vocab_size * sizeof(float));
+    close_session(&s);
+    free(first);
+    free(again);
+    free(other);
+
+    assert_int_equal(open_session(&s, NULL, NULL, "auto"), PIO_ERR_CONFIG);
+    expect_error(&s, "model.path is not set");
+    close_session(&s);
+}
+
+static void vocab_only_load_reads_the_tokenizer_alone(void **state)
+{
+    (void)state;
+    copy_config_folder("vocab", 1);
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/vocab", scratch); /* no weights in it */
+    session s;
+    assert_int_equal(open_session_flags(&s, NULL, dir, NULL, PIO_LOAD_VOCAB_ONLY), PIO_OK);
+    assert_null(s.model);
+    int32_t ids[16];
+    size_t n = 0, len = 0;
+    assert_int_equal(s.vt->tokenize(s.inst, "hello<|im_end|>", 15, 0, ids, 16, &n), PIO_OK);
+    assert_int_equal(ids[n - 1], 1002);
+    char text[64];
+    assert_int_equal(s.vt->detokenize(s.inst, ids, n, 1, text, sizeof text, &len), PIO_OK);
+    assert_string_equal(text, "hello");
+    pio_generate_response resp;
+    assert_int_equal(generate(&s, "hi", 4, NULL, NULL, &resp), PIO_ERR_STATE);
+    expect_error(&s, "vocab-only");
+    pio_model_info info = {.struct_size = sizeof info};
+    assert_int_equal(s.vt->get_model_info(s.inst, &info), PIO_ERR_STATE);
+    close_session(&s);
+
+    snprintf(dir, sizeof dir, "%s/config_only", scratch);
+    assert_int_equal(shell("mkdir -p %s && cp " FIXTURE "/config.json %s/", dir, dir), 0);
+    assert_int_equal(open_session_flags(&s, NULL, dir, NULL, PIO_LOAD_VOCAB_ONLY),
+                     PIO_ERR_NOT_FOUND);
+    expect_error(&s, "config_only/tokenizer.json does not exist");
+    close_session(&s);
+}
+
+/* Writes scratch/NAME/model.safetensors: the fixture's tensors, with `drop` left out and
+ * `reshape` given one row less. */
+static void write_edited_checkpoint(const char *name, const char *drop, const char *reshape)
+{
+    copy_config_folder(name, 0);
+    pio_safetensors *st = NULL;
+    pio_error err;
+    assert_int_equal(pio_safetensors_open(FIXTURE, &st, &err), PIO_OK);
+    size_t n = pio_safetensors_count(st), kept = 0;
+    pio_safetensors_tensor *tensors = calloc(n, sizeof *tensors);
+    int64_t shape[2];
+    for (size_t i = 0; i < n; i++) {
+        const pio_safetensors_tensor *t = pio_safetensors_at(st, i);
+        if (drop != NULL && strcmp(t->name, drop) == 0)
+            continue;
+        tensors[kept] = *t;
+        if (reshape != NULL && strcmp(t->name, reshape) == 0) {
+            shape[0] = t->shape[0] - 1;
+            shape[1] = t->shape[1];
+            tensors[kept].shape = shape;
+        }
+        kept++;
+    }
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s/model.safetensors", scratch, name);
+    assert_int_equal(pio_safetensors_write(path, kept, tensors, 0, NULL, &err), PIO_OK);
+    free(tensors);
+    pio_safetensors_close(st);
+}
+
+static void expect_load_failure(const char *folder, pio_status status, const char *part1,
+                                const char *part2)
+{
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/%s", scratch, folder);
+    session s;
+    pio_status got = open_session(&s, NULL, dir, NULL);
+    if (got != status)
+        fail_msg("%s: load_model gave %s (%s)", folder, pio_status_str(got), s.state.last_error);
+    expect_error(&s, part1);
+    expect_error(&s, part2);
+    assert_null(s.vt->get_extension(s.inst, PIO_TEXTGEN_MODEL_EXTENSION));
+    close_session(&s);
+}
+
+static void malformed_checkpoints_name_file_and_tensor(void **state)
+{
+    (void)state;
+    write_edited_checkpoint("missing", "model.layers.1.mlp.up_proj.weight", NULL);
+    expect_load_failure("missing", PIO_ERR_NOT_FOUND, "missing/model.safetensors",
+                        "model.layers.1.mlp.up_proj.weight");
+    write_edited_checkpoint("shape", NULL, "model.layers.2.self_attn.k_proj.weight");
+    expect_load_failure("shape", PIO_ERR_FORMAT, "shape/model.safetensors: "
+                        "model.layers.2.self_attn.k_proj.weight", "expected [64, 96], file has "
+                        "[63, 96]");
+    copy_config_folder("no_weights", 1);
+    expect_load_failure("no_weights", PIO_ERR_NOT_FOUND, "no_weights", "model.safetensors");
+}
+
+/* Writes scratch/NAME/config.json: the fixture's with `from` replaced by `to`. */
+static void write_edited_config(const char *name, const char *from, const char *to)
+{
+    copy_config_folder(name, 0);
+    assert_int_equal(shell("cp " FIXTURE "/model.safetensors %s/%s/ && sed -i 's/%s/%s/' "
+                           "%s/%s/config.json",
+                           scratch, name, from, to, scratch, name),
+                     0);
+}
+
+static void bad_configs_name_file_and_key(void **state)
+{
+    (void)state;
+    write_edited_config("kv_heads", "\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3");
+    expect_load_failure("kv_heads", PIO_ERR_CONFIG, "kv_heads/config.json",
+                        "must be a multiple of \"num_key_value_heads\" (3)");
+    write_edited_config("arch", "Qwen3ForCausalLM", "LlamaForCausalLM");
+    expect_load_failure("arch", PIO_ERR_UNSUPPORTED, "arch/config.json",
+                        "does not list Qwen3ForCausalLM");
+    write_edited_config("hidden", "\"hidden_size\": 96", "\"hidden_size\": \"96\"");
+    expect_load_failure("hidden", PIO_ERR_CONFIG, "hidden/config.json", "hidden_size");
+    write_edited_config("no_layers", "\"num_hidden_layers\": 3,", "");
+    expect_load_failure("no_layers", PIO_ERR_NOT_FOUND, "no_layers/config.json",
+                        "num_hidden_layers");
+    write_edited_config("scaling", "\"sliding_window\": null",
+                        "\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4.0}");
+    expect_load_failure("scaling", PIO_ERR_UNSUPPORTED, "scaling/config.json", "rope_scaling");
+    write_edited_config("theta", "\"rope_theta\": 5000000.0", "\"rope_theta\": -1");
+    expect_load_failure("theta", PIO_ERR_CONFIG, "theta/config.json", "rope_theta");
+
+    /* A wrong-typed YAML value is reported by the host with its place in the file. */
+    session s;
+    assert_int_equal(open_session(&s, "kv_cache: {dtype: fp8_e4m3}\n", FIXTURE, NULL),
+                     PIO_ERR_UNSUPPORTED);
+    expect_error(&s, "kv_cache.dtype: 'fp8_e4m3' is not supported");
+    close_session(&s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(logits_match_the_reference),
+        cmocka_unit_test(batched_forward_equals_one_sequence_at_a_time),
+        cmocka_unit_test(greedy_continuations_match_the_reference),
+        cmocka_unit_test(chat_reply_matches_the_reference),
+        cmocka_unit_test(sampling_is_reproducible_and_stop_tokens_end_generation),
+        cmocka_unit_test(prompts_that_cannot_run_are_clear_errors),
+        cmocka_unit_test(full_kv_cache_is_soft_and_ends_generation_with_length),
+        cmocka_unit_test_setup_teardown(pio_logits_writes_the_same_numbers, make_scratch,
+                                        remove_scratch),
+        cmocka_unit_test_setup_teardown(pio_run_prints_the_reply, make_scratch, remove_scratch),
+        cmocka_unit_test_setup_teardown(dummy_weights_of_a_config_only_folder, make_scratch,
+                                        remove_scratch),
+        cmocka_unit_test_setup_teardown(vocab_only_load_reads_the_tokenizer_alone, make_scratch,
+                                        remove_scratch),
+        cmocka_unit_test_setup_teardown(malformed_checkpoints_name_file_and_tensor, make_scratch,
+                                        remove_scratch),
+        cmocka_unit_test_setup_teardown(bad_configs_name_file_and_key, make_scratch,
+                                        remove_scratch),
+    };
+    return cmocka_run_group_tests(tests, load_reference, free_reference);
+}
