@@ -197,6 +197,16 @@ clean:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
+# Tokenizer encode throughput (a benchmark, not a test); docs/BENCHMARKS.md says how it is run.
+# BENCH_LIBS='-Wl,-Bstatic -ljansson -lpcre2-8 -lutf8proc -Wl,-Bdynamic -lm -lpthread -ldl'
+# gives a binary that runs where those libraries are not installed.
+BENCH_LIBS ?= $(EXTRA_LIBS)
+.PHONY: bench-tokenizer
+bench-tokenizer: $(BUILD)/bin/bench_tokenizer
+$(BUILD)/bin/bench_tokenizer: benchmarks/bench_tokenizer.c $(SDK_LIB) $(KERNELS_LIB) $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -o $@ $< $(STATIC_LIBS) $(LDFLAGS) $(BENCH_LIBS)
+
 # libFuzzer targets (clang): tests/fuzz/fuzz_NAME.c -> $(BUILD)/fuzz/fuzz_NAME, linked with the
 # SDK and host sources they exercise. Not part of `make test`; run e.g.
 #   build/fuzz/fuzz_safetensors -max_total_time=60 CORPUS_DIR
