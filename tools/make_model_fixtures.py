@@ -83,7 +83,7 @@ SEQUENCES = [
      700, 12, 1],
     [42],
 ]
-GREEDY_NEW_TOKENS = 12
+GREEDY_NEW_TOKENS = 32
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
