@@ -217,3 +217,16 @@ fuzz: $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(SDK_SRCS) $(KERNEL_SRCS) $(HOST_SRCS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) -fopenmp $< $(SDK_SRCS) $(KERNEL_SRCS) $(HOST_SRCS) -lyaml $(EXTRA_LIBS) -o $@
+
+# A short run of every fuzz target (CI runs this; FUZZ_SECONDS each). New inputs go to
+# $(BUILD)/fuzz_corpus/NAME; the committed fixtures are read-only seeds.
+FUZZ_SECONDS ?= 15
+FUZZ_CORPUS := $(BUILD)/fuzz_corpus
+.PHONY: fuzz-smoke
+fuzz-smoke: fuzz
+	mkdir -p $(FUZZ_CORPUS)/config $(FUZZ_CORPUS)/safetensors $(FUZZ_CORPUS)/tokenizer
+	$(BUILD)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(FUZZ_CORPUS)/config tests/fixtures/config
+	$(BUILD)/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(FUZZ_CORPUS)/safetensors
+	PIO_FUZZ_TOKENIZER=$(SHARED)/models/qwen3_4b_instruct_2507/tokenizer.json \
+	  $(BUILD)/fuzz/fuzz_tokenizer -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	  $(FUZZ_CORPUS)/tokenizer tests/fixtures/tokenizer

@@ -3,7 +3,8 @@
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
 packages=(build-essential pkg-config libyaml-dev libjansson-dev libpcre2-dev libutf8proc-dev
-          libcmocka-dev libmicrohttpd-dev libjpeg-dev libpng-dev binutils python3)
+          libcmocka-dev libmicrohttpd-dev libjpeg-dev libpng-dev binutils python3
+          clang libclang-rt-dev)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
