@@ -48,6 +48,21 @@ ifeq ($(CUDA),1)
   CUDA_VERSION_NUM := $(shell $(NVCC) --version | sed -n 's/.*release \([0-9]*\)\.\([0-9]*\).*/\1 \2/p' | awk '{print $$1*1000+$$2*10}')
   CPPFLAGS += -DPIO_HAVE_CUDA=1 -DPIO_BUILD_CUDA_RUNTIME_VERSION=$(CUDA_VERSION_NUM) \
               -DPIO_BUILD_CUDA_ARCHITECTURES='"sm_90a,compute_90"'
+  # CUDA link flags (the rules are in the CUDA section at the end). They must be set here,
+  # before the plugin rules are expanded. cuBLASLt is linked only where used; the CUDA runtime
+  # statically (no libcudart.so needed at run time).
+  CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
+                 -Wl,--push-state,--as-needed -lcublasLt -Wl,--pop-state \
+                 -lcudart_static -lrt -ldl -lpthread
+  EXTRA_LIBS += $(CUDA_LDLIBS)
+  # GPU_RPATH=1 (set by make gpu-bundle): binaries find the bundled libraries in ../lib. The
+  # flag goes through a response file: $ORIGIN must survive both plain recipes and the
+  # $(eval)'d plugin rules, which expand LDFLAGS once more.
+  ifeq ($(GPU_RPATH),1)
+    $(shell mkdir -p $(BUILD))
+    $(file >$(BUILD)/gpu-rpath.rsp,-Wl,-rpath,$$ORIGIN/../lib)
+    LDFLAGS += @$(BUILD)/gpu-rpath.rsp
+  endif
 endif
 
 PLUGIN_CFLAGS  := -fvisibility=hidden
@@ -230,3 +245,57 @@ fuzz-smoke: fuzz
 	PIO_FUZZ_TOKENIZER=$(SHARED)/models/qwen3_4b_instruct_2507/tokenizer.json \
 	  $(BUILD)/fuzz/fuzz_tokenizer -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
 	  $(FUZZ_CORPUS)/tokenizer tests/fixtures/tokenizer
+
+# ==========================================================================================
+# CUDA section: the CUDA backend (kernels/cuda/*.cu), the GPU tests and the GPU bundle.
+# Nothing here is compiled with CUDA=0.
+#
+#   make test-gpu     build and run tests/gpu/test_*.c (needs a GPU; not part of make test)
+#   make gpu-bundle   build into build-gpu/ (CUDA=1) and gather build-gpu/bundle/: bin/,
+#                     plugins/, tests/, lib/ (the non-CUDA shared libraries) and
+#                     run-gpu-tests.sh, for the GPU machine (docs/KERNELS.md, "CUDA backend")
+# ==========================================================================================
+GPU_BUILD ?= build-gpu
+.PHONY: test-gpu gpu-bundle
+ifeq ($(CUDA),1)
+CUDA_SRCS    := $(sort $(wildcard kernels/cuda/*.cu))
+CUDA_OBJS    := $(CUDA_SRCS:%.cu=$(OBJ)/%.o)
+NVCC_GENCODE := -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90
+NVCC_FLAGS   := -std=c++17 $(OPT) -lineinfo $(NVCC_GENCODE) --Werror all-warnings \
+                -Xcompiler -fPIC,-Wall,-Wextra,-Werror,-fno-exceptions,-fno-rtti,-fno-threadsafe-statics
+# (CUDA_LDLIBS, and the rpath of GPU_RPATH=1, are set near the top, where CUDA is detected.)
+
+GPU_TEST_SRCS := $(sort $(wildcard tests/gpu/test_*.c))
+GPU_TESTS     := $(GPU_TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+
+# Rebuilt when nvcc or its flags change (the link flags are in the common flags stamp).
+CUDA_STAMP := $(BUILD)/cuda.stamp
+CUDA_BUILD_FLAGS := $(NVCC) $(CPPFLAGS) $(NVCC_FLAGS)
+ifneq ($(CUDA_BUILD_FLAGS),$(file <$(CUDA_STAMP)))
+$(shell mkdir -p $(BUILD))
+$(file >$(CUDA_STAMP),$(CUDA_BUILD_FLAGS))
+endif
+
+$(OBJ)/kernels/cuda/%.o: kernels/cuda/%.cu $(FLAGS_STAMP) $(CUDA_STAMP)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(CPPFLAGS) $(NVCC_FLAGS) -MMD -MP -MF $(@:.o=.d) -c $< -o $@
+
+$(KERNELS_LIB): $(CUDA_OBJS)
+
+test-gpu: $(GPU_TESTS)
+	sh tests/run_tests.sh $(GPU_TESTS)
+
+gpu-bundle:
+	$(MAKE) BUILD=$(GPU_BUILD) CUDA=1 GPU_RPATH=1 all gpu-tests-build
+	sh tools/gpu_bundle.sh $(GPU_BUILD) $(GPU_BUILD)/bundle
+
+.PHONY: gpu-tests-build
+gpu-tests-build: $(GPU_TESTS)
+else
+test-gpu gpu-bundle:
+	@echo "$@ needs CUDA: nvcc was not found (or CUDA=0 was given)" >&2; exit 1
+endif
+.PHONY: clean-gpu
+clean-gpu:
+	rm -rf $(GPU_BUILD)
+clean: clean-gpu

@@ -2,10 +2,16 @@
 
 #include <stdlib.h>
 
-/* Every backend of this build. A CUDA backend adds `[PK_DEVICE_CUDA] = &pk_cuda_backend` here,
- * under `#if PIO_HAVE_CUDA`, once it exists. */
+#if PIO_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
+
+/* Every backend of this build: the CUDA one (kernels/cuda/) when built with CUDA. */
 static const pk_backend *const backends[PK_DEVICE_KIND_COUNT] = {
     [PK_DEVICE_CPU] = &pk_cpu_backend,
+#if PIO_HAVE_CUDA
+    [PK_DEVICE_CUDA] = &pk_cuda_backend,
+#endif
 };
 
 const pk_backend *pk_backend_for(pk_device_kind device)

@@ -1,0 +1,428 @@
+/*
+ * Row-wise ops of the CUDA backend: embedding, RMSNorm, RoPE, SwiGLU, add, softmax, argmax,
+ * cast. Each follows its CPU twin (kernels/cpu/cpu_elementwise.c) operation for operation, so
+ * results differ only by the rounding of the device's expf/sinf/cosf (at most 2 ulp) and by
+ * summation order.
+ *
+ * Row ops (RMSNorm, softmax, argmax, RoPE, embedding) give each row, or each head slice of a
+ * row, to one block, with grid-stride loops so any row count fits the grid. Element-wise ops
+ * use a 2-D grid: x over columns, y over rows.
+ */
+#include "kernels/cuda/cuda_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static constexpr int64_t ROW_GRID_CAP = 1 << 20;
+static constexpr int ROPE_MAX_HALF = 256;
+
+static unsigned row_grid(int64_t rows)
+{
+    return (unsigned)(rows < 1 ? 1 : rows < ROW_GRID_CAP ? rows : ROW_GRID_CAP);
+}
+
+/* Threads per block for a row of n elements: a warp for short rows, up to 1024. */
+static int row_threads(int64_t n)
+{
+    int t = 32;
+    while (t < 1024 && (int64_t)t * 4 < n)
+        t *= 2;
+    return t;
+}
+
+static dim3 grid_2d(int64_t rows, int64_t cols, int threads)
+{
+    return dim3(pk_blocks_for(cols, threads, 1024), (unsigned)(rows < 65535 ? rows : 65535));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Embedding                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+__global__ void embedding_kernel(float *__restrict__ out, int64_t os, const void *__restrict__ table,
+                                 int64_t ts, bool bf16, const int32_t *__restrict__ ids, int64_t T,
+                                 int64_t H, int64_t V, long long *info)
+{
+    size_t elem = bf16 ? 2 : 4;
+    for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+        int64_t id = ids[t];
+        if (id < 0 || id >= V) {
+            if (threadIdx.x == 0)
+                pk_report(info, PK_CUDA_OP_EMBEDDING, PK_CUDA_BAD_TOKEN_ID, t, id, V, 0);
+            continue;
+        }
+        const void *row = (const char *)table + (size_t)(id * ts) * elem;
+        for (int64_t c = threadIdx.x; c < H; c += blockDim.x)
+            out[t * os + c] = pk_load(row, bf16, c);
+    }
+}
+
+pio_status pk_cuda_embedding(pk_context *ctx, const pk_tensor *out, const pk_tensor *table,
+                             const pk_tensor *ids, pio_error *err)
+{
+    static const char op[] = "pk_embedding";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || out->rows == 0)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    embedding_kernel<<<row_grid(out->rows), row_threads(out->cols), 0, st->stream>>>(
+        (float *)out->data, out->stride, table->data, table->stride, pk_is_bf16(table),
+        (const int32_t *)ids->data, out->rows, out->cols, table->rows, st->err_info_dev);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* RMSNorm                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* One block per group_width-wide slice; HF order: (x · rsqrt(mean(x²) + eps)) · w. */
+__global__ void rmsnorm_kernel(float *out, int64_t os, const float *x, int64_t xs,
+                               const void *__restrict__ w, bool bf16, int64_t rows,
+                               int64_t groups, int64_t width, float eps)
+{
+    __shared__ float shared[33];
+    for (int64_t item = blockIdx.x; item < rows * groups; item += gridDim.x) {
+        int64_t r = item / groups, g = item % groups;
+        const float *xr = x + r * xs + g * width;
+        float *o = out + r * os + g * width;
+        float s = 0.0f;
+        for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
+            s = fmaf(xr[i], xr[i], s);
+        s = pk_block_sum(s, shared);
+        float inv_rms = 1.0f / sqrtf(s / (float)width + eps);
+        /* out may be x: each element is read and written by the same thread */
+        for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
+            o[i] = (xr[i] * inv_rms) * pk_load(w, bf16, i);
+    }
+}
+
+pio_status pk_cuda_rmsnorm(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                           const pk_tensor *weight, int64_t group_width, float eps,
+                           pio_error *err)
+{
+    const char *op = group_width == out->cols ? "pk_rmsnorm" : "pk_head_rmsnorm";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || out->rows == 0)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    int64_t groups = out->cols / group_width;
+    rmsnorm_kernel<<<row_grid(out->rows * groups), row_threads(group_width), 0, st->stream>>>(
+        (float *)out->data, out->stride, (const float *)x->data, x->stride, weight->data,
+        pk_is_bf16(weight), out->rows, groups, group_width, eps);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* RoPE                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+/* inv_freq computed on the host with the CPU backend's expression (so both round alike), passed
+ * by value: no device memory, nothing to upload, capturable in a graph. */
+struct rope_freqs {
+    float inv_freq[ROPE_MAX_HALF];
+};
+
+/* One block per token: cos/sin of each frequency once into shared memory, then every pair of
+ * every head. Products and differences are rounded separately (no FMA), as on the CPU. */
+__global__ void rope_kernel(float *out, int64_t os, const float *x, int64_t xs,
+                            const int32_t *__restrict__ positions, int64_t T, int64_t cols,
+                            int head_dim, int rotary_dim, int offset, bool interleaved,
+                            bool copy_rest, rope_freqs f)
+{
+    __shared__ float cos_s[ROPE_MAX_HALF], sin_s[ROPE_MAX_HALF];
+    int half = rotary_dim / 2;
+    int64_t heads = cols / head_dim;
+    for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+        __syncthreads(); /* the previous token's cos/sin are no longer read */
+        float pos = (float)positions[t];
+        for (int i = threadIdx.x; i < half; i += blockDim.x) {
+            float angle = pos * f.inv_freq[i];
+            cos_s[i] = cosf(angle);
+            sin_s[i] = sinf(angle);
+        }
+        __syncthreads();
+        const float *xr = x + t * xs;
+        float *o = out + t * os;
+        if (copy_rest)
+            for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+                int d = (int)(c % head_dim);
+                if (d < offset || d >= offset + rotary_dim)
+                    o[c] = xr[c];
+            }
+        for (int64_t idx = threadIdx.x; idx < heads * half; idx += blockDim.x) {
+            int64_t h = idx / half;
+            int i = (int)(idx % half);
+            int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+            int64_t base = h * head_dim + offset;
+            float x0 = xr[base + a], x1 = xr[base + b], c = cos_s[i], s = sin_s[i];
+            o[base + a] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+            o[base + b] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+        }
+    }
+}
+
+pio_status pk_cuda_rope(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                        const pk_tensor *positions, const pk_rope_params *params,
+                        pio_error *err)
+{
+    static const char op[] = "pk_rope";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK)
+        return status;
+    int half = params->rotary_dim / 2;
+    if (half > ROPE_MAX_HALF)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                             "%s: rotary_dim %d; the cuda backend rotates at most %d dims", op,
+                             (int)params->rotary_dim, 2 * ROPE_MAX_HALF);
+    if (out->rows == 0)
+        return PIO_OK;
+    rope_freqs f;
+    memset(&f, 0, sizeof f);
+    for (int i = 0; i < half; i++) { /* exactly the CPU backend's rope_angles */
+        float exponent = (float)(2 * i) / (float)params->rotary_dim;
+        f.inv_freq[i] = 1.0f / powf(params->theta, exponent);
+    }
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    int64_t heads = out->cols / params->head_dim;
+    bool copy_rest = out->data != x->data;
+    rope_kernel<<<row_grid(out->rows), row_threads(heads * half), 0, st->stream>>>(
+        (float *)out->data, out->stride, (const float *)x->data, x->stride,
+        (const int32_t *)positions->data, out->rows, out->cols, params->head_dim,
+        params->rotary_dim, params->rotary_offset, params->layout == PK_ROPE_INTERLEAVED,
+        copy_rest, f);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Element-wise: SwiGLU, add, cast                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+/* out may be gate or up: each element is read, then written, by one thread. */
+__global__ void swiglu_kernel(float *out, int64_t os, const float *gate, int64_t gs,
+                              const float *up, int64_t us, int64_t rows, int64_t cols)
+{
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols;
+             c += (int64_t)gridDim.x * blockDim.x) {
+            float g = gate[r * gs + c], u = up[r * us + c];
+            out[r * os + c] = g / (1.0f + expf(-g)) * u;
+        }
+}
+
+pio_status pk_cuda_swiglu(pk_context *ctx, const pk_tensor *out, const pk_tensor *gate,
+                          const pk_tensor *up, pio_error *err)
+{
+    static const char op[] = "pk_swiglu";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || out->rows == 0 || out->cols == 0)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    swiglu_kernel<<<grid_2d(out->rows, out->cols, 256), 256, 0, st->stream>>>(
+        (float *)out->data, out->stride, (const float *)gate->data, gate->stride,
+        (const float *)up->data, up->stride, out->rows, out->cols);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+__global__ void add_kernel(float *out, int64_t os, const float *a, int64_t as, const float *b,
+                           int64_t bs, int64_t rows, int64_t cols)
+{
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols;
+             c += (int64_t)gridDim.x * blockDim.x)
+            out[r * os + c] = a[r * as + c] + b[r * bs + c];
+}
+
+pio_status pk_cuda_add(pk_context *ctx, const pk_tensor *out, const pk_tensor *a,
+                       const pk_tensor *b, pio_error *err)
+{
+    static const char op[] = "pk_add";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || out->rows == 0 || out->cols == 0)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    add_kernel<<<grid_2d(out->rows, out->cols, 256), 256, 0, st->stream>>>(
+        (float *)out->data, out->stride, (const float *)a->data, a->stride,
+        (const float *)b->data, b->stride, out->rows, out->cols);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+__global__ void cast_kernel(void *out, int64_t os, bool out_bf16, const void *x, int64_t xs,
+                            bool x_bf16, int64_t rows, int64_t cols)
+{
+    size_t oe = out_bf16 ? 2 : 4, xe = x_bf16 ? 2 : 4;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        void *o = (char *)out + (size_t)(r * os) * oe;
+        const void *xr = (const char *)x + (size_t)(r * xs) * xe;
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols;
+             c += (int64_t)gridDim.x * blockDim.x)
+            pk_store(o, out_bf16, c, pk_load(xr, x_bf16, c));
+    }
+}
+
+pio_status pk_cuda_cast(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                        pio_error *err)
+{
+    static const char op[] = "pk_cast";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || out->rows == 0 || out->cols == 0)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    if (out->dtype == x->dtype) {
+        size_t elem = pio_dtype_size(out->dtype);
+        return pk_cuda_fail(ctx, op, "cudaMemcpy2DAsync",
+                            cudaMemcpy2DAsync(out->data, (size_t)out->stride * elem, x->data,
+                                              (size_t)x->stride * elem, (size_t)out->cols * elem,
+                                              (size_t)out->rows, cudaMemcpyDeviceToDevice,
+                                              st->stream),
+                            err);
+    }
+    cast_kernel<<<grid_2d(out->rows, out->cols, 256), 256, 0, st->stream>>>(
+        out->data, out->stride, pk_is_bf16(out), x->data, x->stride, pk_is_bf16(x), out->rows,
+        out->cols);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Softmax and argmax                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+__device__ __forceinline__ double warp_sum_double(double v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* As the CPU: the row maximum (NaN ignored), the sum of expf(x - max) in double, then
+ * expf(x - max) · (float)(1 / sum); an all -inf row is uniform. */
+__global__ void softmax_kernel(float *out, int64_t os, const float *x, int64_t xs, int64_t rows,
+                               int64_t n)
+{
+    __shared__ float fshared[33];
+    __shared__ double dshared[33];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float *xr = x + r * xs;
+        float *o = out + r * os;
+        float m = -INFINITY;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            m = xr[i] > m ? xr[i] : m;
+        m = pk_warp_max(m);
+        __syncthreads();
+        if (lane == 0)
+            fshared[warp] = m;
+        __syncthreads();
+        if (warp == 0) {
+            float v = lane < warps ? fshared[lane] : -INFINITY;
+            v = pk_warp_max(v);
+            if (lane == 0)
+                fshared[32] = v;
+        }
+        __syncthreads();
+        m = fshared[32];
+        if (m == -INFINITY) {
+            for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+                o[i] = 1.0f / (float)n;
+            continue;
+        }
+        double s = 0.0;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            s += (double)expf(xr[i] - m);
+        s = warp_sum_double(s);
+        if (lane == 0)
+            dshared[warp] = s;
+        __syncthreads();
+        if (warp == 0) {
+            double v = lane < warps ? dshared[lane] : 0.0;
+            v = warp_sum_double(v);
+            if (lane == 0)
+                dshared[32] = v;
+        }
+        __syncthreads();
+        float inv = (float)(1.0 / dshared[32]);
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            o[i] = expf(xr[i] - m) * inv;
+    }
+}
+
+pio_status pk_cuda_softmax(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                           pio_error *err)
+{
+    static const char op[] = "pk_softmax";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || out->rows == 0 || out->cols == 0)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    softmax_kernel<<<row_grid(out->rows), row_threads(out->cols), 0, st->stream>>>(
+        (float *)out->data, out->stride, (const float *)x->data, x->stride, out->rows, out->cols);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* (value, index) pairs: the larger value wins, ties go to the lower index, NaN never wins
+ * (index -1 = nothing seen yet). */
+__device__ __forceinline__ void argmax_merge(float &v, int64_t &i, float ov, int64_t oi)
+{
+    if (oi < 0)
+        return;
+    if (i < 0 || ov > v || (ov == v && oi < i)) {
+        v = ov;
+        i = oi;
+    }
+}
+
+__device__ __forceinline__ void argmax_warp(float &v, int64_t &i)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        long long oi = __shfl_xor_sync(0xffffffffu, (long long)i, o);
+        argmax_merge(v, i, ov, oi);
+    }
+}
+
+__global__ void argmax_kernel(int32_t *ids, const float *x, int64_t xs, int64_t rows, int64_t n)
+{
+    __shared__ float vshared[32];
+    __shared__ int64_t ishared[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float *xr = x + r * xs;
+        float v = 0.0f;
+        int64_t best = -1;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            float xv = xr[i];
+            if (!isnan(xv) && (best < 0 || xv > v)) { /* i rises: ties keep the first */
+                v = xv;
+                best = i;
+            }
+        }
+        argmax_warp(v, best);
+        __syncthreads();
+        if (lane == 0) {
+            vshared[warp] = v;
+            ishared[warp] = best;
+        }
+        __syncthreads();
+        if (warp == 0) {
+            v = lane < warps ? vshared[lane] : 0.0f;
+            best = lane < warps ? ishared[lane] : -1;
+            argmax_warp(v, best);
+            if (lane == 0)
+                ids[r] = best < 0 ? 0 : (int32_t)best;
+        }
+    }
+}
+
+pio_status pk_cuda_argmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor *x,
+                          pio_error *err)
+{
+    static const char op[] = "pk_argmax";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || x->rows == 0)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    argmax_kernel<<<row_grid(x->rows), row_threads(x->cols), 0, st->stream>>>(
+        (int32_t *)ids->data, (const float *)x->data, x->stride, x->rows, x->cols);
+    return pk_cuda_check_launch(ctx, op, err);
+}

@@ -1,0 +1,1234 @@
+/*
+ * Every op of the CUDA backend against its CPU twin (the CPU backend), on fresh random inputs at
+ * several shapes. Run by `make test-gpu` on a machine with a GPU; not part of `make test`.
+ *
+ * Each check builds its inputs on the host, runs the op on a CPU context over host tensors and on
+ * a CUDA context over device copies of the same bytes, and compares. Outputs start as NaN inside
+ * the view and as a sentinel in the gaps between rows (column views with padding), so an element
+ * the GPU did not write, or one it wrote outside the view, fails the check.
+ *
+ * Error measure: ‖gpu − cpu‖₂ / ‖cpu‖₂ over the view, and every element must be finite where the
+ * CPU's is (NaN where the CPU's is NaN). Thresholds (docs/KERNELS.md, "CUDA backend"):
+ *   TOL_F32     2e-5  fp32 math on both sides, differing only in summation order and 1-2 ulp of
+ *                     expf/sinf/cosf (matmul GEMV and fp32 GEMM, norms, rope, softmax, swiglu,
+ *                     attention over BF16 or F32 caches: both backends round the cache alike)
+ *   TOL_BF16_X  4e-3  cuBLASLt with BF16 weights (every M on lt_ctx, M > 8 on gemv_ctx): x is
+ *                     rounded to bf16 first, a relative error of about 2^-9/sqrt(3) = 1.1e-3
+ *                     per product
+ *   TOL_BF16_TC 1e-4  the same product against the CPU fed the bf16-rounded x: what is left is
+ *                     the tensor cores' fp32 accumulation order (a wrong layout or transpose
+ *                     gives errors of order 1)
+ *   exact             add, cast, copy, embedding, argmax, kv_store (bit for bit)
+ *
+ * Seeds: PIO_GPU_TEST_SEED=N repeats a run (the seed is printed); otherwise the clock picks one.
+ * PIO_GPU_TEST_SANITIZER=1 (under compute-sanitizer) drops the largest shapes and the deliberate
+ * out-of-memory allocation, which the sanitizer would count as an API error.
+ * PIO_KERNELS_BENCH=1 also times matmul (both paths) and attention at Qwen3-4B shapes.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/ops.h"
+
+#define TOL_F32 2e-5
+#define TOL_BF16_X 4e-3
+#define TOL_BF16_TC 1e-4
+
+static pk_context *cpu_ctx, *gpu_ctx;
+/* The same device with the matmul path forced: GEMV up to M = 8, or cuBLASLt for every M. */
+static pk_context *gemv_ctx, *lt_ctx;
+static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes, no deliberate API errors */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Random numbers                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+static uint64_t rng_state;
+
+static uint64_t next_random(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+static float uniform(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((next_random() >> 40) * 0x1.0p-24);
+}
+
+static int64_t random_int(int64_t lo, int64_t hi) /* [lo, hi] */
+{
+    return lo + (int64_t)(next_random() % (uint64_t)(hi - lo + 1));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Host/device tensor pairs                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+static const float SENTINEL = 12345.5f;
+
+/* Everything a test allocates, released by the teardown. */
+enum { MAX_ALLOCS = 512 };
+static void *host_allocs[MAX_ALLOCS];
+static int n_host_allocs;
+static pk_buffer dev_allocs[MAX_ALLOCS];
+static int n_dev_allocs;
+
+static void *host_alloc(size_t bytes)
+{
+    assert_true(n_host_allocs < MAX_ALLOCS);
+    void *p = calloc(1, bytes > 0 ? bytes : 1);
+    assert_non_null(p);
+    host_allocs[n_host_allocs++] = p;
+    return p;
+}
+
+static void *dev_alloc(size_t bytes)
+{
+    assert_true(n_dev_allocs < MAX_ALLOCS);
+    pio_error err;
+    pk_buffer *b = &dev_allocs[n_dev_allocs];
+    pio_status st = pk_buffer_alloc(gpu_ctx, bytes > 0 ? bytes : 1, b, &err);
+    if (st != PIO_OK)
+        print_error("pk_buffer_alloc(%zu): %s\n", bytes, err.message);
+    assert_int_equal(st, PIO_OK);
+    n_dev_allocs++;
+    return b->data;
+}
+
+static int release_all(void **state)
+{
+    (void)state;
+    for (int i = 0; i < n_host_allocs; i++)
+        free(host_allocs[i]);
+    n_host_allocs = 0;
+    for (int i = 0; i < n_dev_allocs; i++)
+        pk_buffer_free(gpu_ctx, &dev_allocs[i]);
+    n_dev_allocs = 0;
+    return 0;
+}
+
+static void expect_ok(pio_status st, const pio_error *err, const char *what)
+{
+    if (st != PIO_OK)
+        print_error("%s: %s (%s)\n", what, err->message, pio_status_str(st));
+    assert_int_equal(st, PIO_OK);
+}
+
+static void sync_ctx(pk_context *ctx, const char *what)
+{
+    pio_error err;
+    expect_ok(pk_synchronize(ctx, &err), &err, what);
+}
+
+static void sync_gpu(const char *what)
+{
+    sync_ctx(gpu_ctx, what);
+}
+
+/*
+ * A [rows, cols] tensor with `pad` extra elements after each row, on the host (h, for the CPU
+ * op) and on the GPU (d, same bytes), plus a host buffer for what comes back (got).
+ */
+typedef struct pair {
+    pk_tensor h, d;
+    void *got;
+    size_t span_bytes;
+} pair;
+
+typedef enum fill_kind { FILL_UNIFORM, FILL_NAN, FILL_ZERO } fill_kind;
+
+static void store_value(void *base, pio_dtype dt, int64_t i, float v)
+{
+    if (dt == PIO_DTYPE_BF16)
+        ((uint16_t *)base)[i] = pio_f32_to_bf16(v);
+    else
+        ((float *)base)[i] = v;
+}
+
+static float load_value(const void *base, pio_dtype dt, int64_t i)
+{
+    return dt == PIO_DTYPE_BF16 ? pio_bf16_to_f32(((const uint16_t *)base)[i])
+                                : ((const float *)base)[i];
+}
+
+static void upload(pair *p)
+{
+    pio_error err;
+    int64_t n = (int64_t)(p->span_bytes / pio_dtype_size(p->h.dtype));
+    if (n == 0)
+        return;
+    pk_tensor src = pk_tensor_host(p->h.data, p->h.dtype, 1, n);
+    pk_tensor dst = pk_tensor_make(p->d.data, p->d.dtype, PK_DEVICE_CUDA, 1, n);
+    expect_ok(pk_copy(gpu_ctx, &dst, &src, &err), &err, "upload");
+}
+
+/* Copies the whole span (gaps included) of the device tensor into p->got. */
+static void download(pair *p)
+{
+    pio_error err;
+    int64_t n = (int64_t)(p->span_bytes / pio_dtype_size(p->h.dtype));
+    if (n > 0) {
+        pk_tensor dst = pk_tensor_host(p->got, p->h.dtype, 1, n);
+        pk_tensor src = pk_tensor_make(p->d.data, p->d.dtype, PK_DEVICE_CUDA, 1, n);
+        expect_ok(pk_copy(gpu_ctx, &dst, &src, &err), &err, "download");
+    }
+    sync_gpu("download");
+}
+
+static pair make_pair(pio_dtype dt, int64_t rows, int64_t cols, int64_t pad, fill_kind fill,
+                      float lo, float hi)
+{
+    pair p;
+    int64_t stride = cols + pad;
+    int64_t n = rows > 0 ? (rows - 1) * stride + cols : 0;
+    size_t elem = pio_dtype_size(dt);
+    p.span_bytes = (size_t)n * elem;
+    void *h = host_alloc(p.span_bytes);
+    for (int64_t i = 0; i < n; i++) {
+        int in_view = i % stride < cols;
+        if (dt == PIO_DTYPE_I32)
+            ((int32_t *)h)[i] = in_view ? (int32_t)random_int((int64_t)lo, (int64_t)hi) : -7;
+        else if (!in_view)
+            store_value(h, dt, i, SENTINEL);
+        else
+            store_value(h, dt, i, fill == FILL_NAN ? NAN : fill == FILL_ZERO ? 0.0f
+                                                                             : uniform(lo, hi));
+    }
+    p.h = pk_tensor_host(h, dt, rows, cols);
+    p.h.stride = stride;
+    p.d = pk_tensor_make(dev_alloc(p.span_bytes), dt, PK_DEVICE_CUDA, rows, cols);
+    p.d.stride = stride;
+    p.got = host_alloc(p.span_bytes);
+    upload(&p);
+    return p;
+}
+
+static pair random_pair(pio_dtype dt, int64_t rows, int64_t cols, int64_t pad)
+{
+    return make_pair(dt, rows, cols, pad, FILL_UNIFORM, -1.0f, 1.0f);
+}
+
+static pair nan_pair(pio_dtype dt, int64_t rows, int64_t cols, int64_t pad)
+{
+    return make_pair(dt, rows, cols, pad, FILL_NAN, 0.0f, 0.0f);
+}
+
+/* A [1, n] I32 pair holding `values`. */
+static pair int_pair(const int32_t *values, int64_t n)
+{
+    pair p = make_pair(PIO_DTYPE_I32, 1, n, 0, FILL_ZERO, 0, 0);
+    memcpy(p.h.data, values, (size_t)n * 4);
+    upload(&p);
+    return p;
+}
+
+/* Column view [first, first + count) of both sides (got stays the parent's). */
+static pair cols_of(const pair *p, int64_t first, int64_t count)
+{
+    pair v = *p;
+    v.h = pk_tensor_cols(&p->h, first, count);
+    v.d = pk_tensor_cols(&p->d, first, count);
+    return v;
+}
+
+/* Offset of view element (r, c) from the start of the span of `parent` (the pair's got). */
+static int64_t view_index(const pair *parent, const pk_tensor *view, int64_t r, int64_t c)
+{
+    size_t elem = pio_dtype_size(view->dtype);
+    int64_t base = (int64_t)(((const char *)view->data - (const char *)parent->h.data) / elem);
+    return base + r * view->stride + c;
+}
+
+/*
+ * Downloads p and compares the view `view` (p itself or a view of it) with the CPU's result in
+ * p->h: normalised L2 error within tol (0: bit-exact), and every element outside the view (in
+ * the span) unchanged from `before` (the bytes uploaded before the op, NULL: skip).
+ */
+static void check_pair(const char *what, pair *p, const pk_tensor *hview, double tol,
+                       const void *before)
+{
+    download(p);
+    pio_dtype dt = p->h.dtype;
+    const pk_tensor *view = hview != NULL ? hview : &p->h;
+    double diff2 = 0.0, ref2 = 0.0;
+    for (int64_t r = 0; r < view->rows; r++)
+        for (int64_t c = 0; c < view->cols; c++) {
+            int64_t i = view_index(p, view, r, c);
+            if (dt == PIO_DTYPE_I32) {
+                int32_t g = ((int32_t *)p->got)[i], w = ((int32_t *)p->h.data)[i];
+                if (g != w) {
+                    print_error("%s[%lld, %lld]: got %d, want %d\n", what, (long long)r,
+                                (long long)c, g, w);
+                    fail();
+                }
+                continue;
+            }
+            float g = load_value(p->got, dt, i), w = load_value(p->h.data, dt, i);
+            if (isnan(w) != isnan(g) || (isfinite(w) && !isfinite(g)) ||
+                (isinf(w) && g != w) || (tol == 0.0 && !isnan(w) && g != w)) {
+                print_error("%s[%lld, %lld]: got %.9g, want %.9g\n", what, (long long)r,
+                            (long long)c, g, w);
+                fail();
+            }
+            if (isfinite(w)) {
+                diff2 += ((double)g - w) * ((double)g - w);
+                ref2 += (double)w * w;
+            }
+        }
+    double rel = sqrt(diff2) / (ref2 > 0.0 ? sqrt(ref2) : 1.0);
+    if (rel > tol) {
+        print_error("%s: normalised error %.3g > %.3g\n", what, rel, tol);
+        fail();
+    }
+    if (before != NULL) {
+        size_t elem = pio_dtype_size(dt);
+        int64_t n = (int64_t)(p->span_bytes / elem);
+        int64_t base = view_index(p, view, 0, 0);
+        for (int64_t i = 0; i < n; i++) {
+            int64_t rel_i = i - base;
+            int inside = rel_i >= 0 && rel_i / view->stride < view->rows &&
+                         rel_i % view->stride < view->cols;
+            if (!inside && memcmp((const char *)p->got + i * elem,
+                                  (const char *)before + i * elem, elem) != 0) {
+                print_error("%s: element %lld outside the view was written\n", what,
+                            (long long)i);
+                fail();
+            }
+        }
+    }
+}
+
+static void *snapshot(const pair *p)
+{
+    void *copy = host_alloc(p->span_bytes);
+    memcpy(copy, p->h.data, p->span_bytes);
+    return copy;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Setup                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *seed = getenv("PIO_GPU_TEST_SEED");
+    rng_state = seed != NULL ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL) * 2654435761u;
+    if (rng_state == 0)
+        rng_state = 1;
+    printf("test_kernels_cuda: seed %llu (PIO_GPU_TEST_SEED repeats it)\n",
+           (unsigned long long)rng_state);
+    sanitizer = getenv("PIO_GPU_TEST_SANITIZER") != NULL && atoi(getenv("PIO_GPU_TEST_SANITIZER")) != 0;
+    pio_error err;
+    if (pk_context_create(PK_DEVICE_CPU, NULL, &cpu_ctx, &err) != PIO_OK) {
+        fprintf(stderr, "cpu context: %s\n", err.message);
+        cpu_ctx = NULL;
+        return -1;
+    }
+    pk_context_options options = {0};
+    pio_status st = pk_context_create(PK_DEVICE_CUDA, &options, &gpu_ctx, &err);
+    if (st == PIO_OK) {
+        setenv("PIO_CUDA_GEMV_MAX_M", "8", 1);
+        st = pk_context_create(PK_DEVICE_CUDA, &options, &gemv_ctx, &err);
+        setenv("PIO_CUDA_GEMV_MAX_M", "0", 1);
+        if (st == PIO_OK)
+            st = pk_context_create(PK_DEVICE_CUDA, &options, &lt_ctx, &err);
+        unsetenv("PIO_CUDA_GEMV_MAX_M");
+    }
+    if (st != PIO_OK) {
+        fprintf(stderr, "cuda context: %s (%s)\n", err.message, pio_status_str(st));
+        pk_context_destroy(lt_ctx);
+        pk_context_destroy(gemv_ctx);
+        pk_context_destroy(gpu_ctx);
+        pk_context_destroy(cpu_ctx);
+        cpu_ctx = gpu_ctx = gemv_ctx = lt_ctx = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    pk_context_destroy(lt_ctx);
+    pk_context_destroy(gemv_ctx);
+    pk_context_destroy(gpu_ctx);
+    pk_context_destroy(cpu_ctx);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Context, memory, copies                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static void test_context_and_buffers(void **state)
+{
+    (void)state;
+    assert_true(pk_backend_available(PK_DEVICE_CUDA));
+    assert_int_equal(pk_context_device(gpu_ctx), PK_DEVICE_CUDA);
+    assert_string_equal(pk_context_backend_name(gpu_ctx), "cuda");
+    assert_int_equal(pk_context_threads(gpu_ctx), 1);
+    pk_buffer buf;
+    pio_error err;
+    expect_ok(pk_buffer_alloc(gpu_ctx, 1000, &buf, &err), &err, "alloc");
+    assert_int_equal((uintptr_t)buf.data % 64, 0);
+    assert_int_equal(buf.device, PK_DEVICE_CUDA);
+    pk_buffer_free(gpu_ctx, &buf);
+    assert_null(buf.data);
+    pk_buffer_free(gpu_ctx, &buf);
+    expect_ok(pk_buffer_alloc(gpu_ctx, 0, &buf, &err), &err, "alloc 0");
+    pk_buffer_free(gpu_ctx, &buf);
+    /* Too much memory: out of memory, and the context keeps working. */
+    if (!sanitizer) {
+        assert_int_equal(pk_buffer_alloc(gpu_ctx, SIZE_MAX - 8, &buf, &err),
+                         PIO_ERR_OUT_OF_MEMORY);
+        assert_null(buf.data);
+        sync_gpu("after a failed allocation");
+    }
+    /* A device context with an ordinal that does not exist. */
+    pk_context_options options = {.device_index = 4096};
+    pk_context *bad = NULL;
+    assert_int_not_equal(pk_context_create(PK_DEVICE_CUDA, &options, &bad, &err), PIO_OK);
+    assert_null(bad);
+    /* Host tensors are refused by ops on the CUDA context. */
+    float x[4] = {0};
+    pk_tensor host = pk_tensor_host(x, PIO_DTYPE_F32, 1, 4);
+    assert_int_equal(pk_add(gpu_ctx, &host, &host, &host, &err), PIO_ERR_INVALID_ARGUMENT);
+}
+
+static void test_copy(void **state)
+{
+    (void)state;
+    pio_error err;
+    for (int d = 0; d < 2; d++) {
+        pio_dtype dt = d ? PIO_DTYPE_BF16 : PIO_DTYPE_F32;
+        /* host view -> device view -> device view -> host view, strides differing at each step */
+        pair a = random_pair(dt, 7, 13, 3), b = nan_pair(dt, 7, 13, 0), c = nan_pair(dt, 7, 13, 5);
+        void *c_before = snapshot(&c);
+        expect_ok(pk_copy(gpu_ctx, &b.d, &a.h, &err), &err, "h2d");
+        expect_ok(pk_copy(gpu_ctx, &c.d, &b.d, &err), &err, "d2d");
+        float *back = host_alloc(7 * 20 * 4);
+        pk_tensor back_t = pk_tensor_host(back, dt, 7, 13);
+        back_t.stride = 20;
+        expect_ok(pk_copy(gpu_ctx, &back_t, &c.d, &err), &err, "d2h");
+        /* a host-to-host copy through the CUDA context, in stream order */
+        float *back2 = host_alloc(7 * 13 * 4);
+        pk_tensor back2_t = pk_tensor_host(back2, dt, 7, 13);
+        expect_ok(pk_copy(gpu_ctx, &back2_t, &back_t, &err), &err, "h2h");
+        sync_gpu("copies");
+        size_t elem = pio_dtype_size(dt);
+        for (int64_t r = 0; r < 7; r++)
+            for (int64_t col = 0; col < 13; col++) {
+                const char *want = (const char *)a.h.data + (r * 16 + col) * elem;
+                assert_memory_equal((const char *)back + (r * 20 + col) * elem, want, elem);
+                assert_memory_equal((const char *)back2 + (r * 13 + col) * elem, want, elem);
+            }
+        memcpy(c.h.data, c_before, c.span_bytes);
+        for (int64_t r = 0; r < 7; r++)
+            memcpy((char *)c.h.data + r * 18 * elem, (const char *)a.h.data + r * 16 * elem,
+                   13 * elem);
+        check_pair("copy", &c, NULL, 0.0, c_before);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Matmul                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct matmul_case {
+    int64_t m, n, k;
+    int64_t x_pad, w_pad, y_pad;
+} matmul_case;
+
+static const matmul_case matmul_cases[] = {
+    /* GEMV (M <= 8): aligned rows take the 16-byte path, odd strides the scalar one */
+    {1, 1024, 2560, 0, 0, 0}, {1, 257, 515, 0, 0, 1}, {1, 300, 64, 4, 8, 0},
+    {2, 333, 1000, 4, 8, 3},  {3, 77, 129, 1, 0, 0},  {5, 96, 2048, 0, 0, 0},
+    {8, 130, 520, 0, 0, 2},   {1, 1, 1, 0, 0, 0},     {7, 40, 13, 0, 0, 0},
+    /* cuBLASLt (M > 8) */
+    {9, 300, 200, 0, 0, 0},   {16, 512, 768, 0, 0, 4}, {64, 1000, 1024, 0, 0, 0},
+    {40, 256, 512, 4, 8, 0},  {130, 96, 72, 0, 0, 0},  {33, 129, 257, 3, 1, 1},
+    {512, 384, 640, 0, 0, 0},
+};
+
+/* Whether cuBLASLt certainly takes this case (16-byte aligned rows of W and y; x goes through
+ * the backend's own aligned bf16 copy): then its bf16 product is also checked tightly against
+ * the CPU fed the bf16-rounded x. */
+static int lt_aligned(const matmul_case *c)
+{
+    return (c->k + c->w_pad) % 8 == 0 && (c->n + c->y_pad) % 4 == 0;
+}
+
+/* On gemv_ctx (GEMV for M <= 8) or lt_ctx (cuBLASLt for every M). */
+static void check_matmul(pk_context *ctx, const matmul_case *c, pio_dtype wt, int accumulate)
+{
+    char what[160];
+    snprintf(what, sizeof what, "%s %s [%lld x %lld x %lld] (%s)",
+             accumulate ? "pk_matmul_add" : "pk_matmul", pio_dtype_name(wt), (long long)c->m,
+             (long long)c->n, (long long)c->k, ctx == gemv_ctx ? "gemv up to M=8" : "cuBLASLt");
+    pio_error err;
+    pair x = random_pair(PIO_DTYPE_F32, c->m, c->k, c->x_pad);
+    pair w = random_pair(wt, c->n, c->k, c->w_pad);
+    pair y = accumulate ? random_pair(PIO_DTYPE_F32, c->m, c->n, c->y_pad)
+                        : nan_pair(PIO_DTYPE_F32, c->m, c->n, c->y_pad);
+    void *y_before = snapshot(&y);
+    sync_gpu("uploads"); /* ctx has its own stream: the uploads on gpu_ctx's must be done */
+    pio_status st = accumulate ? pk_matmul_add(ctx, &y.d, &x.d, &w.d, &err)
+                               : pk_matmul(ctx, &y.d, &x.d, &w.d, &err);
+    expect_ok(st, &err, what);
+    sync_ctx(ctx, what); /* before check_pair reads through gpu_ctx */
+    st = accumulate ? pk_matmul_add(cpu_ctx, &y.h, &x.h, &w.h, &err)
+                    : pk_matmul(cpu_ctx, &y.h, &x.h, &w.h, &err);
+    expect_ok(st, &err, what);
+    int tensor_cores = wt == PIO_DTYPE_BF16 && (ctx == lt_ctx || c->m > 8);
+    check_pair(what, &y, NULL, tensor_cores ? TOL_BF16_X : TOL_F32, y_before);
+
+    if (tensor_cores && lt_aligned(c)) {
+        /* The same product with x rounded to bf16 on the CPU side: only summation order
+         * differs. */
+        for (int64_t r = 0; r < c->m; r++)
+            for (int64_t k = 0; k < c->k; k++) {
+                float *v = (float *)x.h.data + r * x.h.stride + k;
+                *v = pio_bf16_to_f32(pio_f32_to_bf16(*v));
+            }
+        memcpy(y.h.data, y_before, y.span_bytes);
+        st = accumulate ? pk_matmul_add(cpu_ctx, &y.h, &x.h, &w.h, &err)
+                        : pk_matmul(cpu_ctx, &y.h, &x.h, &w.h, &err);
+        expect_ok(st, &err, what);
+        strncat(what, " vs bf16-rounded x", sizeof what - strlen(what) - 1);
+        check_pair(what, &y, NULL, TOL_BF16_TC, NULL);
+    }
+}
+
+static void test_matmul(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof matmul_cases / sizeof *matmul_cases; i++) {
+        const matmul_case *c = &matmul_cases[i];
+        if (sanitizer && c->m * c->n * c->k > 50000000)
+            continue;
+        for (int acc = 0; acc < 2; acc++)
+            for (int path = 0; path < 2; path++) {
+                pk_context *ctx = path ? lt_ctx : gemv_ctx;
+                if (path == 1 && c->m > 8)
+                    continue; /* the same as gemv_ctx */
+                check_matmul(ctx, c, PIO_DTYPE_BF16, acc);
+                check_matmul(ctx, c, PIO_DTYPE_F32, acc);
+            }
+        release_all(NULL);
+    }
+}
+
+static void test_matmul_empty_k(void **state)
+{
+    (void)state;
+    pio_error err;
+    for (int64_t m = 1; m <= 12; m += 11) {
+        pair y = random_pair(PIO_DTYPE_F32, m, 3, 0);
+        pair x = random_pair(PIO_DTYPE_F32, m, 0, 0);
+        pair w = random_pair(PIO_DTYPE_BF16, 3, 0, 0);
+        x.d.data = w.d.data = dev_alloc(16); /* empty views still need an address */
+        x.h.data = w.h.data = host_alloc(16);
+        expect_ok(pk_matmul_add(gpu_ctx, &y.d, &x.d, &w.d, &err), &err, "matmul_add K=0");
+        expect_ok(pk_matmul_add(cpu_ctx, &y.h, &x.h, &w.h, &err), &err, "matmul_add K=0");
+        check_pair("pk_matmul_add K=0", &y, NULL, 0.0, NULL);
+        expect_ok(pk_matmul(gpu_ctx, &y.d, &x.d, &w.d, &err), &err, "matmul K=0");
+        expect_ok(pk_matmul(cpu_ctx, &y.h, &x.h, &w.h, &err), &err, "matmul K=0");
+        check_pair("pk_matmul K=0", &y, NULL, 0.0, NULL);
+    }
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Times y = x·W^T at Qwen3-4B shapes (PIO_KERNELS_BENCH=1), small M on both paths (GEMV and
+ * cuBLASLt) to place the switch between them. W rotates among copies that together exceed the
+ * L2 cache, so every call reads its weights from HBM. */
+static void test_matmul_benchmark(void **state)
+{
+    (void)state;
+    const char *env = getenv("PIO_KERNELS_BENCH");
+    if (env == NULL || atoi(env) == 0) {
+        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+        return;
+    }
+    static const struct { int64_t n, k; const char *name; } weights[] = {
+        {19456, 2560, "gate_up"}, {2560, 9728, "down"}, {6144, 2560, "qkv"},
+    };
+    static const int64_t small_m[] = {1, 2, 3, 4, 6, 8};
+    static const int64_t large_m[] = {16, 64, 512, 2048};
+    enum { COPIES = 4, REPS = 40 };
+    pio_error err;
+    for (size_t s = 0; s < sizeof weights / sizeof *weights; s++) {
+        int64_t n = weights[s].n, k = weights[s].k;
+        pair w = random_pair(PIO_DTYPE_BF16, n, k, 0);
+        pk_tensor copies[COPIES];
+        for (int c = 0; c < COPIES; c++) { /* random once, copied on the device */
+            copies[c] = w.d;
+            if (c > 0) {
+                copies[c].data = dev_alloc(w.span_bytes);
+                expect_ok(pk_copy(gpu_ctx, &copies[c], &w.d, &err), &err, "bench copy");
+            }
+        }
+        pair x = random_pair(PIO_DTYPE_F32, 2048, k, 0), y = nan_pair(PIO_DTYPE_F32, 2048, n, 0);
+        sync_gpu("bench uploads");
+        for (size_t mi = 0; mi < 6 + (s < 2 ? 4 : 0); mi++) {
+            int64_t m = mi < 6 ? small_m[mi] : large_m[mi - 6];
+            pk_tensor xm = pk_tensor_rows(&x.d, 0, m), ym = pk_tensor_rows(&y.d, 0, m);
+            for (int path = 0; path < (m <= 8 ? 2 : 1); path++) {
+                pk_context *ctx = m > 8 ? gpu_ctx : path ? lt_ctx : gemv_ctx;
+                for (int c = 0; c < COPIES; c++) /* warm-up: plans, workspace */
+                    expect_ok(pk_matmul(ctx, &ym, &xm, &copies[c], &err), &err, "bench");
+                sync_ctx(ctx, "bench warm-up");
+                double t0 = seconds_now();
+                for (int r = 0; r < REPS; r++)
+                    expect_ok(pk_matmul(ctx, &ym, &xm, &copies[r % COPIES], &err), &err, "bench");
+                sync_ctx(ctx, "bench");
+                double per = (seconds_now() - t0) / REPS;
+                double bytes = (double)n * k * 2 + (double)m * k * 4 + (double)m * n * 4;
+                print_message("matmul %-8s %-8s M=%-5lld N=%-6lld K=%-5lld %8.1f us  %7.1f GB/s"
+                              "  %7.1f TFLOP/s\n", weights[s].name,
+                              ctx == lt_ctx || m > 8 ? "cublasLt" : "gemv", (long long)m,
+                              (long long)n, (long long)k, per * 1e6, bytes / per * 1e-9,
+                              2.0 * m * n * k / per * 1e-12);
+            }
+        }
+        release_all(NULL);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Row ops                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static void test_embedding(void **state)
+{
+    (void)state;
+    static const int64_t widths[] = {1, 257, 2560};
+    pio_error err;
+    for (int d = 0; d < 2; d++)
+        for (size_t i = 0; i < 3; i++)
+            for (int64_t t = 1; t <= 7; t += 6) {
+                pio_dtype dt = d ? PIO_DTYPE_BF16 : PIO_DTYPE_F32;
+                int64_t v = 1000, h = widths[i];
+                pair table = random_pair(dt, v, h, d ? 0 : 3);
+                int32_t id_values[7];
+                for (int64_t j = 0; j < t; j++)
+                    id_values[j] = (int32_t)random_int(0, v - 1);
+                id_values[0] = (int32_t)(v - 1);
+                pair ids = int_pair(id_values, t);
+                pair out = nan_pair(PIO_DTYPE_F32, t, h, 2);
+                void *before = snapshot(&out);
+                expect_ok(pk_embedding(gpu_ctx, &out.d, &table.d, &ids.d, &err), &err, "emb");
+                expect_ok(pk_embedding(cpu_ctx, &out.h, &table.h, &ids.h, &err), &err, "emb");
+                check_pair("pk_embedding", &out, NULL, 0.0, before);
+            }
+}
+
+static void test_embedding_bad_id_is_reported(void **state)
+{
+    (void)state;
+    pio_error err;
+    pair table = random_pair(PIO_DTYPE_BF16, 50, 16, 0);
+    int32_t id_values[4] = {3, 49, 50, 7};
+    pair ids = int_pair(id_values, 4);
+    pair out = nan_pair(PIO_DTYPE_F32, 4, 16, 0);
+    /* The id is checked on the device: the op is queued, pk_synchronize reports it. */
+    expect_ok(pk_embedding(gpu_ctx, &out.d, &table.d, &ids.d, &err), &err, "emb");
+    assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "pk_embedding"));
+    assert_non_null(strstr(err.message, "token id 50 at index 2"));
+    /* Reported once; the context still works and the good rows were written. */
+    sync_gpu("after the reported error");
+    id_values[2] = 0;
+    ids = int_pair(id_values, 4);
+    expect_ok(pk_embedding(gpu_ctx, &out.d, &table.d, &ids.d, &err), &err, "emb");
+    expect_ok(pk_embedding(cpu_ctx, &out.h, &table.h, &ids.h, &err), &err, "emb");
+    check_pair("pk_embedding after an error", &out, NULL, 0.0, NULL);
+}
+
+static void test_rmsnorm(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][2] = {{1, 1}, {3, 7}, {5, 128}, {2, 2560}, {4, 4099}, {1, 33}};
+    pio_error err;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int d = 0; d < 2; d++)
+            for (int inplace = 0; inplace < 2; inplace++) {
+                int64_t t = shapes[s][0], h = shapes[s][1];
+                pair w = make_pair(d ? PIO_DTYPE_BF16 : PIO_DTYPE_F32, 1, h, 0, FILL_UNIFORM,
+                                   0.5f, 1.5f);
+                pair x = make_pair(PIO_DTYPE_F32, t, h, 3, FILL_UNIFORM, -3.0f, 3.0f);
+                pair out = inplace ? x : nan_pair(PIO_DTYPE_F32, t, h, 1);
+                void *before = snapshot(&out);
+                expect_ok(pk_rmsnorm(gpu_ctx, &out.d, &x.d, &w.d, 1e-6f, &err), &err, "rms");
+                expect_ok(pk_rmsnorm(cpu_ctx, &out.h, &x.h, &w.h, 1e-6f, &err), &err, "rms");
+                check_pair("pk_rmsnorm", &out, NULL, TOL_F32, before);
+            }
+}
+
+static void test_head_rmsnorm(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][3] = {{3, 32, 128}, {5, 3, 64}, {1, 8, 128}, {2, 2, 7}};
+    pio_error err;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int d = 0; d < 2; d++) {
+            int64_t t = shapes[s][0], heads = shapes[s][1], hd = shapes[s][2];
+            pair w = make_pair(d ? PIO_DTYPE_BF16 : PIO_DTYPE_F32, 1, hd, 0, FILL_UNIFORM,
+                               0.5f, 1.5f);
+            /* x is the middle part of a fused [q | k | v] row, normalised in place */
+            pair qkv = random_pair(PIO_DTYPE_F32, t, 3 * heads * hd, 0);
+            pair k = cols_of(&qkv, heads * hd, heads * hd);
+            void *before = snapshot(&qkv);
+            expect_ok(pk_head_rmsnorm(gpu_ctx, &k.d, &k.d, &w.d, hd, 1e-6f, &err), &err, "hrms");
+            expect_ok(pk_head_rmsnorm(cpu_ctx, &k.h, &k.h, &w.h, hd, 1e-6f, &err), &err, "hrms");
+            check_pair("pk_head_rmsnorm", &qkv, &k.h, TOL_F32, before);
+        }
+}
+
+typedef struct rope_case {
+    pk_rope_layout layout;
+    int32_t heads, head_dim, rotary_dim, offset;
+    float theta;
+    int32_t max_pos;
+    int inplace;
+} rope_case;
+
+static void test_rope(void **state)
+{
+    (void)state;
+    static const rope_case cases[] = {
+        {PK_ROPE_NEOX, 4, 128, 128, 0, 1000000.0f, 40000, 0},
+        {PK_ROPE_NEOX, 2, 64, 32, 16, 10000.0f, 100, 1},
+        {PK_ROPE_INTERLEAVED, 3, 64, 64, 0, 10000.0f, 5000, 0},
+        {PK_ROPE_INTERLEAVED, 2, 576, 64, 512, 10000.0f, 200000, 1},
+        {PK_ROPE_NEOX, 32, 128, 128, 0, 5000000.0f, 262143, 1},
+        {PK_ROPE_NEOX, 1, 6, 2, 4, 10000.0f, 3, 0},
+    };
+    pio_error err;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const rope_case *c = &cases[i];
+        int64_t t = 9, cols = (int64_t)c->heads * c->head_dim;
+        int32_t pos[9];
+        for (int j = 0; j < 9; j++)
+            pos[j] = (int32_t)random_int(0, c->max_pos);
+        pos[0] = c->max_pos;
+        pos[1] = 0;
+        pair positions = int_pair(pos, t);
+        pair x = random_pair(PIO_DTYPE_F32, t, cols, 2);
+        pair out = c->inplace ? x : nan_pair(PIO_DTYPE_F32, t, cols, 1);
+        void *before = snapshot(&out);
+        pk_rope_params p = {c->layout, c->head_dim, c->rotary_dim, c->offset, c->theta};
+        expect_ok(pk_rope(gpu_ctx, &out.d, &x.d, &positions.d, &p, &err), &err, "rope");
+        expect_ok(pk_rope(cpu_ctx, &out.h, &x.h, &positions.h, &p, &err), &err, "rope");
+        check_pair("pk_rope", &out, NULL, TOL_F32, before);
+    }
+}
+
+static void test_swiglu(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][2] = {{1, 1}, {3, 9728}, {7, 1000}, {1, 4097}};
+    pio_error err;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int64_t t = shapes[s][0], f = shapes[s][1];
+        /* separate tensors, out != gate */
+        pair g = make_pair(PIO_DTYPE_F32, t, f, 1, FILL_UNIFORM, -8.0f, 8.0f);
+        pair u = random_pair(PIO_DTYPE_F32, t, f, 0);
+        pair out = nan_pair(PIO_DTYPE_F32, t, f, 2);
+        void *before = snapshot(&out);
+        expect_ok(pk_swiglu(gpu_ctx, &out.d, &g.d, &u.d, &err), &err, "swiglu");
+        expect_ok(pk_swiglu(cpu_ctx, &out.h, &g.h, &u.h, &err), &err, "swiglu");
+        check_pair("pk_swiglu", &out, NULL, TOL_F32, before);
+        /* fused [gate | up], out written over the gate half */
+        pair gu = make_pair(PIO_DTYPE_F32, t, 2 * f, 0, FILL_UNIFORM, -8.0f, 8.0f);
+        pair gate = cols_of(&gu, 0, f);
+        void *gu_before = snapshot(&gu);
+        expect_ok(pk_swiglu_fused(gpu_ctx, &gate.d, &gu.d, &err), &err, "swiglu_fused");
+        expect_ok(pk_swiglu_fused(cpu_ctx, &gate.h, &gu.h, &err), &err, "swiglu_fused");
+        check_pair("pk_swiglu_fused", &gu, &gate.h, TOL_F32, gu_before);
+    }
+}
+
+static void test_add(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][2] = {{1, 1}, {5, 2560}, {3, 1001}};
+    pio_error err;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int64_t t = shapes[s][0], h = shapes[s][1];
+        pair a = random_pair(PIO_DTYPE_F32, t, h, 1), b = random_pair(PIO_DTYPE_F32, t, h, 0);
+        pair out = nan_pair(PIO_DTYPE_F32, t, h, 3);
+        void *before = snapshot(&out);
+        expect_ok(pk_add(gpu_ctx, &out.d, &a.d, &b.d, &err), &err, "add");
+        expect_ok(pk_add(cpu_ctx, &out.h, &a.h, &b.h, &err), &err, "add");
+        check_pair("pk_add", &out, NULL, 0.0, before);
+        /* in place: the residual add */
+        expect_ok(pk_add(gpu_ctx, &a.d, &a.d, &b.d, &err), &err, "add");
+        expect_ok(pk_add(cpu_ctx, &a.h, &a.h, &b.h, &err), &err, "add");
+        check_pair("pk_add in place", &a, NULL, 0.0, NULL);
+    }
+}
+
+static void test_softmax(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][2] = {{3, 1}, {4, 33}, {2, 151936}, {5, 1000}};
+    pio_error err;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int inplace = 0; inplace < 2; inplace++) {
+            int64_t t = shapes[s][0], n = shapes[s][1];
+            pair x = make_pair(PIO_DTYPE_F32, t, n, 2, FILL_UNIFORM, -20.0f, 20.0f);
+            float *row1 = (float *)x.h.data + x.h.stride;
+            for (int64_t i = 0; i < n; i++) /* row 1: all -inf (uniform by convention) */
+                row1[i] = -INFINITY;
+            if (t > 2 && n > 3) { /* row 2: some -inf */
+                float *row2 = (float *)x.h.data + 2 * x.h.stride;
+                row2[0] = row2[n - 1] = -INFINITY;
+            }
+            upload(&x);
+            pair out = inplace ? x : nan_pair(PIO_DTYPE_F32, t, n, 0);
+            void *before = snapshot(&out);
+            expect_ok(pk_softmax(gpu_ctx, &out.d, &x.d, &err), &err, "softmax");
+            expect_ok(pk_softmax(cpu_ctx, &out.h, &x.h, &err), &err, "softmax");
+            check_pair("pk_softmax", &out, NULL, TOL_F32, before);
+        }
+}
+
+static void test_argmax(void **state)
+{
+    (void)state;
+    static const int64_t widths[] = {1, 50, 151936, 4097};
+    pio_error err;
+    for (size_t s = 0; s < sizeof widths / sizeof *widths; s++) {
+        int64_t t = 6, n = widths[s];
+        pair x = make_pair(PIO_DTYPE_F32, t, n, 1, FILL_UNIFORM, -5.0f, 5.0f);
+        float *rows = x.h.data;
+        int64_t st = x.h.stride;
+        if (n > 10) {
+            rows[1 * st + 7] = rows[1 * st + n - 2] = 6.0f; /* tie: the lower index wins */
+            rows[2 * st + 0] = NAN;                         /* NaN first and in the middle */
+            rows[2 * st + n / 2] = NAN;
+            rows[2 * st + n / 3] = 7.0f;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            rows[3 * st + i] = NAN;       /* all NaN: 0 */
+            rows[4 * st + i] = -INFINITY; /* all -inf: 0 */
+        }
+        rows[5 * st + n - 1] = 100.0f; /* the last element */
+        upload(&x);
+        pair ids = make_pair(PIO_DTYPE_I32, 1, t, 0, FILL_ZERO, -1, -1);
+        expect_ok(pk_argmax(gpu_ctx, &ids.d, &x.d, &err), &err, "argmax");
+        expect_ok(pk_argmax(cpu_ctx, &ids.h, &x.h, &err), &err, "argmax");
+        check_pair("pk_argmax", &ids, NULL, 0.0, NULL);
+    }
+}
+
+static void test_cast(void **state)
+{
+    (void)state;
+    static const pio_dtype types[] = {PIO_DTYPE_F32, PIO_DTYPE_BF16};
+    pio_error err;
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++) {
+            pair x = make_pair(types[a], 9, 301, 3, FILL_UNIFORM, -1000.0f, 1000.0f);
+            if (types[a] == PIO_DTYPE_F32) { /* rounding ties, NaN, infinities, tiny values */
+                float *v = x.h.data;
+                uint32_t tie = 0x3f808000u; /* exactly between two bf16 values: to even */
+                memcpy(&v[0], &tie, 4);
+                tie = 0x3f818000u;
+                memcpy(&v[1], &tie, 4);
+                v[2] = NAN;
+                v[3] = INFINITY;
+                v[4] = -INFINITY;
+                v[5] = 1e-40f;
+                v[6] = -0.0f;
+                upload(&x);
+            }
+            pair out = nan_pair(types[b], 9, 301, 2);
+            void *before = snapshot(&out);
+            expect_ok(pk_cast(gpu_ctx, &out.d, &x.d, &err), &err, "cast");
+            expect_ok(pk_cast(cpu_ctx, &out.h, &x.h, &err), &err, "cast");
+            check_pair("pk_cast", &out, NULL, 0.0, before);
+            download(&out); /* bit for bit, NaN payloads too */
+            for (int64_t r = 0; r < 9; r++)
+                assert_memory_equal((char *)out.got + r * out.h.stride * pio_dtype_size(types[b]),
+                                    (char *)out.h.data + r * out.h.stride * pio_dtype_size(types[b]),
+                                    301 * pio_dtype_size(types[b]));
+        }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* KV cache and attention                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+enum { N_SEQS = 3 };
+
+typedef struct attention_case {
+    int32_t n_q, n_kv, head_dim, v_head_dim, block_size;
+    pio_dtype cache_dtype;
+    int latent; /* one plane; values are the first v_head_dim columns of the key entry (MLA) */
+} attention_case;
+
+/* Cached positions and new tokens of each sequence: a chunked prefill after a cached prefix, a
+ * prefill from scratch, and a decode step deep in a sequence. */
+static const int32_t plan_cached[N_SEQS] = {37, 0, 70};
+static const int32_t plan_fresh[N_SEQS] = {5, 19, 1};
+
+typedef struct attn_world {
+    const attention_case *c;
+    int32_t kw, vw, qw, ow;
+    int64_t n_blocks, width;
+    pair k_plane, v_plane; /* v_plane unused when latent */
+    pk_tensor k_cache_h, k_cache_d, v_cache_h, v_cache_d;
+    pair tables;
+    float *k[N_SEQS], *v[N_SEQS]; /* every position's K/V rows, as the model computed them */
+} attn_world;
+
+static void make_world(attn_world *w, const attention_case *c)
+{
+    memset(w, 0, sizeof *w);
+    w->c = c;
+    w->kw = c->n_kv * c->head_dim;
+    w->vw = c->n_kv * c->v_head_dim;
+    w->qw = c->n_q * c->head_dim;
+    w->ow = c->n_q * c->v_head_dim;
+    /* Block ids handed out from a shuffled list, so a sequence's blocks are scattered. */
+    int64_t need[N_SEQS], total = 0;
+    for (int s = 0; s < N_SEQS; s++) {
+        need[s] = (plan_cached[s] + plan_fresh[s] + c->block_size - 1) / c->block_size;
+        total += need[s];
+        if (need[s] + 1 > w->width)
+            w->width = need[s] + 1;
+    }
+    w->n_blocks = total + 5;
+    int32_t *ids = host_alloc((size_t)w->n_blocks * 4);
+    for (int64_t i = 0; i < w->n_blocks; i++)
+        ids[i] = (int32_t)i;
+    for (int64_t i = w->n_blocks - 1; i > 0; i--) {
+        int64_t j = random_int(0, i);
+        int32_t tmp = ids[i];
+        ids[i] = ids[j];
+        ids[j] = tmp;
+    }
+    int32_t *tab = host_alloc((size_t)(N_SEQS * w->width) * 4);
+    int64_t next = 0;
+    for (int s = 0; s < N_SEQS; s++)
+        for (int64_t j = 0; j < w->width; j++)
+            tab[s * w->width + j] = j < need[s] ? ids[next++] : -1;
+    w->tables = make_pair(PIO_DTYPE_I32, N_SEQS, w->width, 0, FILL_ZERO, 0, 0);
+    memcpy(w->tables.h.data, tab, (size_t)(N_SEQS * w->width) * 4);
+    upload(&w->tables);
+
+    /* Planes start as NaN: reading a slot nobody stored shows up in the output. */
+    int64_t slots = w->n_blocks * c->block_size;
+    w->k_plane = nan_pair(c->cache_dtype, slots, w->kw, 0);
+    w->k_cache_h = w->k_plane.h;
+    w->k_cache_d = w->k_plane.d;
+    if (c->latent) {
+        w->v_cache_h = pk_tensor_cols(&w->k_plane.h, 0, c->v_head_dim);
+        w->v_cache_d = pk_tensor_cols(&w->k_plane.d, 0, c->v_head_dim);
+    } else {
+        w->v_plane = nan_pair(c->cache_dtype, slots, w->vw, 0);
+        w->v_cache_h = w->v_plane.h;
+        w->v_cache_d = w->v_plane.d;
+    }
+    for (int s = 0; s < N_SEQS; s++) {
+        int64_t len = plan_cached[s] + plan_fresh[s];
+        w->k[s] = host_alloc((size_t)(len * w->kw) * 4);
+        w->v[s] = host_alloc((size_t)(len * w->vw) * 4);
+        for (int64_t i = 0; i < len * w->kw; i++)
+            w->k[s][i] = uniform(-1.0f, 1.0f);
+        for (int64_t i = 0; i < len * w->vw; i++)
+            w->v[s][i] = uniform(-1.0f, 1.0f);
+    }
+}
+
+/* A batch of tokens (seq, position) with their K/V rows; order as given. */
+typedef struct token_list {
+    int32_t seq[256], pos[256];
+    int64_t n;
+} token_list;
+
+typedef struct batch_pair {
+    pair positions, rows, k_new, v_new;
+    pk_token_batch h, d;
+} batch_pair;
+
+static batch_pair make_batch(attn_world *w, const token_list *tl)
+{
+    batch_pair b;
+    int32_t rows[256];
+    for (int64_t i = 0; i < tl->n; i++)
+        rows[i] = tl->seq[i];
+    b.positions = int_pair(tl->pos, tl->n);
+    b.rows = int_pair(rows, tl->n);
+    b.k_new = random_pair(PIO_DTYPE_F32, tl->n, w->kw, 1);
+    b.v_new = random_pair(PIO_DTYPE_F32, tl->n, w->vw, 0);
+    for (int64_t i = 0; i < tl->n; i++) {
+        if (tl->pos[i] < 0)
+            continue; /* a bad token: its rows stay random */
+        memcpy((float *)b.k_new.h.data + i * b.k_new.h.stride,
+               w->k[tl->seq[i]] + (int64_t)tl->pos[i] * w->kw, (size_t)w->kw * 4);
+        memcpy((float *)b.v_new.h.data + i * b.v_new.h.stride,
+               w->v[tl->seq[i]] + (int64_t)tl->pos[i] * w->vw, (size_t)w->vw * 4);
+    }
+    upload(&b.k_new);
+    upload(&b.v_new);
+    b.h = (pk_token_batch){b.positions.h, b.rows.h, w->tables.h, w->c->block_size};
+    b.d = (pk_token_batch){b.positions.d, b.rows.d, w->tables.d, w->c->block_size};
+    return b;
+}
+
+static pk_attention_params params_of(const attention_case *c)
+{
+    pk_attention_params p = {c->n_q, c->n_kv, c->head_dim, c->v_head_dim,
+                             1.0f / sqrtf((float)c->head_dim)};
+    return p;
+}
+
+static void check_planes(attn_world *w, const char *what)
+{
+    char name[160];
+    snprintf(name, sizeof name, "%s: k plane", what);
+    check_pair(name, &w->k_plane, NULL, 0.0, NULL);
+    if (!w->c->latent) {
+        snprintf(name, sizeof name, "%s: v plane", what);
+        check_pair(name, &w->v_plane, NULL, 0.0, NULL);
+    }
+}
+
+static void run_attention_case(const attention_case *c)
+{
+    char what[160];
+    snprintf(what, sizeof what, "attention n_q %d n_kv %d hd %d vhd %d bs %d %s%s", c->n_q,
+             c->n_kv, c->head_dim, c->v_head_dim, c->block_size, pio_dtype_name(c->cache_dtype),
+             c->latent ? " latent" : "");
+    attn_world w;
+    make_world(&w, c);
+    pk_attention_params p = params_of(c);
+    pio_error err;
+
+    /* 1. The cached prefixes, through pk_kv_store. */
+    token_list cached = {.n = 0};
+    for (int s = 0; s < N_SEQS; s++)
+        for (int32_t i = 0; i < plan_cached[s]; i++) {
+            cached.seq[cached.n] = s;
+            cached.pos[cached.n++] = i;
+        }
+    batch_pair cb = make_batch(&w, &cached);
+    const pk_tensor *vn_d = c->latent ? NULL : &cb.v_new.d, *vn_h = c->latent ? NULL : &cb.v_new.h;
+    expect_ok(pk_kv_store(gpu_ctx, &w.k_cache_d, c->latent ? NULL : &w.v_cache_d, &cb.k_new.d,
+                          vn_d, &cb.d, &p, &err), &err, "kv_store");
+    expect_ok(pk_kv_store(cpu_ctx, &w.k_cache_h, c->latent ? NULL : &w.v_cache_h, &cb.k_new.h,
+                          vn_h, &cb.h, &p, &err), &err, "kv_store");
+    check_planes(&w, "pk_kv_store");
+
+    /* 2. The fresh tokens of all three sequences in one flattened batch, interleaved, storing
+     * their own K/V first. */
+    token_list fresh = {.n = 0};
+    for (int32_t i = 0; i < 19; i++)
+        for (int s = N_SEQS - 1; s >= 0; s--)
+            if (i < plan_fresh[s]) {
+                fresh.seq[fresh.n] = s;
+                fresh.pos[fresh.n++] = plan_cached[s] + i;
+            }
+    batch_pair fb = make_batch(&w, &fresh);
+    pair q = random_pair(PIO_DTYPE_F32, fresh.n, w.qw, 2);
+    pair out = nan_pair(PIO_DTYPE_F32, fresh.n, w.ow, 1);
+    void *out_before = snapshot(&out);
+    vn_d = c->latent ? NULL : &fb.v_new.d;
+    vn_h = c->latent ? NULL : &fb.v_new.h;
+    expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, &fb.k_new.d, vn_d, &w.k_cache_d, &w.v_cache_d,
+                           &fb.d, &p, &err), &err, what);
+    expect_ok(pk_attention(cpu_ctx, &out.h, &q.h, &fb.k_new.h, vn_h, &w.k_cache_h, &w.v_cache_h,
+                           &fb.h, &p, &err), &err, what);
+    check_pair(what, &out, NULL, TOL_F32, out_before);
+    check_planes(&w, what);
+
+    /* 3. Attention only (k_new NULL): the last token of every sequence again, decode style. */
+    token_list last = {.n = N_SEQS};
+    for (int s = 0; s < N_SEQS; s++) {
+        last.seq[s] = s;
+        last.pos[s] = plan_cached[s] + plan_fresh[s] - 1;
+    }
+    batch_pair lb = make_batch(&w, &last);
+    pair q2 = random_pair(PIO_DTYPE_F32, N_SEQS, w.qw, 0);
+    pair out2 = nan_pair(PIO_DTYPE_F32, N_SEQS, w.ow, 0);
+    expect_ok(pk_attention(gpu_ctx, &out2.d, &q2.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d, &lb.d,
+                           &p, &err), &err, what);
+    expect_ok(pk_attention(cpu_ctx, &out2.h, &q2.h, NULL, NULL, &w.k_cache_h, &w.v_cache_h, &lb.h,
+                           &p, &err), &err, what);
+    strncat(what, " (decode, stored)", sizeof what - strlen(what) - 1);
+    check_pair(what, &out2, NULL, TOL_F32, NULL);
+    release_all(NULL);
+}
+
+static void test_attention_gqa4(void **state)
+{
+    (void)state;
+    const int32_t block_sizes[2] = {16, 3};
+    const pio_dtype dtypes[2] = {PIO_DTYPE_BF16, PIO_DTYPE_F32};
+    for (int b = 0; b < 2; b++)
+        for (int d = 0; d < 2; d++) {
+            attention_case c = {8, 2, 64, 64, block_sizes[b], dtypes[d], 0};
+            run_attention_case(&c);
+        }
+    attention_case qwen3 = {32, 8, 128, 128, 16, PIO_DTYPE_BF16, 0}; /* Qwen3-4B's heads */
+    run_attention_case(&qwen3);
+}
+
+static void test_attention_gqa1(void **state)
+{
+    (void)state;
+    const int32_t block_sizes[2] = {16, 3};
+    for (int b = 0; b < 2; b++) {
+        attention_case c = {3, 3, 32, 32, block_sizes[b], PIO_DTYPE_BF16, 0};
+        run_attention_case(&c);
+        attention_case odd = {4, 4, 13, 13, block_sizes[b], PIO_DTYPE_F32, 0};
+        run_attention_case(&odd);
+    }
+}
+
+static void test_attention_value_width_and_latent(void **state)
+{
+    (void)state;
+    attention_case wide_v = {4, 2, 12, 24, 4, PIO_DTYPE_F32, 0};
+    run_attention_case(&wide_v);
+    attention_case narrow_v = {8, 2, 64, 32, 16, PIO_DTYPE_BF16, 0};
+    run_attention_case(&narrow_v);
+    /* Absorbed MLA (GLM-4.7): one 576-wide latent entry, values = its first 512 columns. */
+    attention_case latent = {16, 1, 576, 512, 16, PIO_DTYPE_BF16, 1};
+    if (sanitizer)
+        latent.n_q = 4;
+    run_attention_case(&latent);
+    attention_case latent3 = {5, 1, 40, 32, 3, PIO_DTYPE_F32, 1};
+    run_attention_case(&latent3);
+}
+
+static void test_attention_bad_block_is_reported(void **state)
+{
+    (void)state;
+    attention_case c = {4, 2, 16, 16, 4, PIO_DTYPE_BF16, 0};
+    attn_world w;
+    make_world(&w, &c);
+    pk_attention_params p = params_of(&c);
+    pio_error err;
+    token_list tl = {.n = 2, .seq = {0, 1}, .pos = {9, 2}};
+    batch_pair b = make_batch(&w, &tl);
+    /* Sequence 0's second block (positions 4..7, before token 0's own block) is out of range. */
+    ((int32_t *)w.tables.h.data)[1] = (int32_t)w.n_blocks + 3;
+    upload(&w.tables);
+    pair q = random_pair(PIO_DTYPE_F32, 2, c.n_q * c.head_dim, 0);
+    pair out = nan_pair(PIO_DTYPE_F32, 2, c.n_q * c.head_dim, 0);
+    expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, &b.k_new.d, &b.v_new.d, &w.k_cache_d,
+                           &w.v_cache_d, &b.d, &p, &err), &err, "attention");
+    assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "pk_attention"));
+    assert_non_null(strstr(err.message, "uses block id"));
+    sync_gpu("after the reported error");
+    /* A negative position is reported by pk_kv_store. */
+    tl.pos[1] = -1;
+    b = make_batch(&w, &tl);
+    expect_ok(pk_kv_store(gpu_ctx, &w.k_cache_d, &w.v_cache_d, &b.k_new.d, &b.v_new.d, &b.d, &p,
+                          &err), &err, "kv_store");
+    assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "pk_kv_store"));
+    sync_gpu("after the reported error");
+    release_all(NULL);
+}
+
+/* Times pk_attention at Qwen3-4B's heads (32 q / 8 kv, head_dim 128, BF16 cache, block 16)
+ * (PIO_KERNELS_BENCH=1): decode of B sequences at depth `ctx_len`, and a 512-token prefill. */
+static void test_attention_benchmark(void **state)
+{
+    (void)state;
+    const char *env = getenv("PIO_KERNELS_BENCH");
+    if (env == NULL || atoi(env) == 0) {
+        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+        return;
+    }
+    enum { BS = 16, NQ = 32, NKV = 8, HD = 128, CTX = 4096, MAX_B = 8, REPS = 20 };
+    static const struct { int b; int prefill; } runs[] = {{1, 0}, {8, 0}, {1, 512}};
+    pio_error err;
+    int64_t blocks_per_seq = CTX / BS, n_blocks = MAX_B * blocks_per_seq;
+    pair k_plane = random_pair(PIO_DTYPE_BF16, n_blocks * BS, NKV * HD, 0);
+    pair v_plane = random_pair(PIO_DTYPE_BF16, n_blocks * BS, NKV * HD, 0);
+    pair tables = make_pair(PIO_DTYPE_I32, MAX_B, blocks_per_seq, 0, FILL_ZERO, 0, 0);
+    for (int64_t i = 0; i < n_blocks; i++)
+        ((int32_t *)tables.h.data)[i] = (int32_t)i;
+    upload(&tables);
+    pk_attention_params p = {NQ, NKV, HD, HD, 1.0f / sqrtf((float)HD)};
+    for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
+        int64_t t = runs[r].prefill ? runs[r].prefill : runs[r].b;
+        int32_t pos[512], rows[512];
+        for (int64_t i = 0; i < t; i++) {
+            pos[i] = runs[r].prefill ? (int32_t)i : CTX - 1;
+            rows[i] = runs[r].prefill ? 0 : (int32_t)i;
+        }
+        pair positions = int_pair(pos, t), seq_rows = int_pair(rows, t);
+        pair q = random_pair(PIO_DTYPE_F32, t, NQ * HD, 0);
+        pair out = nan_pair(PIO_DTYPE_F32, t, NQ * HD, 0);
+        pk_token_batch batch = {positions.d, seq_rows.d, tables.d, BS};
+        expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &k_plane.d, &v_plane.d, &batch,
+                               &p, &err), &err, "bench attention");
+        sync_gpu("bench attention warm-up");
+        double t0 = seconds_now();
+        for (int i = 0; i < REPS; i++)
+            expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &k_plane.d, &v_plane.d,
+                                   &batch, &p, &err), &err, "bench attention");
+        sync_gpu("bench attention");
+        double per = (seconds_now() - t0) / REPS;
+        /* bytes a kernel must read: each sequence's K and V once (decode), or the prompt's */
+        double keys = runs[r].prefill ? (double)runs[r].prefill : (double)runs[r].b * CTX;
+        double bytes = keys * NKV * HD * 2 * 2;
+        print_message("attention %s B=%d T=%lld depth %d: %8.1f us  %7.1f GB/s of K/V\n",
+                      runs[r].prefill ? "prefill" : "decode ", runs[r].b, (long long)t,
+                      runs[r].prefill ? 0 : CTX, per * 1e6, bytes / per * 1e-9);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_context_and_buffers, release_all),
+        cmocka_unit_test_teardown(test_copy, release_all),
+        cmocka_unit_test_teardown(test_matmul, release_all),
+        cmocka_unit_test_teardown(test_matmul_empty_k, release_all),
+        cmocka_unit_test_teardown(test_embedding, release_all),
+        cmocka_unit_test_teardown(test_embedding_bad_id_is_reported, release_all),
+        cmocka_unit_test_teardown(test_rmsnorm, release_all),
+        cmocka_unit_test_teardown(test_head_rmsnorm, release_all),
+        cmocka_unit_test_teardown(test_rope, release_all),
+        cmocka_unit_test_teardown(test_swiglu, release_all),
+        cmocka_unit_test_teardown(test_add, release_all),
+        cmocka_unit_test_teardown(test_softmax, release_all),
+        cmocka_unit_test_teardown(test_argmax, release_all),
+        cmocka_unit_test_teardown(test_cast, release_all),
+        cmocka_unit_test_teardown(test_attention_gqa4, release_all),
+        cmocka_unit_test_teardown(test_attention_gqa1, release_all),
+        cmocka_unit_test_teardown(test_attention_value_width_and_latent, release_all),
+        cmocka_unit_test_teardown(test_attention_bad_block_is_reported, release_all),
+        cmocka_unit_test_teardown(test_matmul_benchmark, release_all),
+        cmocka_unit_test_teardown(test_attention_benchmark, release_all),
+    };
+    return cmocka_run_group_tests_name("cuda backend vs cpu backend", tests, group_setup,
+                                       group_teardown);
+}
