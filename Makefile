@@ -178,9 +178,10 @@ test-build: all $(TESTS) $(FIXTURE_PLUGINS)
 test: test-build
 	BUILD=$(BUILD) PREFIX=$(PREFIX) CC=$(CC) SHARED=$(SHARED) sh tests/run_tests.sh $(TESTS)
 
-$(BUILD)/pio-sdk.pc: sdk/pio-sdk.pc.in Makefile
+$(BUILD)/pio-sdk.pc: sdk/pio-sdk.pc.in Makefile $(FLAGS_STAMP) $(PREFIX_STAMP)
 	@mkdir -p $(dir $@)
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define PIO_SDK_VERSION_STRING "\(.*\)"/\1/p' sdk/include/pio/plugin.h)|g' $< > $@
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@CUDA_LIBS@|$(CUDA_LDLIBS)|g' \
+	  -e 's|@VERSION@|$(shell sed -n 's/^#define PIO_SDK_VERSION_STRING "\(.*\)"/\1/p' sdk/include/pio/plugin.h)|g' $< > $@
 
 SDK_HEADERS := $(wildcard sdk/include/pio/*.h)
 # The public compute-layer headers (backend internals stay private).
