@@ -140,6 +140,11 @@ def make_tokenizer(shared_dir, path):
     return fast
 
 
+def load_reference(model_class, path, dtype, device):
+    return model_class.from_pretrained(path, dtype=dtype,
+                                       attn_implementation="eager").to(device).eval()
+
+
 def logits_of(model, sequences):
     rows = []
     with torch.no_grad():
@@ -201,12 +206,14 @@ def build(name, out_dir, device, shared_dir):
     model.generation_config.save_pretrained(path)
     tokenizer = make_tokenizer(shared_dir, path)
 
-    model_f32 = model.to(device=device, dtype=torch.float32)
-    model_f32.config._attn_implementation = "eager"
+    # The references load the saved folder, as a user would. Converting the in-memory model
+    # with .to(bfloat16) would also round the rotary inv_freq buffer, which from_pretrained
+    # keeps in float32.
+    model_f32 = load_reference(model_class, path, torch.float32, device)
     np.save(os.path.join(path, "logits_f32.npy"), logits_of(model_f32, SEQUENCES))
     continuations = greedy(model_f32, SEQUENCES)
     chat = chat_reference(model_f32, tokenizer)
-    model_bf16 = model_f32.to(torch.bfloat16)
+    model_bf16 = load_reference(model_class, path, torch.bfloat16, device)
     np.save(os.path.join(path, "logits_bf16.npy"), logits_of(model_bf16, SEQUENCES))
     reference = {
         "generator": "tools/make_model_fixtures.py",
