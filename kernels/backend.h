@@ -10,7 +10,8 @@
  * range) where it can do so cheaply, and returns PIO_ERR_UNSUPPORTED for a valid combination it
  * does not implement.
  *
- * Adding a backend: define a `const pk_backend` with every member filled and add it to the
+ * Adding a backend: define a `const pk_backend` with every required member filled (the optional
+ * ones at the end may stay NULL) and add it to the
  * table in kernels/backend.c (a CUDA backend under `#if PIO_HAVE_CUDA`). Nothing else changes.
  */
 #ifndef PIO_KERNELS_BACKEND_H
@@ -77,6 +78,16 @@ struct pk_backend {
                             const pk_tensor *k_cache, const pk_tensor *v_cache,
                             const pk_token_batch *batch, const pk_attention_params *params,
                             pio_error *err);
+
+    /* Optional members: a backend may leave them NULL, and the op then returns
+     * PIO_ERR_UNSUPPORTED naming the op and the backend. */
+    pio_status (*moe_topk_softmax)(pk_context *ctx, const pk_tensor *ids,
+                                   const pk_tensor *weights, const pk_tensor *logits,
+                                   int normalize, pio_error *err);
+    pio_status (*moe_experts)(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                              const pk_tensor *gate_up, const pk_tensor *down,
+                              const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
+                              pio_error *err);
 };
 
 /* The CPU backend (kernels/cpu/). */

@@ -14,6 +14,8 @@ typedef struct pk_cpu_state {
     int use_avx2;       /* AVX2 + FMA paths are taken (CPU supports them, not forced scalar) */
     float *scratch;     /* workspace shared by ops, n_threads slices of scratch_stride floats */
     size_t scratch_stride;
+    int32_t *index_scratch; /* integer workspace (expert grouping), index_capacity values */
+    size_t index_capacity;
 } pk_cpu_state;
 
 static inline pk_cpu_state *pk_cpu_state_of(const pk_context *ctx)
@@ -25,6 +27,10 @@ static inline pk_cpu_state *pk_cpu_state_of(const pk_context *ctx)
  * slice i starts at the returned pointer + i * (*stride). Grows (and never shrinks) on demand,
  * so steady-state calls allocate nothing. Valid until the next call. */
 float *pk_cpu_scratch(pk_context *ctx, size_t floats_per_thread, size_t *stride, pio_error *err);
+
+/* An integer workspace of at least `count` values; grows (never shrinks) like pk_cpu_scratch and
+ * is valid until the next call. */
+int32_t *pk_cpu_index_scratch(pk_context *ctx, size_t count, pio_error *err);
 
 /* Element i of a BF16 or F32 row, as float. */
 static inline float pk_cpu_load(const void *row, pio_dtype dtype, int64_t i)
@@ -77,7 +83,14 @@ PK_AVX2 static inline float pk_avx2_hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 #else
-#define PK_HAVE_X86 0
+#define PK_HAVE_X86 0pio_status pk_cpu_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
+                                   const pk_tensor *weights, const pk_tensor *logits,
+                                   int normalize, pio_error *err);
+pio_status pk_cpu_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                              const pk_tensor *gate_up, const pk_tensor *down,
+                              const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
+                              pio_error *err);
+
 #endif
 
 /* Backend entry points implemented in the files of kernels/cpu/. */
@@ -108,5 +121,12 @@ pio_status pk_cpu_attention(pk_context *ctx, const pk_tensor *out, const pk_tens
                             const pk_tensor *k_cache, const pk_tensor *v_cache,
                             const pk_token_batch *batch, const pk_attention_params *params,
                             pio_error *err);
+pio_status pk_cpu_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
+                                   const pk_tensor *weights, const pk_tensor *logits,
+                                   int normalize, pio_error *err);
+pio_status pk_cpu_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                              const pk_tensor *gate_up, const pk_tensor *down,
+                              const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
+                              pio_error *err);
 
 #endif

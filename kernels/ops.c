@@ -495,3 +495,78 @@ pio_status pk_attention(pk_context *ctx, const pk_tensor *out, const pk_tensor *
     }
     return ctx->backend->attention(ctx, out, q, k_cache, v_cache, batch, &p, err);
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Mixture of experts                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* An optional backend member that is NULL: the op exists, this backend does not run it. */
+static pio_status unsupported_by_backend(pk_context *ctx, const char *op, pio_error *err)
+{
+    return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: the %s backend does not implement it",
+                         op, ctx->backend->name);
+}
+
+pio_status pk_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor *weights,
+                               const pk_tensor *logits, int normalize, pio_error *err)
+{
+    static const char op[] = "pk_moe_topk_softmax";
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = check_operand(ctx, op, "ids", ids, DT_I32, err)) ||
+        (st = check_operand(ctx, op, "weights", weights, DT_F32, err)) ||
+        (st = check_operand(ctx, op, "logits", logits, DT_F32, err)) ||
+        (st = check_shape(op, "ids", ids, logits->rows, ids->cols, err)) ||
+        (st = check_shape(op, "weights", weights, logits->rows, ids->cols, err)))
+        return st;
+    if (ids->cols < 1 || ids->cols > logits->cols || logits->cols > INT32_MAX)
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "%s: k = %lld must be in [1, %lld]",
+                             op, (long long)ids->cols, (long long)logits->cols);
+    if ((st = check_no_overlap(op, "ids", ids, "logits", logits, 0, err)) ||
+        (st = check_no_overlap(op, "weights", weights, "logits", logits, 0, err)) ||
+        (st = check_no_overlap(op, "weights", weights, "ids", ids, 0, err)))
+        return st;
+    if (ctx->backend->moe_topk_softmax == NULL)
+        return unsupported_by_backend(ctx, op, err);
+    return ctx->backend->moe_topk_softmax(ctx, ids, weights, logits, normalize, err);
+}
+
+static pio_status check_expert_weights(const char *op, const pk_tensor *out,
+                                       const pk_tensor *gate_up, const pk_tensor *down,
+                                       int64_t n_experts, pio_error *err)
+{
+    if (n_experts < 1 || n_experts > INT32_MAX)
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "%s: n_experts = %lld", op,
+                             (long long)n_experts);
+    int64_t hidden = out->cols, inner = down->cols;
+    pio_status st = check_shape(op, "gate_up", gate_up, n_experts * 2 * inner, hidden, err);
+    if (st == PIO_OK)
+        st = check_shape(op, "down", down, n_experts * hidden, inner, err);
+    return st;
+}
+
+pio_status pk_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                          const pk_tensor *gate_up, const pk_tensor *down, const pk_tensor *ids,
+                          const pk_tensor *weights, int64_t n_experts, pio_error *err)
+{
+    static const char op[] = "pk_moe_experts";
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = check_operand(ctx, op, "out", out, DT_F32, err)) ||
+        (st = check_operand(ctx, op, "x", x, DT_F32, err)) ||
+        (st = check_operand(ctx, op, "gate_up", gate_up, DT_WEIGHT, err)) ||
+        (st = check_operand(ctx, op, "down", down, DT_WEIGHT, err)) ||
+        (st = check_operand(ctx, op, "ids", ids, DT_I32, err)) ||
+        (st = check_operand(ctx, op, "weights", weights, DT_F32, err)) ||
+        (st = check_shape(op, "x", x, out->rows, out->cols, err)) ||
+        (st = check_shape(op, "ids", ids, out->rows, ids->cols, err)) ||
+        (st = check_shape(op, "weights", weights, out->rows, ids->cols, err)) ||
+        (st = check_expert_weights(op, out, gate_up, down, n_experts, err)) ||
+        (st = check_no_overlap(op, "out", out, "x", x, 0, err)) ||
+        (st = check_no_overlap(op, "out", out, "weights", weights, 0, err)))
+        return st;
+    if (ids->cols < 1 || ids->cols > n_experts)
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "%s: k = %lld must be in [1, %lld]",
+                             op, (long long)ids->cols, (long long)n_experts);
+    if (ctx->backend->moe_experts == NULL)
+        return unsupported_by_backend(ctx, op, err);
+    return ctx->backend->moe_experts(ctx, out, x, gate_up, down, ids, weights, n_experts, err);
+}

@@ -141,6 +141,36 @@ pio_status pk_argmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor *x, 
 pio_status pk_cast(pk_context *ctx, const pk_tensor *out, const pk_tensor *x, pio_error *err);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Mixture of experts                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Softmax top-k routing (the mechanism of Qwen3-MoE-style routers; which variant a model uses
+ * is its policy). For each row t of the router logits [T, E]: p = softmax(logits[t]) in fp32,
+ * then the k experts of largest p in descending order, ties going to the lower expert index
+ * (what torch.topk returns for the routers of our references), and their weights p[e], divided
+ * by their sum when `normalize` (norm_topk_prob). ids [T, k] I32, weights [T, k] F32,
+ * logits [T, E] F32 with 1 <= k <= E. Runs on the device: no host synchronisation.
+ */
+pio_status pk_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor *weights,
+                               const pk_tensor *logits, int normalize, pio_error *err);
+
+/*
+ * The routed SwiGLU experts, accumulated into the residual stream:
+ *   out[t] += Σ_j weights[t, j] · down_e(silu(gate_e(x[t])) · up_e(x[t])),  e = ids[t, j]
+ * Expert weights are packed by expert (the layout a grouped GEMM reads):
+ *   gate_up [E·2F, H]: rows e·2F .. e·2F+F-1 are expert e's gate_proj, the next F its up_proj;
+ *   down    [E·H, F]:  rows e·H .. e·H+H-1 are expert e's down_proj.
+ * out, x [T, H] F32 (no overlap); ids [T, k] I32 and weights [T, k] F32 (pk_moe_topk_softmax);
+ * both weight tensors BF16|F32. Backends group the tokens by expert, so each selected expert's
+ * weights are read once per call however many tokens chose it. An id outside [0, n_experts) is
+ * PIO_ERR_INVALID_ARGUMENT.
+ */
+pio_status pk_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                          const pk_tensor *gate_up, const pk_tensor *down, const pk_tensor *ids,
+                          const pk_tensor *weights, int64_t n_experts, pio_error *err);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Attention over the paged KV cache                                                          */
 /* ------------------------------------------------------------------------------------------ */
 

@@ -39,6 +39,7 @@ static void cpu_fini(pk_context *ctx)
     if (state == NULL)
         return;
     free(state->scratch);
+    free(state->index_scratch);
     free(state);
     ctx->state = NULL;
 }
@@ -102,6 +103,23 @@ float *pk_cpu_scratch(pk_context *ctx, size_t floats_per_thread, size_t *stride,
     return state->scratch;
 }
 
+int32_t *pk_cpu_index_scratch(pk_context *ctx, size_t count, pio_error *err)
+{
+    pk_cpu_state *state = pk_cpu_state_of(ctx);
+    if (count <= state->index_capacity && state->index_scratch != NULL)
+        return state->index_scratch;
+    int32_t *grown = count < SIZE_MAX / sizeof *grown ? malloc(count * sizeof *grown) : NULL;
+    if (grown == NULL) {
+        pio_error_set(err, PIO_ERR_OUT_OF_MEMORY, "cpu backend: cannot allocate %zu indices",
+                      count);
+        return NULL;
+    }
+    free(state->index_scratch);
+    state->index_scratch = grown;
+    state->index_capacity = count;
+    return grown;
+}
+
 static pio_status cpu_copy(pk_context *ctx, const pk_tensor *dst, const pk_tensor *src,
                            pio_error *err)
 {
@@ -145,4 +163,6 @@ const pk_backend pk_cpu_backend = {
     .cast = pk_cpu_cast,
     .kv_store = pk_cpu_kv_store,
     .attention = pk_cpu_attention,
+    .moe_topk_softmax = pk_cpu_moe_topk_softmax,
+    .moe_experts = pk_cpu_moe_experts,
 };

@@ -1,28 +1,27 @@
-/* The batched forward of the Qwen3 dense model (see model.h) and its sequence operations. */
+/* The batched forward of a decoder model and its sequence operations (see pio/decoder.h). */
+#include "pio/decoder.h"
+
 #include <stdio.h>
 
-#include "attention/attention.h"
-#include "model.h"
-
-pio_status qwen3_seq_open(void *self, int32_t *seq, pio_error *err)
+pio_status pio_decoder_seq_open(void *self, int32_t *seq, pio_error *err)
 {
-    qwen3_model *m = self;
+    pio_decoder *m = self;
     return pk_kv_seq_open(m->pool, seq, err);
 }
 
-void qwen3_seq_close(void *self, int32_t seq)
+void pio_decoder_seq_close(void *self, int32_t seq)
 {
-    qwen3_model *m = self;
+    pio_decoder *m = self;
     pk_kv_seq_close(m->pool, seq);
 }
 
-int64_t qwen3_seq_length(void *self, int32_t seq)
+int64_t pio_decoder_seq_length(void *self, int32_t seq)
 {
-    const qwen3_model *m = self;
+    const pio_decoder *m = self;
     return pk_kv_seq_length(m->pool, seq);
 }
 
-static pio_status check_batch(const qwen3_model *m, const pio_textgen_batch *b, pio_error *err)
+static pio_status check_batch(const pio_decoder *m, const pio_textgen_batch *b, pio_error *err)
 {
     if (b == NULL || b->struct_size < sizeof *b || b->n_tokens == 0 || b->tokens == NULL ||
         b->seq_ids == NULL)
@@ -45,7 +44,7 @@ static pio_status check_batch(const qwen3_model *m, const pio_textgen_batch *b, 
 }
 
 /* Host ids copied into a device buffer, as a [1, n] tensor. */
-static pio_status stage_ids(const qwen3_model *m, const pk_buffer *buf, const int32_t *host,
+static pio_status stage_ids(const pio_decoder *m, const pk_buffer *buf, const int32_t *host,
                             int64_t n, pk_tensor *out, pio_error *err)
 {
     *out = pk_tensor_in(buf, 0, PIO_DTYPE_I32, 1, n);
@@ -53,7 +52,7 @@ static pio_status stage_ids(const qwen3_model *m, const pk_buffer *buf, const in
     return pk_copy(m->ctx, out, &src, err);
 }
 
-static pio_status stage_block_tables(qwen3_model *m, pk_tensor *out, pio_error *err)
+static pio_status stage_block_tables(pio_decoder *m, pk_tensor *out, pio_error *err)
 {
     const pio_kv_batch *kb = &m->kv_batch;
     size_t bytes = (size_t)(kb->n_seqs * kb->table_width) * sizeof(int32_t);
@@ -68,55 +67,52 @@ static pio_status stage_block_tables(qwen3_model *m, pk_tensor *out, pio_error *
     return pk_copy(m->ctx, out, &src, err);
 }
 
-static qwen3_activations activations(const qwen3_model *m, int64_t n)
+static pk_attention_activations activations(const pio_decoder *m, int64_t n)
 {
-    const qwen3_config *c = &m->config;
-    const qwen3_workspace *ws = &m->ws;
+    const pio_decoder_config *c = &m->config;
+    const pio_decoder_workspace *ws = &m->ws;
     int64_t q_width = c->n_heads * c->head_dim, kv_width = c->n_kv_heads * c->head_dim;
-    return (qwen3_activations){
-        .n = n,
+    return (pk_attention_activations){
         .x = pk_tensor_in(&ws->x, 0, PIO_DTYPE_F32, n, c->hidden_size),
         .h = pk_tensor_in(&ws->h, 0, PIO_DTYPE_F32, n, c->hidden_size),
         .q = pk_tensor_in(&ws->q, 0, PIO_DTYPE_F32, n, q_width),
         .k = pk_tensor_in(&ws->k, 0, PIO_DTYPE_F32, n, kv_width),
         .v = pk_tensor_in(&ws->v, 0, PIO_DTYPE_F32, n, kv_width),
         .attn = pk_tensor_in(&ws->attn, 0, PIO_DTYPE_F32, n, q_width),
-        .gate = pk_tensor_in(&ws->gate, 0, PIO_DTYPE_F32, n, c->intermediate_size),
-        .up = pk_tensor_in(&ws->up, 0, PIO_DTYPE_F32, n, c->intermediate_size),
     };
 }
 
-/* x += down(silu(gate(h)) · up(h)) with h = RMSNorm(x) · post_attention_layernorm. */
-static pio_status mlp_block(const qwen3_model *m, const qwen3_layer_weights *w,
-                            const qwen3_activations *a, pio_error *err)
+static pio_status attention_block(const pio_decoder *m, int32_t layer,
+                                  const pk_attention_activations *a, const pk_token_batch *tb,
+                                  pio_error *err)
 {
-    pio_status st;
-    if ((st = pk_rmsnorm(m->ctx, &a->h, &a->x, &w->post_norm, (float)m->config.rms_norm_eps,
-                         err)) ||
-        (st = pk_matmul(m->ctx, &a->gate, &a->h, &w->gate_proj, err)) ||
-        (st = pk_matmul(m->ctx, &a->up, &a->h, &w->up_proj, err)) ||
-        (st = pk_swiglu(m->ctx, &a->gate, &a->gate, &a->up, err)) ||
-        (st = pk_matmul_add(m->ctx, &a->x, &a->gate, &w->down_proj, err)))
-        return st;
-    return PIO_OK;
+    const pio_decoder_config *c = &m->config;
+    pk_qk_norm_attention_shape shape = {
+        .n_heads = (int32_t)c->n_heads, .n_kv_heads = (int32_t)c->n_kv_heads,
+        .head_dim = (int32_t)c->head_dim, .rms_norm_eps = (float)c->rms_norm_eps,
+        .rope_theta = (float)c->rope_theta};
+    pk_tensor k_cache = pk_kv_pool_plane(m->pool, layer, 0);
+    pk_tensor v_cache = pk_kv_pool_plane(m->pool, layer, 1);
+    return pk_qk_norm_attention_block(m->ctx, &m->layers[layer].attention, &shape, a, &k_cache,
+                                      &v_cache, tb, err);
 }
 
-/* Logits of up to QWEN3_LOGITS_ROWS tokens of the chunk: their final hidden states are
+/* Logits of up to PIO_DECODER_LOGITS_ROWS tokens of the chunk: their final hidden states are
  * gathered, normalised and projected, then copied to the caller's rows. */
-static pio_status logits_group(qwen3_model *m, const pio_textgen_batch *b, const pk_tensor *x,
+static pio_status logits_group(pio_decoder *m, const pio_textgen_batch *b, const pk_tensor *x,
                                const int32_t *local_rows, const size_t *out_rows, int64_t g,
                                pio_error *err)
 {
-    const qwen3_config *c = &m->config;
+    const pio_decoder_config *c = &m->config;
     pk_tensor ids;
     pk_tensor hidden = pk_tensor_in(&m->ws.logits_hidden, 0, PIO_DTYPE_F32, g, c->hidden_size);
     pk_tensor logits = pk_tensor_in(&m->ws.logits, 0, PIO_DTYPE_F32, g, c->vocab_size);
     pio_status st;
     if ((st = stage_ids(m, &m->ws.logits_ids, local_rows, g, &ids, err)) ||
         (st = pk_embedding(m->ctx, &hidden, x, &ids, err)) ||
-        (st = pk_rmsnorm(m->ctx, &hidden, &hidden, &m->weights.final_norm,
+        (st = pk_rmsnorm(m->ctx, &hidden, &hidden, &m->final_norm,
                          (float)c->rms_norm_eps, err)) ||
-        (st = pk_matmul(m->ctx, &logits, &hidden, &m->weights.lm_head, err)))
+        (st = pk_matmul(m->ctx, &logits, &hidden, &m->lm_head, err)))
         return st;
     for (int64_t j = 0; j < g && st == PIO_OK; j++) {
         pk_tensor dst = pk_tensor_host(b->logits + out_rows[j] * (size_t)c->vocab_size,
@@ -128,11 +124,11 @@ static pio_status logits_group(qwen3_model *m, const pio_textgen_batch *b, const
 }
 
 /* The logits rows of the batch that fall in the chunk [first, first + n). */
-static pio_status chunk_logits(qwen3_model *m, const pio_textgen_batch *b, int64_t first,
+static pio_status chunk_logits(pio_decoder *m, const pio_textgen_batch *b, int64_t first,
                                int64_t n, const pk_tensor *x, pio_error *err)
 {
-    int32_t local_rows[QWEN3_LOGITS_ROWS];
-    size_t out_rows[QWEN3_LOGITS_ROWS];
+    int32_t local_rows[PIO_DECODER_LOGITS_ROWS];
+    size_t out_rows[PIO_DECODER_LOGITS_ROWS];
     int64_t g = 0;
     for (size_t i = 0; i < b->n_logits_rows; i++) {
         int64_t row = b->logits_rows[i];
@@ -140,7 +136,7 @@ static pio_status chunk_logits(qwen3_model *m, const pio_textgen_batch *b, int64
             continue;
         local_rows[g] = (int32_t)(row - first);
         out_rows[g++] = i;
-        if (g == QWEN3_LOGITS_ROWS) {
+        if (g == PIO_DECODER_LOGITS_ROWS) {
             pio_status st = logits_group(m, b, x, local_rows, out_rows, g, err);
             if (st != PIO_OK)
                 return st;
@@ -151,7 +147,7 @@ static pio_status chunk_logits(qwen3_model *m, const pio_textgen_batch *b, int64
 }
 
 /* Tokens [first, first + n) of the batch through every layer. */
-static pio_status run_chunk(qwen3_model *m, const pio_textgen_batch *b, int64_t first,
+static pio_status run_chunk(pio_decoder *m, const pio_textgen_batch *b, int64_t first,
                             int64_t n, const pk_tensor *block_tables, pio_error *err)
 {
     const pio_kv_batch *kb = &m->kv_batch;
@@ -163,34 +159,34 @@ static pio_status run_chunk(qwen3_model *m, const pio_textgen_batch *b, int64_t 
         (st = stage_ids(m, &m->ws.positions, kb->positions + first, n, &tb.positions, err)) ||
         (st = stage_ids(m, &m->ws.seq_rows, kb->seq_rows + first, n, &tb.seq_rows, err)))
         return st;
-    qwen3_activations a = activations(m, n);
-    if ((st = pk_embedding(m->ctx, &a.x, &m->weights.embed, &ids, err)))
+    pk_attention_activations a = activations(m, n);
+    if ((st = pk_embedding(m->ctx, &a.x, &m->embed, &ids, err)))
         return st;
     for (int32_t layer = 0; layer < m->config.n_layers; layer++) {
-        if ((st = qwen3_attention_block(m, layer, &a, &tb, err)) ||
-            (st = mlp_block(m, &m->weights.layers[layer], &a, err)))
+        if ((st = attention_block(m, layer, &a, &tb, err)) ||
+            (st = m->spec->ffn_block(m->model, m, layer, &a, err)))
             return st;
     }
     return chunk_logits(m, b, first, n, &a.x, err);
 }
 
-static pio_status run_chunks(qwen3_model *m, const pio_textgen_batch *b, pio_error *err)
+static pio_status run_chunks(pio_decoder *m, const pio_textgen_batch *b, pio_error *err)
 {
     pk_tensor block_tables;
     pio_status st = stage_block_tables(m, &block_tables, err);
     int64_t total = (int64_t)b->n_tokens;
-    for (int64_t first = 0; st == PIO_OK && first < total; first += QWEN3_CHUNK_TOKENS) {
+    for (int64_t first = 0; st == PIO_OK && first < total; first += PIO_DECODER_CHUNK_TOKENS) {
         if (m->services->should_abort(m->host))
             return pio_error_set(err, PIO_ERR_CANCELLED, "forward: interrupted");
-        int64_t n = total - first < QWEN3_CHUNK_TOKENS ? total - first : QWEN3_CHUNK_TOKENS;
+        int64_t n = total - first < PIO_DECODER_CHUNK_TOKENS ? total - first : PIO_DECODER_CHUNK_TOKENS;
         st = run_chunk(m, b, first, n, &block_tables, err);
     }
     return st == PIO_OK ? pk_synchronize(m->ctx, err) : st;
 }
 
-pio_status qwen3_forward(void *self, const pio_textgen_batch *b, pio_error *err)
+pio_status pio_decoder_forward(void *self, const pio_textgen_batch *b, pio_error *err)
 {
-    qwen3_model *m = self;
+    pio_decoder *m = self;
     pio_status st = check_batch(m, b, err);
     if (st == PIO_OK)
         st = pio_kv_batch_prepare(&m->kv_batch, m->pool, b->seq_ids, b->n_tokens,

@@ -1,0 +1,66 @@
+/* The dense SwiGLU MLP of every Qwen3 layer: its weights and its block (see model.h). */
+#include <stdlib.h>
+
+#include "model.h"
+
+pio_status qwen3_prepare(void *model, const pio_decoder *d, pio_error *err)
+{
+    qwen3_dense *q = model;
+    q->layers = calloc((size_t)d->config.n_layers, sizeof *q->layers);
+    return q->layers != NULL ? PIO_OK
+                             : pio_error_set(err, PIO_ERR_OUT_OF_MEMORY, "out of memory");
+}
+
+/* The files and the forward hold the same three matrices. */
+size_t qwen3_layer_slots(void *model, const pio_decoder *d, long layer, int from_checkpoint,
+                         pio_weight_slot *s)
+{
+    (void)from_checkpoint;
+    qwen3_dense *q = model;
+    if (s == NULL)
+        return 3;
+    qwen3_mlp_layer *w = &q->layers[layer];
+    int64_t H = d->config.hidden_size, F = q->intermediate_size;
+    pio_weight_slot_set(&s[0], &w->gate_proj, F, H, 0, "model.layers.%ld.mlp.gate_proj.weight",
+                        layer);
+    pio_weight_slot_set(&s[1], &w->up_proj, F, H, 0, "model.layers.%ld.mlp.up_proj.weight",
+                        layer);
+    pio_weight_slot_set(&s[2], &w->down_proj, H, F, 0, "model.layers.%ld.mlp.down_proj.weight",
+                        layer);
+    return 3;
+}
+
+size_t qwen3_workspace(void *model, const pio_decoder *d, pio_decoder_buffer *plan)
+{
+    (void)d;
+    qwen3_dense *q = model;
+    uint64_t bytes = PIO_DECODER_CHUNK_TOKENS * (uint64_t)q->intermediate_size * sizeof(float);
+    if (plan != NULL) {
+        plan[0] = (pio_decoder_buffer){&q->gate, bytes};
+        plan[1] = (pio_decoder_buffer){&q->up, bytes};
+    }
+    return 2;
+}
+
+pio_status qwen3_mlp_block(void *model, pio_decoder *d, int32_t layer,
+                           const pk_attention_activations *a, pio_error *err)
+{
+    const qwen3_dense *q = model;
+    const qwen3_mlp_layer *l = &q->layers[layer];
+    int64_t n = a->x.rows;
+    pk_swiglu_mlp_weights w = {.post_norm = d->layers[layer].post_norm,
+                               .gate_proj = l->gate_proj, .up_proj = l->up_proj,
+                               .down_proj = l->down_proj};
+    pk_tensor gate = pk_tensor_in(&q->gate, 0, PIO_DTYPE_F32, n, q->intermediate_size);
+    pk_tensor up = pk_tensor_in(&q->up, 0, PIO_DTYPE_F32, n, q->intermediate_size);
+    return pk_swiglu_mlp_block(d->ctx, &w, (float)d->config.rms_norm_eps, &a->x, &a->h, &gate,
+                               &up, err);
+}
+
+void qwen3_release(void *model, pio_decoder *d)
+{
+    (void)d;
+    qwen3_dense *q = model;
+    free(q->layers);
+    q->layers = NULL;
+}
