@@ -31,6 +31,8 @@
 
 /* ‖ours − ref‖ / ‖ref‖ per position against logits_f32.npy (the bar). */
 #define LOGITS_TOLERANCE 1e-2
+/* With an F32 KV cache the math is fp32 like the reference's: measured 5.2e-7 at worst. */
+#define F32_CACHE_LOGITS_TOLERANCE 1e-5
 /* Two runs of the same math in another batch layout. */
 #define SAME_MATH_TOLERANCE 1e-5
 #define MAX_SEQS 8
@@ -356,7 +358,7 @@ static void logits_of(const char *fixture)
         double worst = worst_error_against_reference(&s);
         print_message("%s: max relative logits error, %s KV cache: %.3g\n", fixture,
                       i == 0 ? "F32" : "BF16", worst);
-        assert_true(worst <= LOGITS_TOLERANCE);
+        assert_true(worst <= (i == 0 ? F32_CACHE_LOGITS_TOLERANCE : LOGITS_TOLERANCE));
         close_session(&s);
     }
 }
@@ -383,6 +385,28 @@ static void tiny_chat_reply_matches_the_reference(void **state)
 {
     assert_int_equal(use_fixture(TINY), 0);
     chat_reply_matches_the_reference(state);
+}
+
+/*
+ * The router near-ties fixture: in every layer expert 5 differs from expert 2 by one weight of
+ * one bf16 step and expert 7 is expert 0 scaled by 1.001, so the top-3 choice often hangs on a
+ * small logit difference (e.g. layer 0, position 0: experts 5 and 2 at p = 0.10921 and 0.10901).
+ * With fp32 math throughout (F32 KV cache) our selection must equal the reference's at every
+ * token, which shows as logits equal to fp32 rounding; one flipped choice gives errors of ~0.1.
+ * (The BF16 KV cache rounds the attention inputs enough to flip some of these choices, which is
+ * why this fixture is checked with the F32 cache only. Exact ties are not used: torch's CPU
+ * topk orders equal values in no fixed way — see tools/make_model_fixtures.py.)
+ */
+static void router_near_ties_select_like_the_reference(void **state)
+{
+    assert_int_equal(use_fixture(TIES), 0);
+    session s;
+    open_ok(&s, F32_CACHE, TIES, NULL);
+    double worst = worst_error_against_reference(&s);
+    print_message("%s: max relative logits error, F32 KV cache: %.3g\n", TIES, worst);
+    assert_true(worst <= F32_CACHE_LOGITS_TOLERANCE);
+    close_session(&s);
+    greedy_continuations_match_the_reference(state);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -651,6 +675,7 @@ int main(void)
         cmocka_unit_test(tiny_batched_forward_equals_one_sequence_at_a_time),
         cmocka_unit_test(tiny_greedy_continuations_match_the_reference),
         cmocka_unit_test(tiny_chat_reply_matches_the_reference),
+        cmocka_unit_test(router_near_ties_select_like_the_reference),
         cmocka_unit_test_setup_teardown(chat_with_tools_renders_like_the_reference, make_scratch,
                                         remove_scratch),
         cmocka_unit_test(generated_tool_calls_parse_and_malformed_ones_stay_text),
