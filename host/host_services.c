@@ -59,6 +59,19 @@ DEFINE_CONFIG_GETTER(service_config_get_str, const char *, pio_config_get_str)
 DEFINE_CONFIG_GETTER(service_config_get_i64, int64_t, pio_config_get_i64)
 DEFINE_CONFIG_GETTER(service_config_get_f64, double, pio_config_get_f64)
 DEFINE_CONFIG_GETTER(service_config_get_bool, int, pio_config_get_bool)
+DEFINE_CONFIG_GETTER(service_config_get_list_size, size_t, pio_config_get_list_count)
+
+static pio_status service_config_get_list_str(void *host, const char *key, size_t index,
+                                              const char **value)
+{
+    pio_host_state *state = state_of(host);
+    if (state->config == NULL)
+        return PIO_SOFT_ABSENT;
+    pio_error err;
+    pio_error_clear(&err);
+    return record_config_status(
+        state, pio_config_get_list_str(state->config, key, index, value, &err), &err);
+}
 
 static void service_progress(void *host, const char *stage, uint64_t done, uint64_t total)
 {
@@ -142,6 +155,8 @@ static const pio_host_services services_table = {
     .should_abort = service_should_abort,
     .mem_reserve = service_mem_reserve,
     .mem_release = service_mem_release,
+    .config_get_list_size = service_config_get_list_size,
+    .config_get_list_str = service_config_get_list_str,
 };
 
 const pio_host_services *pio_host_services_table(void) { return &services_table; }

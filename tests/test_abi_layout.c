@@ -16,7 +16,7 @@
 
 _Static_assert(sizeof(void *) == 8, "the frozen layout below is for LP64 targets");
 
-FROZEN_SIZE(pio_host_services, 88);
+FROZEN_SIZE(pio_host_services, 104);
 FROZEN_OFFSET(pio_host_services, log, 8);
 FROZEN_OFFSET(pio_host_services, set_error, 16);
 FROZEN_OFFSET(pio_host_services, config_get_str, 24);
@@ -25,6 +25,8 @@ FROZEN_OFFSET(pio_host_services, progress, 56);
 FROZEN_OFFSET(pio_host_services, should_abort, 64);
 FROZEN_OFFSET(pio_host_services, mem_reserve, 72);
 FROZEN_OFFSET(pio_host_services, mem_release, 80);
+FROZEN_OFFSET(pio_host_services, config_get_list_size, 88);
+FROZEN_OFFSET(pio_host_services, config_get_list_str, 96);
 
 FROZEN_SIZE(pio_host_context, 24);
 FROZEN_OFFSET(pio_host_context, abi_major, 4);

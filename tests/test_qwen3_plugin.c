@@ -89,6 +89,54 @@ static pio_status generate(session *s, const char *prompt, int32_t max_new,
     return s->vt->generate_text(s->inst, &req, resp);
 }
 
+/* Greedy generate_text of the reference chat prompt (the same ids as the chat request). */
+static pio_status greedy_reply(session *s, const pio_stop_conditions *stop,
+                               pio_generate_response *resp)
+{
+    const json_t *chat = json_object_get(ref.json, "chat_f32");
+    const char *prompt = json_string_value(json_object_get(chat, "prompt_text"));
+    pio_sampling_params greedy = {.struct_size = sizeof greedy,
+                                  .fields_set = PIO_SAMPLING_TEMPERATURE, .temperature = 0.0f};
+    pio_generate_request req = {
+        .struct_size = sizeof req, .prompt = prompt, .prompt_len = strlen(prompt),
+        .max_new_tokens = (int32_t)json_integer_value(json_object_get(chat, "max_new_tokens")),
+        .sampling = &greedy, .stop = stop};
+    return s->vt->generate_text(s->inst, &req, resp);
+}
+
+/* YAML generation.stop ends generation before the stop string; a request's own stop strings
+ * replace the configured ones. */
+static void yaml_stop_strings_end_generation(void **state)
+{
+    (void)state;
+    const char *reply = json_string_value(
+        json_object_get(json_object_get(ref.json, "chat_f32"), "reply_text"));
+    const char *space = strchr(reply, ' '); /* the stop string: the 3 letters after it */
+    assert_non_null(space);
+    char stop_text[4] = {space[1], space[2], space[3], '\0'};
+    char yaml[160];
+    snprintf(yaml, sizeof yaml, "kv_cache: {dtype: f32}\ngeneration: {stop: [\"%s\"]}\n",
+             stop_text);
+    session s;
+    open_ok(&s, yaml, FIXTURE, NULL);
+    pio_generate_response resp = {.struct_size = sizeof resp};
+    assert_int_equal(greedy_reply(&s, NULL, &resp), PIO_OK);
+    assert_int_equal(resp.finish_reason, PIO_FINISH_STOP);
+    assert_int_equal(resp.text_len, (size_t)(space + 1 - reply));
+    assert_memory_equal(resp.text, reply, resp.text_len);
+    s.vt->free_response(s.inst, &resp);
+
+    const char *own[] = {"no such text"};
+    pio_stop_conditions stop = {.struct_size = sizeof stop, .stop_strings = own,
+                                .n_stop_strings = 1};
+    resp = (pio_generate_response){.struct_size = sizeof resp};
+    assert_int_equal(greedy_reply(&s, &stop, &resp), PIO_OK);
+    assert_int_equal(resp.finish_reason, PIO_FINISH_LENGTH);
+    assert_string_equal(resp.text, reply);
+    s.vt->free_response(s.inst, &resp);
+    close_session(&s);
+}
+
 static void sampling_is_reproducible_and_stop_tokens_end_generation(void **state)
 {
     (void)state;
@@ -414,6 +462,7 @@ int main(void)
         cmocka_unit_test(greedy_continuations_match_the_reference),
         cmocka_unit_test(chat_reply_matches_the_reference),
         cmocka_unit_test(sampling_is_reproducible_and_stop_tokens_end_generation),
+        cmocka_unit_test(yaml_stop_strings_end_generation),
         cmocka_unit_test(prompts_that_cannot_run_are_clear_errors),
         cmocka_unit_test(full_kv_cache_is_soft_and_ends_generation_with_length),
         cmocka_unit_test_setup_teardown(pio_logits_writes_the_same_numbers, make_scratch,

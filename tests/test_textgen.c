@@ -214,10 +214,22 @@ static void host_release(void *host, int device, uint64_t bytes, const char *tag
     (void)host, (void)device, (void)bytes, (void)tag;
 }
 
+static pio_status host_list_size(void *host, const char *key, size_t *count)
+{
+    (void)host, (void)key, (void)count;
+    return PIO_SOFT_ABSENT;
+}
+
+static pio_status host_list_str(void *host, const char *key, size_t index, const char **value)
+{
+    (void)host, (void)key, (void)index, (void)value;
+    return PIO_SOFT_ABSENT;
+}
+
 static const pio_host_services services = {
-    sizeof(pio_host_services), host_log,     host_set_error,    host_get_str, host_get_i64,
-    host_get_f64,              host_get_bool, host_progress,    host_should_abort,
-    host_reserve,              host_release,
+    sizeof(pio_host_services), host_log,      host_set_error, host_get_str,      host_get_i64,
+    host_get_f64,              host_get_bool, host_progress,  host_should_abort, host_reserve,
+    host_release,              host_list_size, host_list_str,
 };
 
 /* ------------------------------------------------------------------------------------------ */

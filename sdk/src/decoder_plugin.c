@@ -138,6 +138,12 @@ static pio_status create_textgen(pio_instance *inst, const char *model_dir, pio_
         .max_new_tokens = 256, .services = inst->services, .host = inst->host,
     };
     pio_textgen_sampling_init(&cfg.sampling);
+    const char *stops[PIO_TEXTGEN_MAX_STOP_STRINGS];
+    pio_status stop_status = pio_textgen_read_host_stop_strings(
+        inst->services, inst->host, stops, PIO_TEXTGEN_MAX_STOP_STRINGS, &cfg.n_stop_strings, err);
+    if (stop_status != PIO_OK)
+        return stop_status;
+    cfg.stop_strings = stops;
     if (inst->model != NULL) {
         const pio_decoder_config *c = &inst->model->config;
         cfg.model = &inst->model->ops;

@@ -98,6 +98,8 @@ pio_status pio_textgen_create(const pio_textgen_config *cfg, pio_textgen **out, 
     tg->chat_format = cfg->chat_format;
     tg->sampling = cfg->sampling;
     tg->max_new_tokens = cfg->max_new_tokens > 0 ? cfg->max_new_tokens : 256;
+    for (size_t i = 0; i < cfg->n_stop_strings && i < PIO_TEXTGEN_MAX_STOP_STRINGS; i++)
+        tg->stop_strings[tg->n_stop_strings++] = cfg->stop_strings[i];
     tg->services = cfg->services;
     tg->host = cfg->host;
     if (cfg->model != NULL)
@@ -217,8 +219,12 @@ static pio_status resolve_sampling(const pio_textgen *tg, const pio_sampling_par
     return check_sampling(tg->sampler, &out->sampling, err);
 }
 
-static pio_status resolve_stop(const pio_stop_conditions *stop, tg_request *out, pio_error *err)
+/* The request's stop conditions; without stop strings of its own, the configured defaults. */
+static pio_status resolve_stop(const pio_textgen *tg, const pio_stop_conditions *stop,
+                               tg_request *out, pio_error *err)
 {
+    out->stop_strings = tg->stop_strings;
+    out->n_stop_strings = tg->n_stop_strings;
     if (stop == NULL)
         return PIO_OK;
     if (PIO_HAS_FIELD(stop, pio_stop_conditions, n_stop_strings) && stop->n_stop_strings > 0) {
@@ -258,7 +264,7 @@ static pio_status resolve_request(const pio_textgen *tg, const tg_request_source
     out->on_token = src->on_token;
     out->user_data = src->user_data;
     pio_status status = resolve_sampling(tg, src->sampling, out, err);
-    return status != PIO_OK ? status : resolve_stop(src->stop, out, err);
+    return status != PIO_OK ? status : resolve_stop(tg, src->stop, out, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */

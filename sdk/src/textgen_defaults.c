@@ -148,3 +148,30 @@ pio_status pio_textgen_read_host_generation(const pio_host_services *sv, void *h
         *max_new_tokens = value > INT32_MAX ? INT32_MAX : (int32_t)value;
     return PIO_OK;
 }
+
+pio_status pio_textgen_read_host_stop_strings(const pio_host_services *sv, void *host,
+                                              const char **stops, size_t capacity,
+                                              size_t *n_stops, pio_error *err)
+{
+    pio_error_clear(err);
+    *n_stops = 0;
+    if (!PIO_HAS_FIELD(sv, pio_host_services, config_get_list_str))
+        return PIO_OK;
+    size_t count = 0;
+    pio_status status = sv->config_get_list_size(host, "generation.stop", &count);
+    if (status != PIO_OK)
+        return PIO_IS_ERROR(status) ? status : PIO_OK;
+    if (count > capacity)
+        return pio_error_set(err, PIO_ERR_CONFIG,
+                             "generation.stop: %zu stop strings, at most %zu are supported",
+                             count, capacity);
+    for (size_t i = 0; i < count; i++) {
+        status = sv->config_get_list_str(host, "generation.stop", i, &stops[i]);
+        if (status != PIO_OK)
+            return PIO_IS_ERROR(status) ? status : PIO_ERR_INTERNAL;
+        if (stops[i][0] == '\0')
+            return pio_error_set(err, PIO_ERR_CONFIG, "generation.stop: item %zu is empty", i);
+    }
+    *n_stops = count;
+    return PIO_OK;
+}

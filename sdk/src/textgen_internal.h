@@ -18,6 +18,8 @@ struct pio_textgen {
     size_t n_eos;
     pio_sampling_params sampling;
     int32_t max_new_tokens;
+    const char *stop_strings[PIO_TEXTGEN_MAX_STOP_STRINGS]; /* defaults; not owned */
+    size_t n_stop_strings;
     const pio_host_services *services;
     void *host;
 };

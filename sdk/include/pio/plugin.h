@@ -155,6 +155,17 @@ typedef struct pio_host_services {
      */
     pio_status (*mem_reserve)(void *host, int device, uint64_t bytes, const char *tag);
     void (*mem_release)(void *host, int device, uint64_t bytes, const char *tag);
+
+    /*
+     * Lists of scalars by dotted key ("generation.stop"; a single scalar reads as a list of
+     * one). config_get_list_size: PIO_OK and *count, or PIO_SOFT_ABSENT with *count untouched.
+     * config_get_list_str: item `index` as text (host memory valid until the instance's
+     * cleanup()); PIO_ERR_INVALID_ARGUMENT past the end. PIO_ERR_CONFIG as for the getters
+     * above.
+     */
+    pio_status (*config_get_list_size)(void *host, const char *key, size_t *count);
+    pio_status (*config_get_list_str)(void *host, const char *key, size_t index,
+                                      const char **value);
 } pio_host_services;
 
 /* What the host passes to the entry point. Valid while the plugin stays loaded. */

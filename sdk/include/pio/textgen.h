@@ -105,6 +105,7 @@ typedef struct pio_textgen_model {
 void pio_textgen_sampling_init(pio_sampling_params *sampling);
 
 #define PIO_TEXTGEN_MAX_EOS 16
+#define PIO_TEXTGEN_MAX_STOP_STRINGS 16
 
 /*
  * Reads generation_config.json: temperature, top_p, top_k, min_p and repetition_penalty
@@ -127,6 +128,16 @@ pio_status pio_textgen_read_generation_config(const char *path, pio_sampling_par
 pio_status pio_textgen_read_host_generation(const pio_host_services *services, void *host,
                                             pio_sampling_params *sampling,
                                             int32_t *max_new_tokens, pio_error *err);
+
+/*
+ * Reads the YAML list generation.stop through the host services into stops (at most capacity;
+ * more is PIO_ERR_CONFIG), *n_stops of them; the strings stay host memory, valid until the
+ * instance's cleanup. Unset: *n_stops = 0. A host without list getters (an older ABI minor)
+ * counts as unset.
+ */
+pio_status pio_textgen_read_host_stop_strings(const pio_host_services *services, void *host,
+                                              const char **stops, size_t capacity,
+                                              size_t *n_stops, pio_error *err);
 
 /* ------------------------------------------------------------------------------------------ */
 /* The runtime                                                                                */
@@ -151,6 +162,11 @@ typedef struct pio_textgen_config {
     const char *const *eos_token_texts; /* NULL-terminated list, or NULL */
     pio_sampling_params sampling;       /* merged defaults; every member meaningful */
     int32_t max_new_tokens;             /* default for requests that give <= 0 */
+    /* Default stop strings (YAML generation.stop), used by requests that give none; the
+     * pointer array is copied (at most PIO_TEXTGEN_MAX_STOP_STRINGS), the strings must outlive
+     * the runtime. */
+    const char *const *stop_strings;
+    size_t n_stop_strings;
     const pio_host_services *services;  /* for should_abort; may be NULL */
     void *host;
 } pio_textgen_config;
