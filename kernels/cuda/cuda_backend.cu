@@ -286,6 +286,7 @@ static const char *op_name(long long code)
     case PK_CUDA_OP_EMBEDDING: return "pk_embedding";
     case PK_CUDA_OP_KV_STORE: return "pk_kv_store";
     case PK_CUDA_OP_ATTENTION: return "pk_attention";
+    case PK_CUDA_OP_MOE_EXPERTS: return "pk_moe_experts";
     default: return "an op";
     }
 }
@@ -315,6 +316,10 @@ static pio_status report_data_error(const long long *w, pio_error *err)
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
                              "%s: token %lld uses block id %lld, the cache has %lld blocks %s", op,
                              w[2], w[3], w[4], tail);
+    case PK_CUDA_BAD_EXPERT_ID:
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
+                             "%s: ids[%lld, %lld] is %lld, outside [0, %lld) %s", op, w[2], w[3],
+                             w[4], w[5], tail);
     default:
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "%s: bad input data %s", op, tail);
     }
@@ -347,8 +352,8 @@ static pio_status cuda_synchronize(pk_context *ctx, pio_error *err)
 /* ------------------------------------------------------------------------------------------ */
 
 /* Built member by member (C++17 has no designated initialisers) in a constexpr function, so
- * the table is still constant-initialised. Members this backend does not set (the optional ops
- * at the end of pk_backend) stay NULL: those ops return PIO_ERR_UNSUPPORTED on CUDA. */
+ * the table is still constant-initialised. Every member is set, the optional MoE ops included
+ * (kernels/cuda/cuda_moe.cu). */
 static constexpr pk_backend make_cuda_backend()
 {
     pk_backend b = {};
@@ -372,6 +377,8 @@ static constexpr pk_backend make_cuda_backend()
     b.cast = pk_cuda_cast;
     b.kv_store = pk_cuda_kv_store;
     b.attention = pk_cuda_attention;
+    b.moe_topk_softmax = pk_cuda_moe_topk_softmax;
+    b.moe_experts = pk_cuda_moe_experts;
     return b;
 }
 

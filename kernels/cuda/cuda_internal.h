@@ -40,6 +40,7 @@ enum pk_cuda_op_code {
     PK_CUDA_OP_EMBEDDING = 1,
     PK_CUDA_OP_KV_STORE = 2,
     PK_CUDA_OP_ATTENTION = 3,
+    PK_CUDA_OP_MOE_EXPERTS = 4,
 };
 
 /* What was wrong (err_info[1]); the values that follow depend on it. */
@@ -49,6 +50,7 @@ enum pk_cuda_data_error {
     PK_CUDA_BAD_SEQ_ROW = 3,    /* token, row, table rows */
     PK_CUDA_BAD_TABLE_SPAN = 4, /* token, position, block index needed, table width */
     PK_CUDA_BAD_BLOCK_ID = 5,   /* token, block id, cache blocks */
+    PK_CUDA_BAD_EXPERT_ID = 6,  /* token, slot, expert id, n_experts */
 };
 
 enum { PK_CUDA_ERR_WORDS = 8 }; /* op, kind, up to 4 values, spare */
@@ -142,6 +144,14 @@ pio_status pk_cuda_attention(pk_context *ctx, const pk_tensor *out, const pk_ten
                              const pk_tensor *k_cache, const pk_tensor *v_cache,
                              const pk_token_batch *batch, const pk_attention_params *params,
                              pio_error *err);
+/* cuda_moe.cu */
+pio_status pk_cuda_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
+                                    const pk_tensor *weights, const pk_tensor *logits,
+                                    int normalize, pio_error *err);
+pio_status pk_cuda_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                               const pk_tensor *gate_up, const pk_tensor *down,
+                               const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
+                               pio_error *err);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Device helpers                                                                             */

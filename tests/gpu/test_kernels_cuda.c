@@ -18,7 +18,10 @@
  *   TOL_BF16_TC 1e-4  the same product against the CPU fed the bf16-rounded x: what is left is
  *                     the tensor cores' fp32 accumulation order (a wrong layout or transpose
  *                     gives errors of order 1)
- *   exact             add, cast, copy, embedding, argmax, kv_store (bit for bit)
+ *               (also pk_moe_topk_softmax weights and pk_moe_experts: fp32 dots over the same
+ *               products, warp-strided sums on the GPU against AVX2 lanes on the CPU)
+ *   exact             add, cast, copy, embedding, argmax, kv_store, pk_moe_topk_softmax ids
+ *                     (bit for bit)
  *
  * Seeds: PIO_GPU_TEST_SEED=N repeats a run (the seed is printed); otherwise the clock picks one.
  * PIO_GPU_TEST_SANITIZER=1 (under compute-sanitizer) drops the largest shapes and the deliberate
@@ -1205,6 +1208,167 @@ static void test_attention_benchmark(void **state)
     }
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Mixture of experts                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+static const int64_t MOE_TOKENS[] = {1, 7, 64};
+static const int64_t MOE_EXPERTS[] = {12, 128};
+static const int64_t MOE_TOP_K[] = {1, 3, 8};
+
+/* Routing: logits on a grid of 1/4 in [-4, 4], so a row holds many exact ties (which both
+ * backends must break towards the lower index) and distinct values are far apart (no near tie
+ * that 1-2 ulp of expf could flip); the last row is on a grid of 1/64 (few ties). ids must
+ * match exactly,
+ * weights within TOL_F32; outputs start NaN (weights) or -999 (ids). */
+static void test_moe_topk_softmax(void **state)
+{
+    (void)state;
+    pio_error err;
+    for (size_t a = 0; a < sizeof MOE_TOKENS / sizeof *MOE_TOKENS; a++)
+        for (size_t b = 0; b < sizeof MOE_EXPERTS / sizeof *MOE_EXPERTS; b++)
+            for (size_t c = 0; c < sizeof MOE_TOP_K / sizeof *MOE_TOP_K; c++)
+                for (int normalize = 0; normalize < 2; normalize++) {
+                    int64_t t = MOE_TOKENS[a], e = MOE_EXPERTS[b], k = MOE_TOP_K[c];
+                    pair logits = make_pair(PIO_DTYPE_F32, t, e, 1, FILL_UNIFORM, -4.0f, 4.0f);
+                    for (int64_t r = 0; r < t; r++) {
+                        float *row = (float *)logits.h.data + r * logits.h.stride;
+                        float grid = r == t - 1 && t > 1 ? 64.0f : 4.0f;
+                        for (int64_t i = 0; i < e; i++)
+                            row[i] = roundf(row[i] * grid) / grid;
+                        if (r == 0) /* the largest value tied at both ends of the row */
+                            row[0] = row[e - 1] = 5.0f;
+                    }
+                    upload(&logits);
+                    pair ids = make_pair(PIO_DTYPE_I32, t, k, 1, FILL_ZERO, -999, -999);
+                    pair weights = nan_pair(PIO_DTYPE_F32, t, k, 2);
+                    void *ids_before = snapshot(&ids), *w_before = snapshot(&weights);
+                    expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids.d, &weights.d, &logits.d,
+                                                  normalize, &err), &err, "moe_topk_softmax");
+                    expect_ok(pk_moe_topk_softmax(cpu_ctx, &ids.h, &weights.h, &logits.h,
+                                                  normalize, &err), &err, "moe_topk_softmax");
+                    char what[96];
+                    snprintf(what, sizeof what, "pk_moe_topk_softmax T=%lld E=%lld k=%lld n=%d",
+                             (long long)t, (long long)e, (long long)k, normalize);
+                    check_pair(what, &ids, NULL, 0.0, ids_before);
+                    check_pair(what, &weights, NULL, TOL_F32, w_before);
+                }
+}
+
+/* Random ids: k distinct experts per token. */
+static pair moe_random_ids(int64_t t, int64_t k, int64_t e)
+{
+    pair ids = make_pair(PIO_DTYPE_I32, t, k, 1, FILL_ZERO, 0, 0);
+    int32_t *perm = host_alloc((size_t)e * sizeof *perm);
+    for (int64_t r = 0; r < t; r++) {
+        for (int64_t i = 0; i < e; i++)
+            perm[i] = (int32_t)i;
+        for (int64_t j = 0; j < k; j++) {
+            int64_t s = random_int(j, e - 1);
+            int32_t tmp = perm[j];
+            perm[j] = perm[s];
+            perm[s] = tmp;
+            ((int32_t *)ids.h.data)[r * ids.h.stride + j] = perm[j];
+        }
+    }
+    upload(&ids);
+    return ids;
+}
+
+/* Experts: out (random, accumulated into) within TOL_F32 of the CPU, gaps untouched; odd H and
+ * F so no warp loop divides evenly; BF16 and F32 weights. */
+static void test_moe_experts(void **state)
+{
+    (void)state;
+    const int64_t H = 72, F = 40;
+    pio_error err;
+    for (size_t a = 0; a < sizeof MOE_TOKENS / sizeof *MOE_TOKENS; a++)
+        for (size_t b = 0; b < sizeof MOE_EXPERTS / sizeof *MOE_EXPERTS; b++)
+            for (size_t c = 0; c < sizeof MOE_TOP_K / sizeof *MOE_TOP_K; c++)
+                for (int bf16 = 0; bf16 < 2; bf16++) {
+                    int64_t t = MOE_TOKENS[a], e = MOE_EXPERTS[b], k = MOE_TOP_K[c];
+                    pio_dtype wdt = bf16 ? PIO_DTYPE_BF16 : PIO_DTYPE_F32;
+                    pair gate_up = random_pair(wdt, e * 2 * F, H, 0);
+                    pair down = random_pair(wdt, e * H, F, 0);
+                    pair x = random_pair(PIO_DTYPE_F32, t, H, 2);
+                    pair ids = moe_random_ids(t, k, e);
+                    pair weights = make_pair(PIO_DTYPE_F32, t, k, 1, FILL_UNIFORM, 0.0f, 1.0f);
+                    pair out = make_pair(PIO_DTYPE_F32, t, H, 3, FILL_UNIFORM, -1.0f, 1.0f);
+                    void *before = snapshot(&out);
+                    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids.d,
+                                             &weights.d, e, &err), &err, "moe_experts");
+                    expect_ok(pk_moe_experts(cpu_ctx, &out.h, &x.h, &gate_up.h, &down.h, &ids.h,
+                                             &weights.h, e, &err), &err, "moe_experts");
+                    char what[96];
+                    snprintf(what, sizeof what, "pk_moe_experts T=%lld E=%lld k=%lld %s",
+                             (long long)t, (long long)e, (long long)k, bf16 ? "bf16" : "f32");
+                    check_pair(what, &out, NULL, TOL_F32, before);
+                }
+}
+
+/* Routing and experts chained on the device, then: a token's result does not depend on the
+ * batch (bit for bit the same when run alone), and the chain matches the CPU's. */
+static void test_moe_chain_and_batch_independence(void **state)
+{
+    (void)state;
+    const int64_t T = 64, E = 128, K = 8, H = 96, F = 48;
+    pio_error err;
+    pair gate_up = random_pair(PIO_DTYPE_BF16, E * 2 * F, H, 0);
+    pair down = random_pair(PIO_DTYPE_BF16, E * H, F, 0);
+    pair x = random_pair(PIO_DTYPE_F32, T, H, 0);
+    pair logits = make_pair(PIO_DTYPE_F32, T, E, 0, FILL_UNIFORM, -4.0f, 4.0f);
+    for (int64_t i = 0; i < T * E; i++) /* no near ties that 1-2 ulp of expf could flip */
+        ((float *)logits.h.data)[i] = roundf(((float *)logits.h.data)[i] * 32.0f) / 32.0f;
+    upload(&logits);
+    pair ids = make_pair(PIO_DTYPE_I32, T, K, 0, FILL_ZERO, -999, -999);
+    pair weights = nan_pair(PIO_DTYPE_F32, T, K, 0);
+    pair out = make_pair(PIO_DTYPE_F32, T, H, 0, FILL_ZERO, 0.0f, 0.0f);
+    expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids.d, &weights.d, &logits.d, 1, &err), &err, "r");
+    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids.d, &weights.d, E,
+                             &err), &err, "experts");
+    expect_ok(pk_moe_topk_softmax(cpu_ctx, &ids.h, &weights.h, &logits.h, 1, &err), &err, "r");
+    expect_ok(pk_moe_experts(cpu_ctx, &out.h, &x.h, &gate_up.h, &down.h, &ids.h, &weights.h, E,
+                             &err), &err, "experts");
+    check_pair("moe chain ids", &ids, NULL, 0.0, NULL);
+    check_pair("moe chain out", &out, NULL, TOL_F32, NULL);
+    float *batch = host_alloc((size_t)(T * H) * sizeof(float));
+    memcpy(batch, out.got, (size_t)(T * H) * sizeof(float));
+    for (int64_t t = 0; t < T; t += 9) {
+        pair one = make_pair(PIO_DTYPE_F32, 1, H, 0, FILL_ZERO, 0.0f, 0.0f);
+        pk_tensor xr = pk_tensor_rows(&x.d, t, 1), ir = pk_tensor_rows(&ids.d, t, 1);
+        pk_tensor wr = pk_tensor_rows(&weights.d, t, 1);
+        expect_ok(pk_moe_experts(gpu_ctx, &one.d, &xr, &gate_up.d, &down.d, &ir, &wr, E, &err),
+                  &err, "experts alone");
+        download(&one);
+        if (memcmp(one.got, batch + t * H, (size_t)H * sizeof(float)) != 0) {
+            print_error("pk_moe_experts: token %lld alone differs from the batch\n",
+                        (long long)t);
+            fail();
+        }
+    }
+}
+
+static void test_moe_bad_expert_id_is_reported(void **state)
+{
+    (void)state;
+    const int64_t E = 12, H = 40, F = 24;
+    pio_error err;
+    pair gate_up = random_pair(PIO_DTYPE_F32, E * 2 * F, H, 0);
+    pair down = random_pair(PIO_DTYPE_F32, E * H, F, 0);
+    pair x = random_pair(PIO_DTYPE_F32, 2, H, 0);
+    int32_t id_values[4] = {3, 5, 11, 12};
+    pair ids = int_pair(id_values, 4);
+    pk_tensor ids2 = pk_tensor_reshape(&ids.d, 2, 2);
+    pair weights = random_pair(PIO_DTYPE_F32, 2, 2, 0);
+    pair out = make_pair(PIO_DTYPE_F32, 2, H, 0, FILL_ZERO, 0.0f, 0.0f);
+    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids2, &weights.d, E,
+                             &err), &err, "experts");
+    assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "pk_moe_experts"));
+    assert_non_null(strstr(err.message, "ids[1, 1] is 12, outside [0, 12)"));
+    sync_gpu("after the reported error"); /* reported once; the context still works */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1226,6 +1390,10 @@ int main(void)
         cmocka_unit_test_teardown(test_attention_gqa1, release_all),
         cmocka_unit_test_teardown(test_attention_value_width_and_latent, release_all),
         cmocka_unit_test_teardown(test_attention_bad_block_is_reported, release_all),
+        cmocka_unit_test_teardown(test_moe_topk_softmax, release_all),
+        cmocka_unit_test_teardown(test_moe_experts, release_all),
+        cmocka_unit_test_teardown(test_moe_chain_and_batch_independence, release_all),
+        cmocka_unit_test_teardown(test_moe_bad_expert_id_is_reported, release_all),
         cmocka_unit_test_teardown(test_matmul_benchmark, release_all),
         cmocka_unit_test_teardown(test_attention_benchmark, release_all),
     };
