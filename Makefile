@@ -185,7 +185,8 @@ $(BUILD)/pio-sdk.pc: sdk/pio-sdk.pc.in Makefile $(FLAGS_STAMP) $(PREFIX_STAMP)
 
 SDK_HEADERS := $(wildcard sdk/include/pio/*.h)
 # The public compute-layer headers (backend internals stay private).
-KERNEL_HEADERS := kernels/ops.h kernels/tensor.h kernels/kv_cache.h kernels/sampler.h
+KERNEL_HEADERS := kernels/ops.h kernels/tensor.h kernels/kv_cache.h kernels/sampler.h \
+                  kernels/transformer_blocks.h
 install: all $(KERNELS_LIB)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pio/plugins \
 	  $(DESTDIR)$(PREFIX)/include/pio $(DESTDIR)$(PREFIX)/lib/pkgconfig

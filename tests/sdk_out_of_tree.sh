@@ -26,6 +26,14 @@ cc -std=c11 -Wall -Wextra -Werror -fPIC $san $cflags -c "$scratch/consumer/consu
    -o "$scratch/consumer/consumer_plugin.o"
 cc $san $plugin_ldflags -o "$scratch/consumer/consumer.so" "$scratch/consumer/consumer_plugin.o" $libs
 
+# Every installed header compiles on its own with the pkg-config flags.
+for header in "$root"/usr/include/pio/*.h "$root"/usr/include/pio/kernels/*.h; do
+    name=${header#"$root"/usr/include/}
+    printf '#include <%s>\nint pio_header_check;\n' "$name" > "$scratch/header_check.c"
+    cc -std=c11 -Wall -Wextra -Werror $cflags -c "$scratch/header_check.c" -o "$scratch/header_check.o" ||
+        { echo "installed header does not compile alone: $name"; exit 1; }
+done
+
 exported=$(nm -D --defined-only "$scratch/consumer/consumer.so" | awk '{print $3}')
 [ "$exported" = "pio_plugin_entry" ] || { echo "exports: $exported"; exit 1; }
 

@@ -41,9 +41,12 @@ extern "C" {
 /* KV capacity when kv_cache.max_tokens and kv_cache.memory_gb are both unset. */
 #define PIO_DECODER_DEFAULT_KV_TOKENS 4096
 
+#define PIO_DECODER_SOURCE_MAX 4096 /* bytes of pio_decoder_config.source */
+
 /* The keys every such model has (transformers' defaults for those a config.json may omit). */
 typedef struct pio_decoder_config {
-    char source[PATH_MAX];  /* the config.json read, or a note that the built-in shape is used */
+    char source[PIO_DECODER_SOURCE_MAX]; /* the config.json read, or a note that the built-in
+                                            shape is used */
     long vocab_size;
     long hidden_size;
     long n_layers;
