@@ -85,7 +85,10 @@ FROZEN_OFFSET(pio_infer_request, positions, 24);
 FROZEN_OFFSET(pio_infer_request, logits_mode, 32);
 FROZEN_OFFSET(pio_infer_request, logits, 40);
 FROZEN_SIZE(pio_infer_result, 24);
-FROZEN_SIZE(pio_model_info, 56);
+FROZEN_SIZE(pio_model_info, 72);
+FROZEN_OFFSET(pio_model_info, backend, 48);
+FROZEN_OFFSET(pio_model_info, active_weight_bytes, 56);
+FROZEN_OFFSET(pio_model_info, kv_bytes_per_token, 64);
 FROZEN_SIZE(pio_init_params, 48);
 FROZEN_SIZE(pio_load_params, 40);
 FROZEN_OFFSET(pio_load_params, device, 24);
@@ -128,6 +131,10 @@ static void has_field_respects_struct_size(void **state)
     assert_false(PIO_HAS_FIELD(&info, pio_model_info, backend));
     info.struct_size = sizeof info;
     assert_true(PIO_HAS_FIELD(&info, pio_model_info, backend));
+    assert_true(PIO_HAS_FIELD(&info, pio_model_info, kv_bytes_per_token));
+    info.struct_size = (uint32_t)offsetof(pio_model_info, active_weight_bytes);
+    assert_true(PIO_HAS_FIELD(&info, pio_model_info, backend));
+    assert_false(PIO_HAS_FIELD(&info, pio_model_info, active_weight_bytes));
     const pio_model_info *none = NULL;
     assert_false(PIO_HAS_FIELD(none, pio_model_info, vocab_size));
 }

@@ -13,6 +13,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <jansson.h>
+#include <math.h>
 
 #define PIO PIO_TEST_BUILD_DIR "/bin/pio"
 #define FIXTURES PIO_TEST_BUILD_DIR "/test_plugins"
@@ -246,9 +248,98 @@ static void bench_reports_json(void **state)
     assert_int_equal(run(&out, PIO " bench" ECHO "-p 8 -n 4 -r 2 --json"), 0);
     expect_output(out, "\"test\": \"pp8\"");
     expect_output(out, "\"test\": \"tg4\"");
+    expect_output(out, "\"ttft_ms\": ");
+    expect_output(out, "\"raw_forward\": false");
     free(out);
     assert_int_equal(run(&out, PIO " bench" ECHO "-p 8 -n 0 -r 1"), 0);
     expect_output(out, "| good_a");
+    free(out);
+    /* Without the batched-forward extension the depth and batch tests are skipped. */
+    assert_int_equal(run(&out, PIO " bench" ECHO "-p 0 -n 4 --depth 8 --batch 2 -r 1 --json"), 0);
+    expect_output(out, "no pio.textgen.model.v1 extension; skipping the depth and batch tests");
+    expect_output(out, "\"depths\": [8], \"batches\": [2]");
+    assert_null(strstr(out, "tg4@"));
+    free(out);
+    assert_int_equal(run(&out, PIO " bench" ECHO "--batch 1,,2"), 2);
+    expect_output(out, "--batch expects a comma-separated list");
+    free(out);
+    assert_int_equal(run(&out, PIO " bench" ECHO "--depth 0"), 2);
+    free(out);
+    assert_int_equal(run(&out, PIO " bench" ECHO "--bandwidth-gbs -1"), 2);
+    free(out);
+}
+
+/* The raw tests through the extension on the qwen3_tiny fixture (3 layers, 2 KV heads of 32,
+ * bf16 weights and cache). */
+static void bench_runs_every_test_on_a_fixture_model(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run(&out, PIO " bench --plugin qwen3_4b_instruct_2507 -m "
+                               "tests/fixtures/models/qwen3_tiny -p 16 -n 8 --depth 32 "
+                               "--batch 1,2,4 -r 1 --bandwidth-gbs 1000 --json"), 0);
+    const char *start = strstr(out, "{\"plugin\"");
+    if (start == NULL)
+        fail_msg("no JSON in output:\n%s", out);
+    json_error_t error;
+    json_t *root = json_loads(start, JSON_DISABLE_EOF_CHECK, &error);
+    if (root == NULL)
+        fail_msg("bad JSON (%s) in:\n%s", error.text, out);
+    json_t *model = json_object_get(root, "model");
+    json_int_t params = json_integer_value(json_object_get(model, "n_parameters"));
+    assert_true(params > 0);
+    assert_int_equal(json_integer_value(json_object_get(model, "weight_bytes")), 2 * params);
+    assert_int_equal(json_integer_value(json_object_get(model, "active_weight_bytes")),
+                     2 * params); /* dense, tied embeddings: every weight is read */
+    assert_int_equal(json_integer_value(json_object_get(model, "kv_bytes_per_token")),
+                     3 * 2 * 2 * 32 * 2);
+    assert_true(json_is_true(json_object_get(json_object_get(root, "settings"), "raw_forward")));
+    static const char *const names[] = {"pp16", "tg8", "tg8@d32", "tg8@b1", "tg8@b2", "tg8@b4"};
+    json_t *results = json_object_get(root, "results");
+    assert_int_equal(json_array_size(results), 6);
+    for (size_t i = 0; i < 6; i++) {
+        json_t *r = json_array_get(results, i);
+        assert_string_equal(json_string_value(json_object_get(r, "test")), names[i]);
+        assert_true(json_number_value(json_object_get(r, "tokens_per_s")) > 0);
+        if (i == 0) {
+            assert_true(json_number_value(json_object_get(r, "ttft_ms")) > 0);
+            continue;
+        }
+        /* 8 steps, each reading the weights and the cache of every sequence at its length */
+        json_int_t batch = json_integer_value(json_object_get(r, "batch"));
+        json_int_t prompt = json_integer_value(json_object_get(r, "n_prompt"));
+        double expected = 8.0 * 2 * params + 768.0 * batch * (8 * prompt + 36);
+        assert_true(fabs(json_number_value(json_object_get(r, "bytes_per_run")) - expected) < 1);
+        assert_true(json_number_value(json_object_get(r, "gb_per_s")) > 0);
+        assert_true(json_number_value(json_object_get(r, "roofline_pct")) > 0);
+    }
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(results, 2), "n_prompt")),
+                     32);
+    json_t *peak = json_array_get(json_object_get(root, "peak_memory"), 0);
+    assert_string_equal(json_string_value(json_object_get(peak, "device")), "host");
+    assert_true(json_integer_value(json_object_get(peak, "peak_bytes")) > 2 * params);
+    json_decref(root);
+    free(out);
+    /* The table, and a depth beyond the fixture's 512 positions fails with the forward's error */
+    assert_int_equal(run(&out, PIO " bench --plugin qwen3_4b_instruct_2507 -m "
+                               "tests/fixtures/models/qwen3_tiny -p 0 -n 2 -r 1"), 0);
+    expect_output(out, "| qwen3_4b_instruct_2507   | cpu     |            tg2 |");
+    expect_output(out, "KV cache 0.768 kB per token");
+    free(out);
+    assert_int_equal(run(&out, PIO " bench --plugin qwen3_4b_instruct_2507 -m "
+                               "tests/fixtures/models/qwen3_tiny -p 0 -n 2 --depth 600 -r 1"), 1);
+    expect_output(out, "pio: bench tg2@d600: ");
+    free(out);
+    /* A MoE with untied embeddings reads less than all its weights per token. */
+    assert_int_equal(run(&out, PIO " bench --plugin qwen3_coder_30b -m "
+                               "tests/fixtures/models/qwen3_moe_tiny -p 0 -n 1 -r 1 --json"), 0);
+    root = json_loads(strstr(out, "{\"plugin\""), JSON_DISABLE_EOF_CHECK, &error);
+    assert_non_null(root);
+    model = json_object_get(root, "model");
+    json_int_t active = json_integer_value(json_object_get(model, "active_weight_bytes"));
+    assert_true(active > 0);
+    assert_true(active < json_integer_value(json_object_get(model, "weight_bytes")));
+    json_decref(root);
     free(out);
 }
 
@@ -306,6 +397,7 @@ int main(void)
         cmocka_unit_test(chat_keeps_the_conversation_going),
         cmocka_unit_test(logits_writes_a_npy_file),
         cmocka_unit_test(bench_reports_json),
+        cmocka_unit_test(bench_runs_every_test_on_a_fixture_model),
         cmocka_unit_test(tokenize_and_detokenize_load_only_the_tokenizer),
         cmocka_unit_test(device_option_sets_the_backend_key),
         cmocka_unit_test(serve_refuses_a_plugin_without_batching),

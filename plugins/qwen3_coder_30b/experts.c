@@ -175,6 +175,19 @@ pio_status qwen3_moe_block(void *model, pio_decoder *d, int32_t layer,
     return PIO_OK;
 }
 
+/* A decoded token reads top_k of the E experts of each layer; the rest are skipped. */
+uint64_t qwen3_moe_skipped_weight_bytes(void *model, const pio_decoder *d)
+{
+    const qwen3_moe *q = model;
+    uint64_t skipped = 0;
+    for (long l = 0; q->layers != NULL && l < d->config.n_layers; l++) {
+        uint64_t experts = pk_tensor_span_bytes(&q->layers[l].gate_up) +
+                           pk_tensor_span_bytes(&q->layers[l].down);
+        skipped += experts / (uint64_t)q->n_experts * (uint64_t)(q->n_experts - q->top_k);
+    }
+    return skipped;
+}
+
 void qwen3_moe_release(void *model, pio_decoder *d)
 {
     (void)d;

@@ -57,5 +57,6 @@ size_t qwen3_moe_workspace(void *model, const pio_decoder *d, pio_decoder_buffer
 pio_status qwen3_moe_block(void *model, pio_decoder *d, int32_t layer,
                            const pk_attention_activations *a, pio_error *err);
 void qwen3_moe_release(void *model, pio_decoder *d);
+uint64_t qwen3_moe_skipped_weight_bytes(void *model, const pio_decoder *d);
 
 #endif

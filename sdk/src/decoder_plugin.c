@@ -218,6 +218,17 @@ pio_status pio_decoder_plugin_get_model_info(pio_instance *inst, pio_model_info 
     }
     if (PIO_HAS_FIELD(info, pio_model_info, backend))
         info->backend = pk_context_backend_name(m->ctx);
+    if (PIO_HAS_FIELD(info, pio_model_info, kv_bytes_per_token)) {
+        uint64_t skipped = inst->spec->skipped_weight_bytes != NULL
+                               ? inst->spec->skipped_weight_bytes(m->model, m) : 0;
+        if (!m->config.tie_word_embeddings) /* decoding reads one row of the input table */
+            skipped += pk_tensor_span_bytes(&m->embed) -
+                       pk_tensor_span_bytes(&m->embed) / (uint64_t)m->config.vocab_size;
+        info->active_weight_bytes = m->weights.bytes > skipped ? m->weights.bytes - skipped : 0;
+        uint64_t cache_tokens = (uint64_t)pk_kv_pool_n_blocks(m->pool) *
+                                (uint64_t)pk_kv_pool_block_size(m->pool);
+        info->kv_bytes_per_token = cache_tokens ? pk_kv_pool_bytes(m->pool) / cache_tokens : 0;
+    }
     return PIO_OK;
 }
 

@@ -108,6 +108,10 @@ typedef struct pio_decoder_spec {
                             const pk_attention_activations *a, pio_error *err);
     /* Frees what the hooks allocated (workspace buffers excepted); may be NULL. */
     void (*release)(void *model, pio_decoder *d);
+    /* Bytes of the plugin's weights one decoded token does not read (a MoE's experts it is
+     * not routed to, on average); NULL when it reads them all. For pio_model_info's
+     * active_weight_bytes. */
+    uint64_t (*skipped_weight_bytes)(void *model, const pio_decoder *d);
 } pio_decoder_spec;
 
 /* Activation buffers of one chunk, allocated once at load. */

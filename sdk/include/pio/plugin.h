@@ -334,6 +334,11 @@ typedef struct pio_model_info {
     uint64_t n_parameters;
     uint64_t weight_bytes;
     const char *backend;       /* "cpu" or "cuda" */
+    /* Appended in ABI 1.0 (check with PIO_HAS_FIELD); 0 means unknown. */
+    uint64_t active_weight_bytes; /* weight bytes one decoded token reads: weight_bytes less
+                                     what it skips (the experts a MoE does not route to, an
+                                     untied input embedding table but its one row) */
+    uint64_t kv_bytes_per_token;  /* KV-cache bytes one token's entry takes, all layers */
 } pio_model_info;
 
 /* Arguments to initialize(): the seed's `initialize(**kwargs)` as key/value strings. */
