@@ -52,7 +52,7 @@ ifeq ($(CUDA),1)
   # before the plugin rules are expanded. cuBLASLt is linked only where used; the CUDA runtime
   # statically (no libcudart.so needed at run time).
   CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
-                 -Wl,--push-state,--as-needed -lcublasLt -Wl,--pop-state \
+                 -Wl,--push-state,--as-needed -lcublasLt -lnccl -Wl,--pop-state \
                  -lcudart_static -lrt -ldl -lpthread
   EXTRA_LIBS += $(CUDA_LDLIBS)
   # GPU_RPATH=1 (set by make gpu-bundle): binaries find the bundled libraries in ../lib. The
@@ -186,7 +186,7 @@ $(BUILD)/pio-sdk.pc: sdk/pio-sdk.pc.in Makefile $(FLAGS_STAMP) $(PREFIX_STAMP)
 SDK_HEADERS := $(wildcard sdk/include/pio/*.h)
 # The public compute-layer headers (backend internals stay private).
 KERNEL_HEADERS := kernels/ops.h kernels/tensor.h kernels/kv_cache.h kernels/sampler.h \
-                  kernels/transformer_blocks.h
+                  kernels/transformer_blocks.h kernels/comm.h
 install: all $(KERNELS_LIB)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pio/plugins \
 	  $(DESTDIR)$(PREFIX)/include/pio $(DESTDIR)$(PREFIX)/lib/pkgconfig

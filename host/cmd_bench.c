@@ -409,9 +409,9 @@ static void print_json(const pio_session *s, const pio_model_info *info, const b
         if (r[i].ttft_ms >= 0)
             printf(", \"ttft_ms\": %.3f", r[i].ttft_ms);
         if (r[i].gbs_mean >= 0) {
-            printf(", \"bytes_per_run\": %.0f, \"gb_per_s\": %.3f", r[i].bytes, r[i].gbs_mean);
+            printf(", \"bytes_per_run\": %.0f, \"gb_per_s\": %.6g", r[i].bytes, r[i].gbs_mean);
             if (b->bandwidth_gbs > 0)
-                printf(", \"roofline_pct\": %.2f", 100.0 * r[i].gbs_mean / b->bandwidth_gbs);
+                printf(", \"roofline_pct\": %.6g", 100.0 * r[i].gbs_mean / b->bandwidth_gbs);
         }
         printf("}");
     }

@@ -90,6 +90,12 @@ struct pk_backend {
                               pio_error *err);
 };
 
+/* Whether two valid views share an element (exact for views of one stride and dtype, by byte
+ * range otherwise), and whether they are the same view: ops.c's overlap rules, for the other
+ * files of the shared layer (comm.c). */
+int pk_views_overlap(const pk_tensor *a, const pk_tensor *b);
+int pk_views_same(const pk_tensor *a, const pk_tensor *b);
+
 /* The CPU backend (kernels/cpu/). */
 extern const pk_backend pk_cpu_backend;
 

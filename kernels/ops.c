@@ -98,6 +98,16 @@ static int same_view(const pk_tensor *a, const pk_tensor *b)
            a->cols == b->cols && (a->stride == b->stride || a->rows <= 1);
 }
 
+int pk_views_overlap(const pk_tensor *a, const pk_tensor *b)
+{
+    return views_overlap(a, b);
+}
+
+int pk_views_same(const pk_tensor *a, const pk_tensor *b)
+{
+    return same_view(a, b);
+}
+
 /* out must not share elements with in, except (when may_alias) by being exactly the same view. */
 static pio_status check_no_overlap(const char *op, const char *out_name, const pk_tensor *out,
                                    const char *in_name, const pk_tensor *in, int may_alias,
