@@ -13,10 +13,18 @@
  *
  * pk_swiglu_mlp_block — the dense SwiGLU MLP with its pre-norm:
  *   x += down(silu(gate(h)) · up(h)),  h = RMSNorm(x) · post_attention_layernorm
+ *
+ * Tensor parallelism (the _tp variants, comm non-NULL): each rank holds a slice of the weights,
+ * its own heads (q/k/v rows, o_proj columns) or its own intermediate columns (gate/up rows,
+ * down_proj columns), and the block's output projection is row-parallel: rank 0 adds its
+ * partial product to the residual x, the other ranks overwrite x with theirs, and x is
+ * all-reduced in place, so the residual is counted once and every rank ends with the same x.
+ * comm NULL is the plain block.
  */
 #ifndef PIO_KERNELS_TRANSFORMER_BLOCKS_H
 #define PIO_KERNELS_TRANSFORMER_BLOCKS_H
 
+#include "kernels/comm.h"
 #include "kernels/ops.h"
 
 #ifdef __cplusplus
@@ -56,6 +64,20 @@ pio_status pk_qk_norm_attention_block(pk_context *ctx, const pk_qk_norm_attentio
                                       const pk_tensor *k_cache, const pk_tensor *v_cache,
                                       const pk_token_batch *batch, pio_error *err);
 
+/* As above, the heads of `shape` being this rank's (its k/v heads may be replicated on several
+ * ranks); o_proj [H, n_heads·head_dim] is this rank's column slice. */
+pio_status pk_qk_norm_attention_block_tp(pk_context *ctx, pk_comm *comm,
+                                         const pk_qk_norm_attention_weights *w,
+                                         const pk_qk_norm_attention_shape *shape,
+                                         const pk_attention_activations *a,
+                                         const pk_tensor *k_cache, const pk_tensor *v_cache,
+                                         const pk_token_batch *batch, pio_error *err);
+
+/* x += Σ_ranks in_r · w_rᵀ over the group (rank 0 adds the residual; x all-reduced in place).
+ * comm NULL: pk_matmul_add. */
+pio_status pk_row_parallel_matmul_add(pk_context *ctx, pk_comm *comm, const pk_tensor *x,
+                                      const pk_tensor *in, const pk_tensor *w, pio_error *err);
+
 typedef struct pk_swiglu_mlp_weights {
     pk_tensor post_norm; /* [1, H] */
     pk_tensor gate_proj; /* [F, H] */
@@ -67,6 +89,10 @@ typedef struct pk_swiglu_mlp_weights {
 pio_status pk_swiglu_mlp_block(pk_context *ctx, const pk_swiglu_mlp_weights *w, float eps,
                                const pk_tensor *x, const pk_tensor *h, const pk_tensor *gate,
                                const pk_tensor *up, pio_error *err);
+/* As above with this rank's intermediate slice (gate/up [F/N, H], down [H, F/N]). */
+pio_status pk_swiglu_mlp_block_tp(pk_context *ctx, pk_comm *comm, const pk_swiglu_mlp_weights *w,
+                                  float eps, const pk_tensor *x, const pk_tensor *h,
+                                  const pk_tensor *gate, const pk_tensor *up, pio_error *err);
 
 #ifdef __cplusplus
 }

@@ -30,6 +30,31 @@ size_t qwen3_layer_slots(void *model, const pio_decoder *d, long layer, int from
     return 3;
 }
 
+/* Tensor parallelism: gate/up column-parallel (this rank's rows of the intermediate), down
+ * row-parallel (the same columns), all views of the full model's tensors. */
+pio_status qwen3_shard(void *model, const pio_decoder *d, const void *full_model,
+                       const pio_decoder *full, pio_error *err)
+{
+    (void)full;
+    qwen3_dense *q = model;
+    const qwen3_dense *f = full_model;
+    int tp = d->shard.size, r = d->shard.rank;
+    if (f->intermediate_size % tp != 0)
+        return pio_error_set(err, PIO_ERR_CONFIG, "parallel.tensor_parallel_size %d does not "
+                             "divide intermediate_size %ld (%s)", tp, f->intermediate_size,
+                             d->config.source);
+    int64_t F = f->intermediate_size / tp;
+    q->intermediate_size = F;
+    pio_status status = qwen3_prepare(model, d, err);
+    for (long l = 0; status == PIO_OK && l < d->config.n_layers; l++) {
+        const qwen3_mlp_layer *fl = &f->layers[l];
+        q->layers[l] = (qwen3_mlp_layer){.gate_proj = pk_tensor_rows(&fl->gate_proj, r * F, F),
+                                         .up_proj = pk_tensor_rows(&fl->up_proj, r * F, F),
+                                         .down_proj = pk_tensor_cols(&fl->down_proj, r * F, F)};
+    }
+    return status;
+}
+
 size_t qwen3_workspace(void *model, const pio_decoder *d, pio_decoder_buffer *plan)
 {
     (void)d;
@@ -53,8 +78,8 @@ pio_status qwen3_mlp_block(void *model, pio_decoder *d, int32_t layer,
                                .down_proj = l->down_proj};
     pk_tensor gate = pk_tensor_in(&q->gate, 0, PIO_DTYPE_F32, n, q->intermediate_size);
     pk_tensor up = pk_tensor_in(&q->up, 0, PIO_DTYPE_F32, n, q->intermediate_size);
-    return pk_swiglu_mlp_block(d->ctx, &w, (float)d->config.rms_norm_eps, &a->x, &a->h, &gate,
-                               &up, err);
+    return pk_swiglu_mlp_block_tp(d->ctx, d->comm, &w, (float)d->config.rms_norm_eps, &a->x,
+                                  &a->h, &gate, &up, err);
 }
 
 void qwen3_release(void *model, pio_decoder *d)

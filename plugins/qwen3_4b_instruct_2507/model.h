@@ -29,6 +29,8 @@ void qwen3_builtin_config(void *model, pio_decoder_config *config);
 pio_status qwen3_prepare(void *model, const pio_decoder *d, pio_error *err);
 size_t qwen3_layer_slots(void *model, const pio_decoder *d, long layer, int from_checkpoint,
                          pio_weight_slot *slots);
+pio_status qwen3_shard(void *model, const pio_decoder *d, const void *full_model,
+                       const pio_decoder *full, pio_error *err);
 size_t qwen3_workspace(void *model, const pio_decoder *d, pio_decoder_buffer *plan);
 pio_status qwen3_mlp_block(void *model, pio_decoder *d, int32_t layer,
                            const pk_attention_activations *a, pio_error *err);

@@ -17,9 +17,11 @@ static const pio_decoder_spec qwen3_spec = {
     .workspace = qwen3_workspace,
     .ffn_block = qwen3_mlp_block,
     .release = qwen3_release,
+    .shard = qwen3_shard,
 };
 
 static const char *const qwen3_architectures[] = {"Qwen3ForCausalLM", NULL};
 
 PIO_DECODER_PLUGIN_DEFINE("qwen3_4b_instruct_2507", "0.1.0", qwen3_architectures,
-                          PIO_CAP_CPU | PIO_CAP_CHAT | PIO_CAP_STREAMING, qwen3_spec)
+                          PIO_CAP_CPU | PIO_CAP_CHAT | PIO_CAP_STREAMING | PIO_CAP_TENSOR_PARALLEL,
+                          qwen3_spec)

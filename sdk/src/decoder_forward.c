@@ -3,15 +3,24 @@
 
 #include <stdio.h>
 
+#include "decoder_internal.h"
+
 pio_status pio_decoder_seq_open(void *self, int32_t *seq, pio_error *err)
 {
     pio_decoder *m = self;
+    if (m->ranks != NULL)
+        return pio_decoder_tp_seq_open(m, seq, err);
     return pk_kv_seq_open(m->pool, seq, err);
 }
 
 void pio_decoder_seq_close(void *self, int32_t seq)
 {
     pio_decoder *m = self;
+    if (m->ranks != NULL) {
+        for (int r = 0; r < m->shard.size; r++)
+            pk_kv_seq_close(m->ranks[r]->pool, seq);
+        return;
+    }
     pk_kv_seq_close(m->pool, seq);
 }
 
@@ -71,7 +80,8 @@ static pk_attention_activations activations(const pio_decoder *m, int64_t n)
 {
     const pio_decoder_config *c = &m->config;
     const pio_decoder_workspace *ws = &m->ws;
-    int64_t q_width = c->n_heads * c->head_dim, kv_width = c->n_kv_heads * c->head_dim;
+    int64_t q_width = m->shard.n_heads * c->head_dim;
+    int64_t kv_width = m->shard.n_kv_heads * c->head_dim;
     return (pk_attention_activations){
         .x = pk_tensor_in(&ws->x, 0, PIO_DTYPE_F32, n, c->hidden_size),
         .h = pk_tensor_in(&ws->h, 0, PIO_DTYPE_F32, n, c->hidden_size),
@@ -88,13 +98,13 @@ static pio_status attention_block(const pio_decoder *m, int32_t layer,
 {
     const pio_decoder_config *c = &m->config;
     pk_qk_norm_attention_shape shape = {
-        .n_heads = (int32_t)c->n_heads, .n_kv_heads = (int32_t)c->n_kv_heads,
+        .n_heads = (int32_t)m->shard.n_heads, .n_kv_heads = (int32_t)m->shard.n_kv_heads,
         .head_dim = (int32_t)c->head_dim, .rms_norm_eps = (float)c->rms_norm_eps,
         .rope_theta = (float)c->rope_theta};
     pk_tensor k_cache = pk_kv_pool_plane(m->pool, layer, 0);
     pk_tensor v_cache = pk_kv_pool_plane(m->pool, layer, 1);
-    return pk_qk_norm_attention_block(m->ctx, &m->layers[layer].attention, &shape, a, &k_cache,
-                                      &v_cache, tb, err);
+    return pk_qk_norm_attention_block_tp(m->ctx, m->comm, &m->layers[layer].attention, &shape,
+                                         a, &k_cache, &v_cache, tb, err);
 }
 
 /* Logits of up to PIO_DECODER_LOGITS_ROWS tokens of the chunk: their final hidden states are
@@ -167,7 +177,8 @@ static pio_status run_chunk(pio_decoder *m, const pio_textgen_batch *b, int64_t 
             (st = m->spec->ffn_block(m->model, m, layer, &a, err)))
             return st;
     }
-    return chunk_logits(m, b, first, n, &a.x, err);
+    /* Tensor parallelism: every rank holds the same x; rank 0 alone computes the logits. */
+    return m->shard.rank == 0 ? chunk_logits(m, b, first, n, &a.x, err) : PIO_OK;
 }
 
 static pio_status run_chunks(pio_decoder *m, const pio_textgen_batch *b, pio_error *err)
@@ -176,7 +187,8 @@ static pio_status run_chunks(pio_decoder *m, const pio_textgen_batch *b, pio_err
     pio_status st = stage_block_tables(m, &block_tables, err);
     int64_t total = (int64_t)b->n_tokens;
     for (int64_t first = 0; st == PIO_OK && first < total; first += PIO_DECODER_CHUNK_TOKENS) {
-        if (m->services->should_abort(m->host))
+        /* Ranks do not ask: they could disagree and leave the others in a collective. */
+        if (m->comm == NULL && m->services->should_abort(m->host))
             return pio_error_set(err, PIO_ERR_CANCELLED, "forward: interrupted");
         int64_t n = total - first < PIO_DECODER_CHUNK_TOKENS ? total - first : PIO_DECODER_CHUNK_TOKENS;
         st = run_chunk(m, b, first, n, &block_tables, err);
@@ -184,17 +196,29 @@ static pio_status run_chunks(pio_decoder *m, const pio_textgen_batch *b, pio_err
     return st == PIO_OK ? pk_synchronize(m->ctx, err) : st;
 }
 
-pio_status pio_decoder_forward(void *self, const pio_textgen_batch *b, pio_error *err)
+pio_status pio_decoder_run_batch(pio_decoder *m, const pio_textgen_batch *b, int *ran,
+                                 pio_error *err)
 {
-    pio_decoder *m = self;
-    pio_status st = check_batch(m, b, err);
-    if (st == PIO_OK)
-        st = pio_kv_batch_prepare(&m->kv_batch, m->pool, b->seq_ids, b->n_tokens,
-                                  (int64_t)m->context_length, err);
+    *ran = 0;
+    pio_status st = pio_kv_batch_prepare(&m->kv_batch, m->pool, b->seq_ids, b->n_tokens,
+                                         (int64_t)m->context_length, err);
     if (st != PIO_OK)
         return st;
+    *ran = 1;
     st = run_chunks(m, b, err);
     if (st != PIO_OK)
         pio_kv_batch_rollback(&m->kv_batch, m->pool);
     return st;
+}
+
+pio_status pio_decoder_forward(void *self, const pio_textgen_batch *b, pio_error *err)
+{
+    pio_decoder *m = self;
+    pio_status st = check_batch(m, b, err);
+    if (st != PIO_OK)
+        return st;
+    if (m->ranks != NULL)
+        return pio_decoder_tp_forward(m, b, err);
+    int ran;
+    return pio_decoder_run_batch(m, b, &ran, err);
 }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decoder_internal.h"
+
 /* Tells the host about memory before taking it. A refusal has been recorded by the host
  * already, so err keeps an empty message and the plugin does not overwrite the host's. */
 static pio_status reserve(pio_decoder *d, uint64_t bytes, const char *tag, uint64_t *held,
@@ -179,7 +181,7 @@ static pio_status create_kv_pool(pio_decoder *d, pio_error *err)
     if (status != PIO_OK)
         return status;
     pk_kv_pool_config cfg = {.n_layers = (int32_t)c->n_layers, .n_planes = 2};
-    cfg.plane_width[0] = cfg.plane_width[1] = c->n_kv_heads * c->head_dim;
+    cfg.plane_width[0] = cfg.plane_width[1] = d->shard.n_kv_heads * c->head_dim;
     int64_t default_tokens = c->max_positions < PIO_DECODER_DEFAULT_KV_TOKENS
                                  ? c->max_positions : PIO_DECODER_DEFAULT_KV_TOKENS;
     pio_kv_settings_apply(&settings, default_tokens, &cfg);
@@ -227,7 +229,8 @@ static pio_status create_workspace(pio_decoder *d, pio_error *err)
     const pio_decoder_config *c = &d->config;
     pio_decoder_workspace *ws = &d->ws;
     uint64_t C = PIO_DECODER_CHUNK_TOKENS, R = PIO_DECODER_LOGITS_ROWS, f = sizeof(float);
-    uint64_t q = (uint64_t)(c->n_heads * c->head_dim), kv = (uint64_t)(c->n_kv_heads * c->head_dim);
+    uint64_t q = (uint64_t)(d->shard.n_heads * c->head_dim);
+    uint64_t kv = (uint64_t)(d->shard.n_kv_heads * c->head_dim);
     uint64_t H = (uint64_t)c->hidden_size;
     pio_decoder_buffer plan[] = {
         {&ws->x, C * H * f}, {&ws->h, C * H * f}, {&ws->q, C * q * f}, {&ws->k, C * kv * f},
@@ -282,11 +285,21 @@ static pio_status build(pio_decoder *d, const pio_decoder_load_options *o, pio_e
 {
     pk_context_options ctx_options = {.n_threads = o->n_threads,
                                       .device_index = o->device_index};
+    int tp = o->tensor_parallel_size > 1 ? o->tensor_parallel_size : 1;
     pio_status status;
-    if ((status = load_config(d, o, err)) ||
+    if ((status = load_config(d, o, err)))
+        return status;
+    d->shard = (pio_decoder_shard){.rank = 0, .size = 1, .n_heads = d->config.n_heads,
+                                   .n_kv_heads = d->config.n_kv_heads};
+    if ((tp > 1 && (status = pio_decoder_check_tp(d, o, tp, err))) ||
         (status = pk_context_create(o->device, &ctx_options, &d->ctx, err)) ||
-        (status = load_weights(d, o, err)) || (status = create_kv_pool(d, err)) ||
-        (status = create_workspace(d, err)))
+        (status = load_weights(d, o, err)))
+        return status;
+    if (tp > 1)
+        status = pio_decoder_build_ranks(d, o, tp, err);
+    else if ((status = create_kv_pool(d, err)) == PIO_OK)
+        status = create_workspace(d, err);
+    if (status != PIO_OK)
         return status;
     set_context_length(d, o->max_context);
     describe_ops(d);
@@ -318,10 +331,72 @@ pio_status pio_decoder_load(const pio_decoder_spec *spec, const pio_host_service
     return PIO_OK;
 }
 
+/* One rank of tensor parallelism: its own context, weight views, KV pool shard and workspace;
+ * full's config and weights (see pio_decoder_shard). */
+pio_status pio_decoder_rank_create(const pio_decoder *full, const pio_decoder_shard *shard,
+                                   const pio_decoder_load_options *o, int n_threads,
+                                   pio_decoder **out, pio_error *err)
+{
+    *out = NULL;
+    pio_decoder *d = calloc(1, sizeof *d);
+    if (d != NULL)
+        d->model = calloc(1, full->spec->model_size > 0 ? full->spec->model_size : 1);
+    if (d == NULL || d->model == NULL) {
+        free(d);
+        return pio_error_set(err, PIO_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    d->spec = full->spec;
+    d->services = full->services;
+    d->host = full->host;
+    d->device = full->device;
+    d->config = full->config;
+    d->shard = *shard;
+    d->embed = full->embed;
+    d->final_norm = full->final_norm;
+    d->lm_head = full->lm_head;
+    d->weights = full->weights;
+    pk_context_options ctx_options = {.n_threads = n_threads, .device_index = o->device_index};
+    int64_t D = d->config.head_dim;
+    pio_status status = pk_context_create(o->device, &ctx_options, &d->ctx, err);
+    if (status == PIO_OK && (d->layers = calloc((size_t)d->config.n_layers,
+                                                 sizeof *d->layers)) == NULL)
+        status = pio_error_set(err, PIO_ERR_OUT_OF_MEMORY, "out of memory for the layer table");
+    for (long l = 0; status == PIO_OK && l < d->config.n_layers; l++) {
+        const pk_qk_norm_attention_weights *f = &full->layers[l].attention;
+        pk_qk_norm_attention_weights *a = &d->layers[l].attention;
+        *a = *f; /* the norms are replicated */
+        a->q_proj = pk_tensor_rows(&f->q_proj, shard->head_offset * D, shard->n_heads * D);
+        a->k_proj = pk_tensor_rows(&f->k_proj, shard->kv_head_offset * D, shard->n_kv_heads * D);
+        a->v_proj = pk_tensor_rows(&f->v_proj, shard->kv_head_offset * D, shard->n_kv_heads * D);
+        a->o_proj = pk_tensor_cols(&f->o_proj, shard->head_offset * D, shard->n_heads * D);
+        d->layers[l].post_norm = full->layers[l].post_norm;
+    }
+    if (status == PIO_OK)
+        status = d->spec->shard(d->model, d, full->model, full, err);
+    if (status == PIO_OK && (status = create_kv_pool(d, err)) == PIO_OK &&
+        (status = create_workspace(d, err)) == PIO_OK)
+        set_context_length(d, o->max_context);
+    if (status != PIO_OK) {
+        pio_decoder_free(d);
+        return status;
+    }
+    *out = d;
+    return PIO_OK;
+}
+
 void pio_decoder_free(pio_decoder *d)
 {
     if (d == NULL)
         return;
+    if (d->ranks != NULL) {
+        d->pool = NULL; /* rank 0's */
+        for (int r = 0; r < d->shard.size; r++)
+            pio_decoder_free(d->ranks[r]);
+        free(d->ranks);
+        d->ranks = NULL;
+    }
+    pk_comm_destroy(d->comm);
+    d->comm = NULL;
     pio_kv_batch_free(&d->kv_batch);
     pk_kv_pool_destroy(d->pool);
     if (d->ctx != NULL) { /* everything below was allocated after the context */

@@ -4,7 +4,7 @@
  * (pio/textgen.h) in the spec's chat format.
  *
  * Config keys read (configs/README.md): model.seed, runtime.threads, runtime.max_context,
- * kv_cache.block_size / max_tokens / memory_gb / dtype, generation.*.
+ * parallel.tensor_parallel_size, kv_cache.block_size / max_tokens / memory_gb / dtype, generation.*.
  * Extension: PIO_TEXTGEN_MODEL_EXTENSION gives the batched forward over KV sequences.
  */
 #include "pio/decoder.h"
@@ -104,7 +104,7 @@ static pio_status read_load_options(pio_instance *inst, const pio_load_params *p
                                     pio_decoder_load_options *o, pio_error *err)
 {
     const pio_host_services *sv = inst->services;
-    int64_t seed = 0, threads = 0, max_context = 0;
+    int64_t seed = 0, threads = 0, max_context = 0, tp = 1;
     pio_error_clear(err);
     memset(o, 0, sizeof *o);
     const char *format = p->load_format != NULL ? p->load_format : "auto";
@@ -117,11 +117,14 @@ static pio_status read_load_options(pio_instance *inst, const pio_load_params *p
     if (PIO_IS_ERROR(status = sv->config_get_i64(inst->host, "model.seed", &seed)) ||
         PIO_IS_ERROR(status = sv->config_get_i64(inst->host, "runtime.threads", &threads)) ||
         PIO_IS_ERROR(status = sv->config_get_i64(inst->host, "runtime.max_context",
-                                                 &max_context)))
+                                                 &max_context)) ||
+        PIO_IS_ERROR(status = sv->config_get_i64(inst->host, "parallel.tensor_parallel_size",
+                                                 &tp)))
         return status;
     o->seed = (uint64_t)seed;
     o->n_threads = threads > 4096 ? 4096 : (int)(threads > 0 ? threads : 0);
     o->max_context = max_context;
+    o->tensor_parallel_size = tp > PK_COMM_MAX_RANKS ? PK_COMM_MAX_RANKS : (int)(tp > 1 ? tp : 1);
     return parse_device(p->device, o, err);
 }
 

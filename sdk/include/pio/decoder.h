@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/comm.h"
 #include "kernels/kv_cache.h"
 #include "kernels/ops.h"
 #include "kernels/transformer_blocks.h"
@@ -78,6 +79,18 @@ typedef struct pio_decoder_buffer {
 
 typedef struct pio_decoder pio_decoder;
 
+/* Tensor parallelism (YAML parallel.tensor_parallel_size = N > 1): the model runs as N rank
+ * decoders, one thread each with its own context, KV pool shard and workspace, behind the
+ * decoder the plugin vtable sees (which holds the full weights and no pool). Rank r holds q
+ * heads [head_offset, head_offset + n_heads) and its k/v heads (n_kv_heads from kv_head_offset;
+ * replicated on N / n_kv_heads ranks when there are fewer KV heads than ranks). Without tensor
+ * parallelism rank = 0, size = 1 and the counts are the model's. */
+typedef struct pio_decoder_shard {
+    int rank, size;
+    long n_heads, n_kv_heads;
+    long head_offset, kv_head_offset;
+} pio_decoder_shard;
+
 /* What a plugin adds. `model` is the plugin's state: model_size zeroed bytes the decoder
  * allocates and frees. */
 typedef struct pio_decoder_spec {
@@ -112,6 +125,12 @@ typedef struct pio_decoder_spec {
      * not routed to, on average); NULL when it reads them all. For pio_model_info's
      * active_weight_bytes. */
     uint64_t (*skipped_weight_bytes)(void *model, const pio_decoder *d);
+    /* Tensor parallelism: fills `model` (zeroed) as rank d->shard.rank of d->shard.size, its
+     * tensors views of the slices of full_model's (no copies): column-parallel projections
+     * take rows, row-parallel ones columns. Refuses sizes that do not divide, naming the
+     * config.json key and the numbers. NULL: the plugin has no tensor parallelism. */
+    pio_status (*shard)(void *model, const pio_decoder *d, const void *full_model,
+                        const pio_decoder *full, pio_error *err);
 } pio_decoder_spec;
 
 /* Activation buffers of one chunk, allocated once at load. */
@@ -149,6 +168,10 @@ struct pio_decoder {
     uint64_t reserved_weights, reserved_kv, reserved_workspace; /* bytes told to mem_reserve */
     int device;                           /* mem_reserve device: -1 host RAM, else ordinal */
     pio_textgen_model ops;                /* this model for the text-generation runtime */
+
+    pio_decoder_shard shard;              /* this decoder's heads (all of them without TP) */
+    pk_comm *comm;                        /* a rank decoder's communicator; NULL without TP */
+    pio_decoder **ranks;                  /* TP > 1, the outer decoder: its shard.size ranks */
 };
 
 typedef struct pio_decoder_load_options {
@@ -159,6 +182,7 @@ typedef struct pio_decoder_load_options {
     int64_t max_context;    /* runtime.max_context; 0 = unset */
     pk_device_kind device;
     int device_index;       /* GPU ordinal for a GPU device */
+    int tensor_parallel_size; /* parallel.tensor_parallel_size; 0 or 1 = none (CPU only so far) */
 } pio_decoder_load_options;
 
 /* Reads the config, binds or generates the weights, creates the KV pool and the workspace.
