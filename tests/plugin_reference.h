@@ -442,4 +442,12 @@ static inline void expect_load_failure(const char *folder, pio_status status, co
     close_session(&s);
 }
 
+/* cmocka group teardown for a file whose group setup called reference_load(). */
+static inline int reference_group_teardown(void **state)
+{
+    (void)state;
+    reference_free();
+    return 0;
+}
+
 #endif

@@ -39,13 +39,6 @@ static int load_reference(void **state)
     return reference_load(FIXTURE);
 }
 
-static int free_reference(void **state)
-{
-    (void)state;
-    reference_free();
-    return 0;
-}
-
 static void logits_match_the_reference(void **state)
 {
     (void)state;
@@ -477,5 +470,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(bad_configs_name_file_and_key, make_scratch,
                                         remove_scratch),
     };
-    return cmocka_run_group_tests(tests, load_reference, free_reference);
+    return cmocka_run_group_tests(tests, load_reference, reference_group_teardown);
 }

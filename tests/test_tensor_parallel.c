@@ -29,13 +29,6 @@ static int load_reference(void **state)
     return reference_load(FIXTURE);
 }
 
-static int free_reference(void **state)
-{
-    (void)state;
-    reference_free();
-    return 0;
-}
-
 static void tp_yaml(char *yaml, size_t size, int tp, const char *extra)
 {
     snprintf(yaml, size, "kv_cache: {dtype: f32%s}\nparallel: {tensor_parallel_size: %d}\n",
@@ -138,5 +131,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(sizes_that_do_not_divide_are_clear_errors, make_scratch,
                                         remove_scratch),
     };
-    return cmocka_run_group_tests(tests, load_reference, free_reference);
+    return cmocka_run_group_tests(tests, load_reference, reference_group_teardown);
 }
