@@ -88,6 +88,11 @@ struct pk_backend {
                               const pk_tensor *gate_up, const pk_tensor *down,
                               const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
                               pio_error *err);
+    pio_status (*moe_experts_slice)(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                    const pk_tensor *gate_up, const pk_tensor *down,
+                                    const pk_tensor *ids, const pk_tensor *weights,
+                                    int64_t n_experts, int64_t first, int64_t n_local,
+                                    int accumulate, pio_error *err);
 };
 
 /* Whether two valid views share an element (exact for views of one stride and dtype, by byte

@@ -83,14 +83,7 @@ PK_AVX2 static inline float pk_avx2_hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 #else
-#define PK_HAVE_X86 0pio_status pk_cpu_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
-                                   const pk_tensor *weights, const pk_tensor *logits,
-                                   int normalize, pio_error *err);
-pio_status pk_cpu_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
-                              const pk_tensor *gate_up, const pk_tensor *down,
-                              const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
-                              pio_error *err);
-
+#define PK_HAVE_X86 0
 #endif
 
 /* Backend entry points implemented in the files of kernels/cpu/. */
@@ -128,5 +121,10 @@ pio_status pk_cpu_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_te
                               const pk_tensor *gate_up, const pk_tensor *down,
                               const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
                               pio_error *err);
+pio_status pk_cpu_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                    const pk_tensor *gate_up, const pk_tensor *down,
+                                    const pk_tensor *ids, const pk_tensor *weights,
+                                    int64_t n_experts, int64_t first, int64_t n_local,
+                                    int accumulate, pio_error *err);
 
 #endif

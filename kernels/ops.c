@@ -558,8 +558,24 @@ pio_status pk_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor
                           const pk_tensor *gate_up, const pk_tensor *down, const pk_tensor *ids,
                           const pk_tensor *weights, int64_t n_experts, pio_error *err)
 {
+    return pk_moe_experts_slice(ctx, out, x, gate_up, down, ids, weights, n_experts, 0,
+                                n_experts, 1, err);
+}
+
+pio_status pk_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                const pk_tensor *gate_up, const pk_tensor *down,
+                                const pk_tensor *ids, const pk_tensor *weights,
+                                int64_t n_experts, int64_t first, int64_t n_local,
+                                int accumulate, pio_error *err)
+{
     static const char op[] = "pk_moe_experts";
+    int whole = first == 0 && n_local == n_experts && accumulate;
     pio_status st = check_context(ctx, op, err);
+    if (st == PIO_OK && !whole && (n_experts < 1 || n_experts > INT32_MAX || first < 0 || n_local < 1 ||
+                         first > n_experts - n_local))
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "%s: experts [%lld, %lld) are not "
+                             "a slice of the %lld experts", op, (long long)first,
+                             (long long)(first + n_local), (long long)n_experts);
     if (st || (st = check_operand(ctx, op, "out", out, DT_F32, err)) ||
         (st = check_operand(ctx, op, "x", x, DT_F32, err)) ||
         (st = check_operand(ctx, op, "gate_up", gate_up, DT_WEIGHT, err)) ||
@@ -569,14 +585,18 @@ pio_status pk_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor
         (st = check_shape(op, "x", x, out->rows, out->cols, err)) ||
         (st = check_shape(op, "ids", ids, out->rows, ids->cols, err)) ||
         (st = check_shape(op, "weights", weights, out->rows, ids->cols, err)) ||
-        (st = check_expert_weights(op, out, gate_up, down, n_experts, err)) ||
+        (st = check_expert_weights(op, out, gate_up, down, n_local, err)) ||
         (st = check_no_overlap(op, "out", out, "x", x, 0, err)) ||
         (st = check_no_overlap(op, "out", out, "weights", weights, 0, err)))
         return st;
     if (ids->cols < 1 || ids->cols > n_experts)
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "%s: k = %lld must be in [1, %lld]",
                              op, (long long)ids->cols, (long long)n_experts);
-    if (ctx->backend->moe_experts == NULL)
-        return unsupported_by_backend(ctx, op, err);
-    return ctx->backend->moe_experts(ctx, out, x, gate_up, down, ids, weights, n_experts, err);
+    if (whole && ctx->backend->moe_experts != NULL)
+        return ctx->backend->moe_experts(ctx, out, x, gate_up, down, ids, weights, n_experts,
+                                         err);
+    if (whole || ctx->backend->moe_experts_slice == NULL)
+        return unsupported_by_backend(ctx, whole ? op : "pk_moe_experts_slice", err);
+    return ctx->backend->moe_experts_slice(ctx, out, x, gate_up, down, ids, weights, n_experts,
+                                           first, n_local, accumulate, err);
 }

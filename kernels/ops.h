@@ -170,6 +170,21 @@ pio_status pk_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor
                           const pk_tensor *gate_up, const pk_tensor *down, const pk_tensor *ids,
                           const pk_tensor *weights, int64_t n_experts, pio_error *err);
 
+/*
+ * Expert parallelism: pk_moe_experts over a slice of the experts. gate_up [n_local·2F, H] and
+ * down [n_local·H, F] hold experts [first, first + n_local) of the router's n_experts (expert e
+ * at local index e - first); the (token, slot) pairs routed outside the slice are skipped, so
+ * they contribute zero. accumulate: out += the slice's sum (as pk_moe_experts); otherwise
+ * out = it (a row none of whose experts is in the slice becomes zero). ids outside
+ * [0, n_experts) are PIO_ERR_INVALID_ARGUMENT. first 0, n_local n_experts, accumulate 1 is
+ * pk_moe_experts. Optional for a backend (PIO_ERR_UNSUPPORTED where it lacks the slice).
+ */
+pio_status pk_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                const pk_tensor *gate_up, const pk_tensor *down,
+                                const pk_tensor *ids, const pk_tensor *weights,
+                                int64_t n_experts, int64_t first, int64_t n_local,
+                                int accumulate, pio_error *err);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Attention over the paged KV cache                                                          */
 /* ------------------------------------------------------------------------------------------ */

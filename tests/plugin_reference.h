@@ -450,4 +450,50 @@ static inline int reference_group_teardown(void **state)
     return 0;
 }
 
+/* YAML for a tensor-parallel run with a float32 KV cache; extra goes inside kv_cache {...}. */
+static inline void tp_yaml(char *yaml, size_t size, int tp, const char *extra)
+{
+    snprintf(yaml, size, "kv_cache: {dtype: f32%s}\nparallel: {tensor_parallel_size: %d}\n",
+             extra, tp);
+}
+
+/* Logits of every position of every reference sequence at each tp size against tp = 1 (within
+ * tp_tolerance) and, when ref_tolerance > 0, against the reference itself. */
+static inline void check_logits_at_tp_sizes(const char *fixture, const int *sizes, size_t n_sizes,
+                                            double tp_tolerance, double ref_tolerance)
+{
+    float *base[MAX_SEQS];
+    session s;
+    char yaml[160];
+    tp_yaml(yaml, sizeof yaml, 1, "");
+    open_ok(&s, yaml, fixture, NULL);
+    for (size_t q = 0; q < ref.n_seqs; q++)
+        base[q] = infer_all(&s, ref.seqs[q], ref.seq_len[q]);
+    close_session(&s);
+    for (size_t i = 0; i < n_sizes; i++) {
+        tp_yaml(yaml, sizeof yaml, sizes[i], "");
+        open_ok(&s, yaml, fixture, NULL);
+        double worst = 0.0, worst_ref = 0.0;
+        for (size_t q = 0; q < ref.n_seqs; q++) {
+            float *logits = infer_all(&s, ref.seqs[q], ref.seq_len[q]);
+            for (size_t p = 0; p < ref.seq_len[q]; p++) {
+                const float *row = logits + p * ref.logits.cols;
+                double e = relative_error(row, base[q] + p * ref.logits.cols, ref.logits.cols);
+                double r = relative_error(row, reference_row(q, p), ref.logits.cols);
+                worst = e > worst ? e : worst;
+                worst_ref = r > worst_ref ? r : worst_ref;
+            }
+            free(logits);
+        }
+        print_message("tp = %d: max relative logits error against tp = 1 %.3g, against the "
+                      "reference %.3g\n", sizes[i], worst, worst_ref);
+        assert_true(worst <= tp_tolerance);
+        if (ref_tolerance > 0)
+            assert_true(worst_ref <= ref_tolerance);
+        close_session(&s);
+    }
+    for (size_t q = 0; q < ref.n_seqs; q++)
+        free(base[q]);
+}
+
 #endif

@@ -1,7 +1,8 @@
 /*
  * The mixture-of-experts ops (pk_moe_topk_softmax, pk_moe_experts) of the CPU backend against
  * naive double-precision references: random inputs, exact ties in the router, top-k of 1 and
- * of every expert, BF16 and F32 expert weights, and a backend without the ops.
+ * of every expert, BF16 and F32 expert weights, the expert slices of expert parallelism
+ * (pk_moe_experts_slice) summing to the whole, and a backend without the ops.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -202,6 +203,59 @@ static void one_token_alone_equals_it_in_a_batch(void **state)
     pk_context_destroy(ctx);
 }
 
+/* Expert parallelism: the slices of 1, 2, 3 and 6 ranks (views of the packed rows), the first
+ * accumulating into out and the others overwriting theirs, sum to pk_moe_experts. */
+static void expert_slices_sum_to_the_whole(void **state)
+{
+    (void)state;
+    pk_context *ctx = cpu();
+    static float x[T * H], gate_up[E * 2 * F * H], down[E * H * F], w[T * 3];
+    static float whole[T * H], part[E][T * H];
+    int32_t ids[T * 3];
+    fill(x, T * H, 10);
+    fill(gate_up, E * 2 * F * H, 11);
+    fill(down, E * H * F, 12);
+    fill(w, T * 3, 13);
+    fill(whole, T * H, 14);
+    for (int i = 0; i < T * 3; i++)
+        ids[i] = (i * 5 + i / 3) % E;
+    pk_tensor tgu = pk_tensor_host(gate_up, PIO_DTYPE_F32, E * 2 * F, H);
+    pk_tensor td = pk_tensor_host(down, PIO_DTYPE_F32, E * H, F);
+    pk_tensor tx = pk_tensor_host(x, PIO_DTYPE_F32, T, H);
+    pk_tensor ti = pk_tensor_host(ids, PIO_DTYPE_I32, T, 3);
+    pk_tensor tw = pk_tensor_host(w, PIO_DTYPE_F32, T, 3);
+    pk_tensor to = pk_tensor_host(whole, PIO_DTYPE_F32, T, H);
+    assert_int_equal(pk_moe_experts(ctx, &to, &tx, &tgu, &td, &ti, &tw, E, NULL), PIO_OK);
+    const int sizes[] = {1, 2, 3, 6};
+    for (size_t i = 0; i < 4; i++) {
+        int n = sizes[i], per = E / n;
+        float sum[T * H] = {0};
+        for (int r = 0; r < n; r++) {
+            if (r == 0) /* part[0] keeps the residual; the slice adds to it */
+                fill(part[0], T * H, 14);
+            else /* garbage that the slice overwrites */
+                fill(part[r], T * H, 99);
+            pk_tensor o = pk_tensor_host(part[r], PIO_DTYPE_F32, T, H);
+            pk_tensor g = pk_tensor_rows(&tgu, r * per * 2 * F, per * 2 * F);
+            pk_tensor dn = pk_tensor_rows(&td, r * per * H, per * H);
+            assert_int_equal(pk_moe_experts_slice(ctx, &o, &tx, &g, &dn, &ti, &tw, E, r * per,
+                                                  per, r == 0, NULL),
+                             PIO_OK);
+            for (int j = 0; j < T * H; j++)
+                sum[j] += part[r][j];
+        }
+        for (int j = 0; j < T * H; j++)
+            assert_float_equal(sum[j], whole[j], 1e-5 * (1.0 + fabs(whole[j])));
+    }
+    pio_error err;
+    pk_tensor o = pk_tensor_host(part[0], PIO_DTYPE_F32, T, H);
+    pk_tensor g = pk_tensor_rows(&tgu, 0, 4 * F), dn = pk_tensor_rows(&td, 0, 2 * H);
+    assert_int_equal(pk_moe_experts_slice(ctx, &o, &tx, &g, &dn, &ti, &tw, E, 5, 2, 1, &err),
+                     PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "experts [5, 7) are not a slice of the 6 experts"));
+    pk_context_destroy(ctx);
+}
+
 static void bad_arguments_are_named(void **state)
 {
     (void)state;
@@ -266,6 +320,7 @@ int main(void)
         cmocka_unit_test(routing_equals_the_naive_selection),
         cmocka_unit_test(experts_equal_the_naive_sum),
         cmocka_unit_test(one_token_alone_equals_it_in_a_batch),
+        cmocka_unit_test(expert_slices_sum_to_the_whole),
         cmocka_unit_test(bad_arguments_are_named),
         cmocka_unit_test(a_backend_without_the_ops_says_so),
     };

@@ -81,11 +81,11 @@ typedef struct expert_groups {
     int32_t *order;
 } expert_groups;
 
-static pio_status group_by_expert(const pk_tensor *ids, int64_t n_experts, expert_groups *g,
-                                  pio_error *err)
+static pio_status group_by_expert(const pk_tensor *ids, int64_t n_experts, int64_t first,
+                                  int64_t n_local, expert_groups *g, pio_error *err)
 {
     int64_t k = ids->cols, n_pairs = ids->rows * k;
-    for (int64_t e = 0; e <= n_experts; e++)
+    for (int64_t e = 0; e <= n_local; e++)
         g->start[e] = 0;
     for (int64_t p = 0; p < n_pairs; p++) {
         int32_t e = ((const int32_t *)pk_cpu_row(ids, p / k))[p % k];
@@ -93,16 +93,18 @@ static pio_status group_by_expert(const pk_tensor *ids, int64_t n_experts, exper
             return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "pk_moe_experts: ids[%lld, %lld] "
                                  "is %d, outside [0, %lld)", (long long)(p / k),
                                  (long long)(p % k), (int)e, (long long)n_experts);
-        g->start[e + 1]++;
+        if (e >= first && e < first + n_local) /* other experts are another rank's */
+            g->start[e - first + 1]++;
     }
-    for (int64_t e = 0; e < n_experts; e++)
+    for (int64_t e = 0; e < n_local; e++)
         g->start[e + 1] += g->start[e];
     /* Place the pairs; start[e] runs ahead while placing and is shifted back afterwards. */
     for (int64_t p = 0; p < n_pairs; p++) {
         int32_t e = ((const int32_t *)pk_cpu_row(ids, p / k))[p % k];
-        g->order[g->start[e]++] = (int32_t)p;
+        if (e >= first && e < first + n_local)
+            g->order[g->start[e - first]++] = (int32_t)p;
     }
-    for (int64_t e = n_experts; e > 0; e--)
+    for (int64_t e = n_local; e > 0; e--)
         g->start[e] = g->start[e - 1];
     g->start[0] = 0;
     return PIO_OK;
@@ -158,17 +160,25 @@ static void expert_down(const expert_job *j)
     }
 }
 
-/* out[t] += Σ_j weights[t, j] · pair_out[t·k + j], in slot order. */
-static void weighted_sum(const pk_tensor *out, const pk_tensor *weights, const float *pair_out,
+/* out[t] (+)= Σ_j weights[t, j] · pair_out[t·k + j], in slot order, over the pairs whose expert
+ * is in [first, first + n_local) (the others' pair_out rows were not written). */
+static void weighted_sum(const pk_tensor *out, const pk_tensor *ids, const pk_tensor *weights,
+                         const float *pair_out, int64_t first, int64_t n_local, int accumulate,
                          int avx2, int n_threads)
 {
     int64_t k = weights->cols, hidden = out->cols;
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t t = 0; t < out->rows; t++) {
         const float *w = f32_row(weights, t);
+        const int32_t *e = (const int32_t *)pk_cpu_row(ids, t);
+        float *o = (float *)pk_cpu_row(out, t);
+        if (!accumulate)
+            for (int64_t c = 0; c < hidden; c++)
+                o[c] = 0.0f;
         for (int64_t j = 0; j < k; j++)
-            pk_cpu_axpy(avx2, (float *)pk_cpu_row(out, t), w[j],
-                        pair_out + (t * k + j) * hidden, PIO_DTYPE_F32, hidden);
+            if (e[j] >= first && e[j] < first + n_local)
+                pk_cpu_axpy(avx2, o, w[j], pair_out + (t * k + j) * hidden, PIO_DTYPE_F32,
+                            hidden);
     }
 }
 
@@ -177,23 +187,33 @@ pio_status pk_cpu_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_te
                               const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
                               pio_error *err)
 {
+    return pk_cpu_moe_experts_slice(ctx, out, x, gate_up, down, ids, weights, n_experts, 0,
+                                    n_experts, 1, err);
+}
+
+pio_status pk_cpu_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                    const pk_tensor *gate_up, const pk_tensor *down,
+                                    const pk_tensor *ids, const pk_tensor *weights,
+                                    int64_t n_experts, int64_t first, int64_t n_local,
+                                    int accumulate, pio_error *err)
+{
     pk_cpu_state *state = pk_cpu_state_of(ctx);
     int64_t T = out->rows, k = ids->cols, H = out->cols, F = down->cols;
-    int32_t *index = pk_cpu_index_scratch(ctx, (size_t)(n_experts + 1 + T * k), err);
+    int32_t *index = pk_cpu_index_scratch(ctx, (size_t)(n_local + 1 + T * k), err);
     /* pair outputs [T·k, H], then one expert's gate|up rows [T, 2F] */
     size_t floats = (size_t)(T * k * H + T * 2 * F), stride = 0;
     size_t per_thread = (floats + (size_t)state->n_threads - 1) / (size_t)state->n_threads;
     float *scratch = index != NULL ? pk_cpu_scratch(ctx, per_thread, &stride, err) : NULL;
     if (scratch == NULL)
         return err != NULL ? err->status : PIO_ERR_OUT_OF_MEMORY;
-    expert_groups groups = {.start = index, .order = index + n_experts + 1};
-    pio_status st = group_by_expert(ids, n_experts, &groups, err);
+    expert_groups groups = {.start = index, .order = index + n_local + 1};
+    pio_status st = group_by_expert(ids, n_experts, first, n_local, &groups, err);
     if (st != PIO_OK)
         return st;
     expert_job job = {.x = x, .gate_up = gate_up, .down = down, .k = k, .hidden = H, .inner = F,
                       .pair_out = scratch, .gate_up_out = scratch + T * k * H,
                       .avx2 = state->use_avx2, .n_threads = state->n_threads};
-    for (int64_t e = 0; e < n_experts; e++) {
+    for (int64_t e = 0; e < n_local; e++) {
         job.expert = e;
         job.pairs = groups.order + groups.start[e];
         job.n = groups.start[e + 1] - groups.start[e];
@@ -203,6 +223,7 @@ pio_status pk_cpu_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_te
         expert_activation(&job);
         expert_down(&job);
     }
-    weighted_sum(out, weights, scratch, state->use_avx2, state->n_threads);
+    weighted_sum(out, ids, weights, scratch, first, n_local, accumulate, state->use_avx2,
+                 state->n_threads);
     return PIO_OK;
 }

@@ -168,11 +168,48 @@ pio_status qwen3_moe_block(void *model, pio_decoder *d, int32_t layer,
     if ((st = pk_rmsnorm(d->ctx, &a->h, &a->x, &d->layers[layer].post_norm,
                          (float)d->config.rms_norm_eps, err)) ||
         (st = pk_matmul(d->ctx, &logits, &a->h, &w->router, err)) ||
-        (st = pk_moe_topk_softmax(d->ctx, &ids, &weights, &logits, q->norm_topk_prob, err)) ||
-        (st = pk_moe_experts(d->ctx, &a->x, &a->h, &w->gate_up, &w->down, &ids, &weights,
-                             q->n_experts, err)))
+        (st = pk_moe_topk_softmax(d->ctx, &ids, &weights, &logits, q->norm_topk_prob, err)))
         return st;
-    return PIO_OK;
+    if (d->comm == NULL || pk_comm_size(d->comm) == 1)
+        return pk_moe_experts(d->ctx, &a->x, &a->h, &w->gate_up, &w->down, &ids, &weights,
+                              q->n_experts, err);
+    /* Expert parallel: this rank's experts only; the residual is counted once (rank 0). */
+    st = pk_moe_experts_slice(d->ctx, &a->x, &a->h, &w->gate_up, &w->down, &ids, &weights,
+                              q->n_experts, q->expert_offset, q->n_local_experts,
+                              pk_comm_rank(d->comm) == 0, err);
+    return st == PIO_OK ? pk_comm_all_reduce(d->comm, &a->x, &a->x, err) : st;
+}
+
+/* Tensor parallelism: the router replicated, this rank's experts as views of their rows of the
+ * full model's packed gate_up and down (no copies). */
+pio_status qwen3_moe_shard(void *model, const pio_decoder *d, const void *full_model,
+                           const pio_decoder *full, pio_error *err)
+{
+    (void)full;
+    qwen3_moe *q = model;
+    const qwen3_moe *f = full_model;
+    int tp = d->shard.size, r = d->shard.rank;
+    if (f->n_experts % tp != 0)
+        return pio_error_set(err, PIO_ERR_CONFIG, "parallel.tensor_parallel_size %d does not "
+                             "divide the expert count %ld (num_local_experts / num_experts; "
+                             "experts are split whole across the ranks) (%s)", tp,
+                             f->n_experts, d->config.source);
+    q->n_experts = f->n_experts;
+    q->top_k = f->top_k;
+    q->moe_intermediate = f->moe_intermediate;
+    q->norm_topk_prob = f->norm_topk_prob;
+    q->n_local_experts = f->n_experts / tp;
+    q->expert_offset = r * q->n_local_experts;
+    int64_t H = d->config.hidden_size, F = f->moe_intermediate, n = q->n_local_experts;
+    pio_status status = qwen3_moe_prepare(model, d, err);
+    for (long l = 0; status == PIO_OK && l < d->config.n_layers; l++) {
+        const qwen3_moe_layer *fl = &f->layers[l];
+        q->layers[l] = (qwen3_moe_layer){
+            .router = fl->router,
+            .gate_up = pk_tensor_rows(&fl->gate_up, q->expert_offset * 2 * F, n * 2 * F),
+            .down = pk_tensor_rows(&fl->down, q->expert_offset * H, n * H)};
+    }
+    return status;
 }
 
 /* A decoded token reads top_k of the E experts of each layer; the rest are skipped. */

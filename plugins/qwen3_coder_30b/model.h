@@ -15,6 +15,13 @@
  * The checkpoint stores each expert apart (mlp.experts.E.{gate,up,down}_proj.weight); they are
  * bound by name and shape, then packed per layer into the layout of pk_moe_experts:
  * gate_up [E·2F, H] (expert e: its gate rows, then its up rows) and down [E·H, F].
+ *
+ * Tensor parallelism (pio_decoder_shard): attention is the decoder's (heads split); the MoE block
+ * is expert parallel: rank r of N owns experts [r·E/N, (r+1)·E/N), its gate_up/down views of
+ * those rows of the full model's packed tensors. The router is replicated, so every rank
+ * computes the same top-k; a rank runs only the selected experts it owns (the others contribute
+ * zero), rank 0 adding its sum to the residual and the others writing theirs in its place, and
+ * x is all-reduced, as the row-parallel projections of the dense blocks do.
  */
 #ifndef QWEN3_MOE_MODEL_H
 #define QWEN3_MOE_MODEL_H
@@ -24,9 +31,9 @@
 #include "pio/decoder.h"
 
 typedef struct qwen3_moe_layer {
-    pk_tensor router;   /* [E, H] mlp.gate.weight */
-    pk_tensor gate_up;  /* [E·2F, H] packed */
-    pk_tensor down;     /* [E·H, F] packed */
+    pk_tensor router;   /* [E, H] mlp.gate.weight (replicated over the ranks) */
+    pk_tensor gate_up;  /* [E·2F, H] packed; a rank's: its experts' rows [E/N·2F, H] */
+    pk_tensor down;     /* [E·H, F] packed; a rank's: its experts' rows [E/N·H, F] */
 } qwen3_moe_layer;
 
 typedef struct qwen3_moe {
@@ -34,6 +41,8 @@ typedef struct qwen3_moe {
     long top_k;              /* num_experts_per_tok */
     long moe_intermediate;   /* moe_intermediate_size (F) */
     bool norm_topk_prob;
+    long expert_offset;      /* tensor parallelism: this rank's experts are       */
+    long n_local_experts;    /* [expert_offset, expert_offset + n_local_experts) */
     qwen3_moe_layer *layers;
     pk_tensor *checkpoint_experts; /* while binding: [layer][expert][gate, up, down] */
     void *packed;                  /* host memory of the packed experts of a checkpoint */
@@ -56,6 +65,8 @@ pio_status qwen3_moe_pack(void *model, pio_decoder *d, pio_error *err);
 size_t qwen3_moe_workspace(void *model, const pio_decoder *d, pio_decoder_buffer *plan);
 pio_status qwen3_moe_block(void *model, pio_decoder *d, int32_t layer,
                            const pk_attention_activations *a, pio_error *err);
+pio_status qwen3_moe_shard(void *model, const pio_decoder *d, const void *full_model,
+                           const pio_decoder *full, pio_error *err);
 void qwen3_moe_release(void *model, pio_decoder *d);
 uint64_t qwen3_moe_skipped_weight_bytes(void *model, const pio_decoder *d);
 

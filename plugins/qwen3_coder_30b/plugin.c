@@ -20,6 +20,7 @@ static const pio_decoder_spec qwen3_moe_spec = {
     .ffn_block = qwen3_moe_block,
     .release = qwen3_moe_release,
     .skipped_weight_bytes = qwen3_moe_skipped_weight_bytes,
+    .shard = qwen3_moe_shard,
 };
 
 static const char *const qwen3_moe_architectures[] = {"Qwen3MoeForCausalLM", NULL};
