@@ -35,16 +35,16 @@ static pio_status refuse_variants(const pio_json_doc *doc, pio_error *err)
         return status;
     if (step != 1)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: \"decoder_sparse_step\" is %lld; "
-                             "only 1 (every layer sparse) is implemented", pio_json_name(doc),
+                             "only 1 (every layer sparse) is supported by this plugin", pio_json_name(doc),
                              (long long)step);
     if (shared != 0)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: \"shared_expert_intermediate_size\" "
-                             "is %lld; shared experts are not implemented", pio_json_name(doc),
+                             "is %lld; this plugin supports no shared expert", pio_json_name(doc),
                              (long long)shared);
     const json_t *dense = json_object_get(pio_json_root(doc), "mlp_only_layers");
     if (dense != NULL && !json_is_null(dense) && (!json_is_array(dense) || json_array_size(dense)))
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: \"mlp_only_layers\" is not empty; "
-                             "dense layers in a MoE model are not implemented",
+                             "this plugin supports no dense layers between MoE layers",
                              pio_json_name(doc));
     return PIO_OK;
 }
