@@ -93,6 +93,23 @@ struct pk_backend {
                                     const pk_tensor *ids, const pk_tensor *weights,
                                     int64_t n_experts, int64_t first, int64_t n_local,
                                     int accumulate, pio_error *err);
+
+    /* Fused ops (ops.h); NULL: ops.c runs the unfused ops instead. Arguments are checked. */
+    pio_status (*rmsnorm_matmul)(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
+                                 const pk_tensor *x, const pk_tensor *norm_weight, float eps,
+                                 const pk_tensor *w, pio_error *err);
+    pio_status (*qk_norm_rope_store)(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
+                                     const pk_tensor *v, const pk_tensor *q_norm,
+                                     const pk_tensor *k_norm, float eps,
+                                     const pk_rope_params *rope, const pk_tensor *k_cache,
+                                     const pk_tensor *v_cache, const pk_token_batch *batch,
+                                     const pk_attention_params *params, pio_error *err);
+
+    /* Graphs (ops.h); all NULL when the backend cannot record. */
+    pio_status (*graph_begin)(pk_context *ctx, pio_error *err);
+    pio_status (*graph_end)(pk_context *ctx, pk_graph **out, pio_error *err);
+    pio_status (*graph_launch)(pk_context *ctx, pk_graph *graph, pio_error *err);
+    void (*graph_destroy)(pk_context *ctx, pk_graph *graph);
 };
 
 /* Whether two valid views share an element (exact for views of one stride and dtype, by byte

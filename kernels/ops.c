@@ -159,9 +159,8 @@ pio_status pk_embedding(pk_context *ctx, const pk_tensor *out, const pk_tensor *
     return ctx->backend->embedding(ctx, out, table, ids, err);
 }
 
-static pio_status matmul_checked(pk_context *ctx, const char *op, const pk_tensor *y,
-                                 const pk_tensor *x, const pk_tensor *w, int accumulate,
-                                 pio_error *err)
+static pio_status check_matmul(pk_context *ctx, const char *op, const pk_tensor *y,
+                               const pk_tensor *x, const pk_tensor *w, pio_error *err)
 {
     pio_status st = check_context(ctx, op, err);
     if (st || (st = check_operand(ctx, op, "y", y, DT_F32, err)) ||
@@ -172,7 +171,15 @@ static pio_status matmul_checked(pk_context *ctx, const char *op, const pk_tenso
         (st = check_no_overlap(op, "y", y, "x", x, 0, err)) ||
         (st = check_no_overlap(op, "y", y, "w", w, 0, err)))
         return st;
-    return ctx->backend->matmul(ctx, y, x, w, accumulate, err);
+    return PIO_OK;
+}
+
+static pio_status matmul_checked(pk_context *ctx, const char *op, const pk_tensor *y,
+                                 const pk_tensor *x, const pk_tensor *w, int accumulate,
+                                 pio_error *err)
+{
+    pio_status st = check_matmul(ctx, op, y, x, w, err);
+    return st != PIO_OK ? st : ctx->backend->matmul(ctx, y, x, w, accumulate, err);
 }
 
 pio_status pk_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *x, const pk_tensor *w,
@@ -187,9 +194,9 @@ pio_status pk_matmul_add(pk_context *ctx, const pk_tensor *y, const pk_tensor *x
     return matmul_checked(ctx, "pk_matmul_add", y, x, w, 1, err);
 }
 
-static pio_status rmsnorm_checked(pk_context *ctx, const char *op, const pk_tensor *out,
-                                  const pk_tensor *x, const pk_tensor *weight, int64_t group,
-                                  float eps, pio_error *err)
+static pio_status check_rmsnorm(pk_context *ctx, const char *op, const pk_tensor *out,
+                                const pk_tensor *x, const pk_tensor *weight, int64_t group,
+                                float eps, pio_error *err)
 {
     pio_status st;
     if ((st = check_operand(ctx, op, "out", out, DT_F32, err)) ||
@@ -202,7 +209,15 @@ static pio_status rmsnorm_checked(pk_context *ctx, const char *op, const pk_tens
         return st;
     if (!(eps >= 0.0f) || !isfinite(eps))
         return invalid(err, op, "eps must be finite and >= 0");
-    return ctx->backend->rmsnorm(ctx, out, x, weight, group, eps, err);
+    return PIO_OK;
+}
+
+static pio_status rmsnorm_checked(pk_context *ctx, const char *op, const pk_tensor *out,
+                                  const pk_tensor *x, const pk_tensor *weight, int64_t group,
+                                  float eps, pio_error *err)
+{
+    pio_status st = check_rmsnorm(ctx, op, out, x, weight, group, eps, err);
+    return st != PIO_OK ? st : ctx->backend->rmsnorm(ctx, out, x, weight, group, eps, err);
 }
 
 pio_status pk_rmsnorm(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
@@ -599,4 +614,130 @@ pio_status pk_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_
         return unsupported_by_backend(ctx, whole ? op : "pk_moe_experts_slice", err);
     return ctx->backend->moe_experts_slice(ctx, out, x, gate_up, down, ids, weights, n_experts,
                                            first, n_local, accumulate, err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Fused ops                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+pio_status pk_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
+                             const pk_tensor *x, const pk_tensor *norm_weight, float eps,
+                             const pk_tensor *w, pio_error *err)
+{
+    static const char op[] = "pk_rmsnorm_matmul";
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = check_operand(ctx, op, "h", h, DT_F32, err)))
+        return st;
+    if (h->cols == 0)
+        return invalid(err, op, "rows must not be empty");
+    if ((st = check_rmsnorm(ctx, op, h, x, norm_weight, h->cols, eps, err)) ||
+        (st = check_matmul(ctx, op, y, h, w, err)) ||
+        (st = check_no_overlap(op, "y", y, "x", x, 0, err)) ||
+        (st = check_no_overlap(op, "y", y, "norm_weight", norm_weight, 0, err)))
+        return st;
+    if (ctx->backend->rmsnorm_matmul != NULL)
+        return ctx->backend->rmsnorm_matmul(ctx, y, h, x, norm_weight, eps, w, err);
+    if ((st = ctx->backend->rmsnorm(ctx, h, x, norm_weight, h->cols, eps, err)))
+        return st;
+    return ctx->backend->matmul(ctx, y, h, w, 0, err);
+}
+
+static pio_status check_qk_norm_rope(pk_context *ctx, const char *op, const pk_tensor *q,
+                                     const pk_tensor *k, const pk_tensor *q_norm,
+                                     const pk_tensor *k_norm, float eps,
+                                     const pk_rope_params *rope, const pk_token_batch *batch,
+                                     const pk_attention_params *p, pio_error *err)
+{
+    pio_status st;
+    if ((st = check_operand(ctx, op, "q", q, DT_F32, err)) ||
+        (st = check_shape(op, "q", q, q->rows, (int64_t)p->n_q_heads * p->head_dim, err)) ||
+        (st = check_rmsnorm(ctx, op, q, q, q_norm, p->head_dim, eps, err)) ||
+        (st = check_rmsnorm(ctx, op, k, k, k_norm, p->head_dim, eps, err)) ||
+        (st = check_shape(op, "k", k, q->rows, (int64_t)p->n_kv_heads * p->head_dim, err)) ||
+        (st = check_rope_params(op, rope, q->cols, err)) ||
+        (st = check_no_overlap(op, "q", q, "k", k, 0, err)))
+        return st;
+    if (rope->head_dim != p->head_dim)
+        return invalid(err, op, "rope->head_dim must equal params->head_dim");
+    if ((st = check_no_overlap(op, "q", q, "batch.positions", &batch->positions, 0, err)) ||
+        (st = check_no_overlap(op, "k", k, "batch.positions", &batch->positions, 0, err)))
+        return st;
+    return PIO_OK;
+}
+
+pio_status pk_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
+                                 const pk_tensor *v, const pk_tensor *q_norm,
+                                 const pk_tensor *k_norm, float eps, const pk_rope_params *rope,
+                                 const pk_tensor *k_cache, const pk_tensor *v_cache,
+                                 const pk_token_batch *batch, const pk_attention_params *params,
+                                 pio_error *err)
+{
+    static const char op[] = "pk_qk_norm_rope_store";
+    pk_attention_params p;
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = resolve_attention_params(op, params, &p, err)) ||
+        (st = check_store(ctx, op, k_cache, v_cache, k, v, batch, &p, err)) ||
+        (st = check_qk_norm_rope(ctx, op, q, k, q_norm, k_norm, eps, rope, batch, &p, err)))
+        return st;
+    if (v != NULL && (st = check_no_overlap(op, "q", q, "v", v, 0, err)))
+        return st;
+    if (ctx->backend->qk_norm_rope_store != NULL)
+        return ctx->backend->qk_norm_rope_store(ctx, q, k, v, q_norm, k_norm, eps, rope, k_cache,
+                                                v_cache, batch, &p, err);
+    if ((st = ctx->backend->rmsnorm(ctx, q, q, q_norm, p.head_dim, eps, err)) ||
+        (st = ctx->backend->rmsnorm(ctx, k, k, k_norm, p.head_dim, eps, err)) ||
+        (st = ctx->backend->rope(ctx, q, q, &batch->positions, rope, err)) ||
+        (st = ctx->backend->rope(ctx, k, k, &batch->positions, rope, err)))
+        return st;
+    return ctx->backend->kv_store(ctx, k_cache, v_cache, k, v, batch, &p, err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Graphs                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+int pk_graph_supported(const pk_context *ctx)
+{
+    return ctx != NULL && ctx->backend->graph_begin != NULL;
+}
+
+pio_status pk_graph_begin(pk_context *ctx, pio_error *err)
+{
+    static const char op[] = "pk_graph_begin";
+    pio_status st = check_context(ctx, op, err);
+    if (st != PIO_OK)
+        return st;
+    return ctx->backend->graph_begin != NULL ? ctx->backend->graph_begin(ctx, err)
+                                             : unsupported_by_backend(ctx, op, err);
+}
+
+pio_status pk_graph_end(pk_context *ctx, pk_graph **out, pio_error *err)
+{
+    static const char op[] = "pk_graph_end";
+    pio_status st = check_context(ctx, op, err);
+    if (st != PIO_OK)
+        return st;
+    if (out == NULL)
+        return invalid(err, op, "out is NULL");
+    *out = NULL;
+    return ctx->backend->graph_end != NULL ? ctx->backend->graph_end(ctx, out, err)
+                                           : unsupported_by_backend(ctx, op, err);
+}
+
+pio_status pk_graph_launch(pk_context *ctx, pk_graph *graph, pio_error *err)
+{
+    static const char op[] = "pk_graph_launch";
+    pio_status st = check_context(ctx, op, err);
+    if (st != PIO_OK)
+        return st;
+    if (graph == NULL)
+        return invalid(err, op, "graph is NULL");
+    return ctx->backend->graph_launch != NULL ? ctx->backend->graph_launch(ctx, graph, err)
+                                              : unsupported_by_backend(ctx, op, err);
+}
+
+void pk_graph_destroy(pk_context *ctx, pk_graph *graph)
+{
+    if (ctx != NULL && graph != NULL && ctx->backend->graph_destroy != NULL)
+        ctx->backend->graph_destroy(ctx, graph);
 }

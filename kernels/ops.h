@@ -232,6 +232,59 @@ pio_status pk_attention(pk_context *ctx, const pk_tensor *out, const pk_tensor *
                         const pk_tensor *v_cache, const pk_token_batch *batch,
                         const pk_attention_params *params, pio_error *err);
 
+/* ------------------------------------------------------------------------------------------ */
+/* Fused ops: one call where a backend can save launches and passes over memory               */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * h = RMSNorm(x) · norm_weight (as pk_rmsnorm), then y = h · wᵀ (as pk_matmul): the pre-norm
+ * of a block and its first projection. h [T, H] and x [T, H] F32 (may alias); y [T, N] F32;
+ * w [N, H] BF16|F32. h holds the normalised rows afterwards on every backend. A backend
+ * without a fused kernel runs the two ops.
+ */
+pio_status pk_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
+                             const pk_tensor *x, const pk_tensor *norm_weight, float eps,
+                             const pk_tensor *w, pio_error *err);
+
+/*
+ * Qwen3-style per-head QK-norm, then RoPE, then the keys and values stored in the cache:
+ *   q = rope(head_rmsnorm(q, q_norm)), k = rope(head_rmsnorm(k, k_norm)) (in place), then
+ *   pk_kv_store(k, v)
+ * with the shapes and rules of those ops (q [T, n_q·head_dim], k and v [T, n_kv·head_dim] F32;
+ * q_norm and k_norm [1, head_dim]; rope->head_dim = params->head_dim). A backend without a
+ * fused kernel runs the five ops.
+ */
+pio_status pk_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
+                                 const pk_tensor *v, const pk_tensor *q_norm,
+                                 const pk_tensor *k_norm, float eps, const pk_rope_params *rope,
+                                 const pk_tensor *k_cache, const pk_tensor *v_cache,
+                                 const pk_token_batch *batch, const pk_attention_params *params,
+                                 pio_error *err);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Graphs: record a sequence of ops once, replay it                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Between pk_graph_begin and pk_graph_end the ops issued on ctx are recorded rather than run
+ * (a CUDA graph captured from the context's stream); pk_graph_launch replays them with the
+ * operands they were recorded with: the same buffers, shapes and parameters, whatever the
+ * buffers hold at replay. Recorded ops must not allocate or wait on the host: pk_copy from or to
+ * host memory and pk_synchronize are not allowed while recording, and an op's first call with a
+ * shape (which may grow a workspace) should run once outside the recording first. An error
+ * while recording ends it: pk_graph_end then fails and nothing is kept.
+ *
+ * pk_graph_supported is 0 when the backend cannot record (the CPU backend): callers then run
+ * their ops directly. Graphs belong to their context; destroy them before it.
+ */
+typedef struct pk_graph pk_graph;
+
+int pk_graph_supported(const pk_context *ctx);
+pio_status pk_graph_begin(pk_context *ctx, pio_error *err);
+pio_status pk_graph_end(pk_context *ctx, pk_graph **out, pio_error *err);
+pio_status pk_graph_launch(pk_context *ctx, pk_graph *graph, pio_error *err);
+void pk_graph_destroy(pk_context *ctx, pk_graph *graph);
+
 #ifdef __cplusplus
 }
 #endif

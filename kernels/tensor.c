@@ -86,3 +86,30 @@ size_t pk_tensor_span_bytes(const pk_tensor *t)
         return 0;
     return (size_t)((t->rows - 1) * t->stride + t->cols) * pio_dtype_size(t->dtype);
 }
+
+static int same_layout(const pk_tensor *a, const pk_tensor *b)
+{
+    return pk_tensor_is_valid(a) && pk_tensor_is_valid(b) && a->dtype == b->dtype &&
+           a->device == b->device && a->stride == b->stride;
+}
+
+int pk_tensor_join_rows(const pk_tensor *a, const pk_tensor *b, pk_tensor *out)
+{
+    if (!same_layout(a, b) || a->cols != b->cols ||
+        (const char *)b->data !=
+            (const char *)a->data + (size_t)(a->rows * a->stride) * pio_dtype_size(a->dtype))
+        return 0;
+    *out = *a;
+    out->rows = a->rows + b->rows;
+    return 1;
+}
+
+int pk_tensor_join_cols(const pk_tensor *a, const pk_tensor *b, pk_tensor *out)
+{
+    if (!same_layout(a, b) || a->rows != b->rows || a->cols + b->cols > a->stride ||
+        (const char *)b->data != (const char *)a->data + (size_t)a->cols * pio_dtype_size(a->dtype))
+        return 0;
+    *out = *a;
+    out->cols = a->cols + b->cols;
+    return 1;
+}

@@ -60,6 +60,14 @@ pk_tensor pk_tensor_cols(const pk_tensor *t, int64_t first, int64_t count);
  * element counts agree. */
 pk_tensor pk_tensor_reshape(const pk_tensor *t, int64_t rows, int64_t cols);
 
+/* The view covering a and then b when b's rows directly follow a's in memory (same dtype,
+ * device, cols and stride: two weights packed back to back, e.g. q_proj then k_proj): 1 and
+ * *out set, else 0. Fused projections use it to run one matmul where the weights allow. */
+int pk_tensor_join_rows(const pk_tensor *a, const pk_tensor *b, pk_tensor *out);
+/* The same for columns: b's columns directly follow a's in every row (same dtype, device, rows
+ * and stride: adjacent column views of one buffer, e.g. the q and k parts of a QKV output). */
+int pk_tensor_join_cols(const pk_tensor *a, const pk_tensor *b, pk_tensor *out);
+
 int pk_tensor_is_valid(const pk_tensor *t);
 int pk_tensor_is_contiguous(const pk_tensor *t);
 /* Number of elements, rows * cols. */

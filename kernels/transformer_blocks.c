@@ -3,27 +3,49 @@
 
 #include <math.h>
 
-/* q and k of every token: projections, QK-norm, then RoPE at the token's position. */
+/* rmsnorm(x) · [w1; w2; w3]ᵀ into [y1 | y2 | y3]: one fused op when the weights are packed
+ * back to back and the outputs are adjacent column views (the GPU upload and the decoder's
+ * workspace arrange both), else the norm and one matmul per weight. w3/y3 may be NULL. */
+static pio_status norm_and_project(pk_context *ctx, const pk_tensor *x, const pk_tensor *h,
+                                   const pk_tensor *norm, float eps, const pk_tensor *w1,
+                                   const pk_tensor *y1, const pk_tensor *w2, const pk_tensor *y2,
+                                   const pk_tensor *w3, const pk_tensor *y3, pio_error *err)
+{
+    pk_tensor w12, y12, w_all, y_all;
+    int joined = pk_tensor_join_rows(w1, w2, &w12) && pk_tensor_join_cols(y1, y2, &y12);
+    if (joined && w3 != NULL)
+        joined = pk_tensor_join_rows(&w12, w3, &w_all) && pk_tensor_join_cols(&y12, y3, &y_all);
+    else if (joined) {
+        w_all = w12;
+        y_all = y12;
+    }
+    if (joined)
+        return pk_rmsnorm_matmul(ctx, &y_all, h, x, norm, eps, &w_all, err);
+    pio_status st;
+    if ((st = pk_rmsnorm_matmul(ctx, y1, h, x, norm, eps, w1, err)) ||
+        (st = pk_matmul(ctx, y2, h, w2, err)))
+        return st;
+    return w3 != NULL ? pk_matmul(ctx, y3, h, w3, err) : PIO_OK;
+}
+
+/* q, k and v of every token: projections, QK-norm and RoPE at the token's position, and the
+ * keys and values stored in the cache. */
 static pio_status project_qkv(pk_context *ctx, const pk_qk_norm_attention_weights *w,
                               const pk_qk_norm_attention_shape *s,
-                              const pk_attention_activations *a, const pk_token_batch *batch,
-                              pio_error *err)
+                              const pk_attention_activations *a, const pk_tensor *k_cache,
+                              const pk_tensor *v_cache, const pk_token_batch *batch,
+                              const pk_attention_params *params, pio_error *err)
 {
     pk_rope_params rope = {.layout = PK_ROPE_NEOX, .head_dim = s->head_dim,
                            .rotary_dim = s->head_dim, .rotary_offset = 0,
                            .theta = s->rope_theta};
     float eps = s->rms_norm_eps;
-    pio_status st;
-    if ((st = pk_rmsnorm(ctx, &a->h, &a->x, &w->input_norm, eps, err)) ||
-        (st = pk_matmul(ctx, &a->q, &a->h, &w->q_proj, err)) ||
-        (st = pk_matmul(ctx, &a->k, &a->h, &w->k_proj, err)) ||
-        (st = pk_matmul(ctx, &a->v, &a->h, &w->v_proj, err)) ||
-        (st = pk_head_rmsnorm(ctx, &a->q, &a->q, &w->q_norm, s->head_dim, eps, err)) ||
-        (st = pk_head_rmsnorm(ctx, &a->k, &a->k, &w->k_norm, s->head_dim, eps, err)) ||
-        (st = pk_rope(ctx, &a->q, &a->q, &batch->positions, &rope, err)) ||
-        (st = pk_rope(ctx, &a->k, &a->k, &batch->positions, &rope, err)))
+    pio_status st = norm_and_project(ctx, &a->x, &a->h, &w->input_norm, eps, &w->q_proj, &a->q,
+                                     &w->k_proj, &a->k, &w->v_proj, &a->v, err);
+    if (st != PIO_OK)
         return st;
-    return PIO_OK;
+    return pk_qk_norm_rope_store(ctx, &a->q, &a->k, &a->v, &w->q_norm, &w->k_norm, eps, &rope,
+                                 k_cache, v_cache, batch, params, err);
 }
 
 pio_status pk_row_parallel_matmul_add(pk_context *ctx, pk_comm *comm, const pk_tensor *x,
@@ -55,9 +77,9 @@ pio_status pk_qk_norm_attention_block_tp(pk_context *ctx, pk_comm *comm,
     pk_attention_params params = {.n_q_heads = shape->n_heads, .n_kv_heads = shape->n_kv_heads,
                                   .head_dim = shape->head_dim, .v_head_dim = 0,
                                   .scale = (float)(1.0 / sqrt((double)shape->head_dim))};
-    pio_status st = project_qkv(ctx, w, shape, a, batch, err);
+    pio_status st = project_qkv(ctx, w, shape, a, k_cache, v_cache, batch, &params, err);
     if (st == PIO_OK)
-        st = pk_attention(ctx, &a->attn, &a->q, &a->k, &a->v, k_cache, v_cache, batch, &params,
+        st = pk_attention(ctx, &a->attn, &a->q, NULL, NULL, k_cache, v_cache, batch, &params,
                           err);
     if (st == PIO_OK)
         st = pk_row_parallel_matmul_add(ctx, comm, &a->x, &a->attn, &w->o_proj, err);
@@ -76,11 +98,14 @@ pio_status pk_swiglu_mlp_block_tp(pk_context *ctx, pk_comm *comm, const pk_swigl
                                   const pk_tensor *gate, const pk_tensor *up, pio_error *err)
 {
     pio_status st;
-    if ((st = pk_rmsnorm(ctx, h, x, &w->post_norm, eps, err)) ||
-        (st = pk_matmul(ctx, gate, h, &w->gate_proj, err)) ||
-        (st = pk_matmul(ctx, up, h, &w->up_proj, err)) ||
-        (st = pk_swiglu(ctx, gate, gate, up, err)) ||
-        (st = pk_row_parallel_matmul_add(ctx, comm, x, gate, &w->down_proj, err)))
+    pk_tensor gate_up;
+    if ((st = norm_and_project(ctx, x, h, &w->post_norm, eps, &w->gate_proj, gate, &w->up_proj,
+                               up, NULL, NULL, err)))
         return st;
-    return PIO_OK;
+    st = pk_tensor_join_cols(gate, up, &gate_up) && gate->cols == up->cols
+             ? pk_swiglu_fused(ctx, gate, &gate_up, err)
+             : pk_swiglu(ctx, gate, gate, up, err);
+    if (st == PIO_OK)
+        st = pk_row_parallel_matmul_add(ctx, comm, x, gate, &w->down_proj, err);
+    return st;
 }

@@ -27,6 +27,13 @@ static bool is_recoverable(cudaError_t e)
     case cudaErrorInvalidDevicePointer:
     case cudaErrorInvalidMemcpyDirection:
     case cudaErrorNotReady:
+    case cudaErrorStreamCaptureUnsupported: /* a graph recording went wrong: the context */
+    case cudaErrorStreamCaptureInvalidated: /* itself is fine */
+    case cudaErrorStreamCaptureUnmatched:
+    case cudaErrorStreamCaptureUnjoined:
+    case cudaErrorStreamCaptureIsolation:
+    case cudaErrorStreamCaptureImplicit:
+    case cudaErrorStreamCaptureWrongThread:
         return true;
     default:
         return false;
@@ -379,6 +386,12 @@ static constexpr pk_backend make_cuda_backend()
     b.attention = pk_cuda_attention;
     b.moe_topk_softmax = pk_cuda_moe_topk_softmax;
     b.moe_experts = pk_cuda_moe_experts;
+    b.rmsnorm_matmul = pk_cuda_rmsnorm_matmul;
+    b.qk_norm_rope_store = pk_cuda_qk_norm_rope_store;
+    b.graph_begin = pk_cuda_graph_begin;
+    b.graph_end = pk_cuda_graph_end;
+    b.graph_launch = pk_cuda_graph_launch;
+    b.graph_destroy = pk_cuda_graph_destroy;
     return b;
 }
 

@@ -122,6 +122,17 @@ struct rope_freqs {
     float inv_freq[ROPE_MAX_HALF];
 };
 
+static rope_freqs make_rope_freqs(const pk_rope_params *params)
+{
+    rope_freqs f;
+    memset(&f, 0, sizeof f);
+    for (int i = 0; i < params->rotary_dim / 2; i++) { /* exactly the CPU backend's rope_angles */
+        float exponent = (float)(2 * i) / (float)params->rotary_dim;
+        f.inv_freq[i] = 1.0f / powf(params->theta, exponent);
+    }
+    return f;
+}
+
 /* One block per token: cos/sin of each frequency once into shared memory, then every pair of
  * every head. Products and differences are rounded separately (no FMA), as on the CPU. */
 __global__ void rope_kernel(float *out, int64_t os, const float *x, int64_t xs,
@@ -176,12 +187,7 @@ pio_status pk_cuda_rope(pk_context *ctx, const pk_tensor *out, const pk_tensor *
                              (int)params->rotary_dim, 2 * ROPE_MAX_HALF);
     if (out->rows == 0)
         return PIO_OK;
-    rope_freqs f;
-    memset(&f, 0, sizeof f);
-    for (int i = 0; i < half; i++) { /* exactly the CPU backend's rope_angles */
-        float exponent = (float)(2 * i) / (float)params->rotary_dim;
-        f.inv_freq[i] = 1.0f / powf(params->theta, exponent);
-    }
+    rope_freqs f = make_rope_freqs(params);
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     int64_t heads = out->cols / params->head_dim;
     bool copy_rest = out->data != x->data;
@@ -191,6 +197,120 @@ pio_status pk_cuda_rope(pk_context *ctx, const pk_tensor *out, const pk_tensor *
         params->rotary_dim, params->rotary_offset, params->layout == PK_ROPE_INTERLEAVED,
         copy_rest, f);
     return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* QK-norm + RoPE (the first half of pk_qk_norm_rope_store)                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+static constexpr int QK_NORM_WARPS = 8;
+
+struct qk_norm_rope_args {
+    float *q, *k;
+    int64_t qs, ks;
+    int n_q, n_kv, head_dim;
+    const void *q_norm, *k_norm;
+    bool q_norm_bf16, k_norm_bf16;
+    float eps;
+    const int32_t *positions;
+    int64_t T;
+    int rotary_dim, offset;
+    bool interleaved;
+    rope_freqs f;
+};
+
+/* One block per token; each warp takes heads in turn (q heads, then k heads): the head's RMSNorm
+ * in registers and a per-warp shared row, then its RoPE pairs, in place. Same expressions as
+ * rmsnorm_kernel and rope_kernel. */
+__global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_kernel(qk_norm_rope_args a)
+{
+    extern __shared__ float sm[];
+    float *cos_s = sm, *sin_s = sm + ROPE_MAX_HALF;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, hd = a.head_dim;
+    float *row = sin_s + ROPE_MAX_HALF + warp * hd;
+    const int half = a.rotary_dim / 2;
+    for (int64_t t = blockIdx.x; t < a.T; t += gridDim.x) {
+        __syncthreads(); /* the previous token's cos/sin are no longer read */
+        float pos = (float)a.positions[t];
+        for (int i = threadIdx.x; i < half; i += blockDim.x) {
+            float angle = pos * a.f.inv_freq[i];
+            cos_s[i] = cosf(angle);
+            sin_s[i] = sinf(angle);
+        }
+        __syncthreads();
+        for (int head = warp; head < a.n_q + a.n_kv; head += QK_NORM_WARPS) {
+            bool is_q = head < a.n_q;
+            float *x = is_q ? a.q + t * a.qs + (int64_t)head * hd
+                            : a.k + t * a.ks + (int64_t)(head - a.n_q) * hd;
+            const void *w = is_q ? a.q_norm : a.k_norm;
+            bool w_bf16 = is_q ? a.q_norm_bf16 : a.k_norm_bf16;
+            float s = 0.0f;
+            for (int i = lane; i < hd; i += 32)
+                s = fmaf(x[i], x[i], s);
+            float inv_rms = 1.0f / sqrtf(pk_warp_sum(s) / (float)hd + a.eps);
+            for (int i = lane; i < hd; i += 32)
+                row[i] = (x[i] * inv_rms) * pk_load(w, w_bf16, i);
+            __syncwarp();
+            for (int i = lane; i < hd; i += 32)
+                if (i < a.offset || i >= a.offset + a.rotary_dim)
+                    x[i] = row[i];
+            for (int i = lane; i < half; i += 32) {
+                int d0 = a.offset + (a.interleaved ? 2 * i : i);
+                int d1 = a.offset + (a.interleaved ? 2 * i + 1 : i + half);
+                float x0 = row[d0], x1 = row[d1], c = cos_s[i], sn = sin_s[i];
+                x[d0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn));
+                x[d1] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sn));
+            }
+            __syncwarp(); /* row is reused by this warp's next head */
+        }
+    }
+}
+
+pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
+                                      const pk_tensor *v, const pk_tensor *q_norm,
+                                      const pk_tensor *k_norm, float eps,
+                                      const pk_rope_params *rope, const pk_tensor *k_cache,
+                                      const pk_tensor *v_cache, const pk_token_batch *batch,
+                                      const pk_attention_params *params, pio_error *err)
+{
+    static const char op[] = "pk_qk_norm_rope_store";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    size_t smem = (2 * ROPE_MAX_HALF + (size_t)QK_NORM_WARPS * params->head_dim) * sizeof(float);
+    if (rope->rotary_dim / 2 > ROPE_MAX_HALF || smem > (size_t)st->max_smem_optin)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: head_dim %d / rotary_dim %d are "
+                             "beyond the cuda kernel's limits", op, (int)params->head_dim,
+                             (int)rope->rotary_dim);
+    if (q->rows == 0)
+        return PIO_OK;
+    qk_norm_rope_args a;
+    a.q = (float *)q->data;
+    a.k = (float *)k->data;
+    a.qs = q->stride;
+    a.ks = k->stride;
+    a.n_q = params->n_q_heads;
+    a.n_kv = params->n_kv_heads;
+    a.head_dim = params->head_dim;
+    a.q_norm = q_norm->data;
+    a.k_norm = k_norm->data;
+    a.q_norm_bf16 = pk_is_bf16(q_norm);
+    a.k_norm_bf16 = pk_is_bf16(k_norm);
+    a.eps = eps;
+    a.positions = (const int32_t *)batch->positions.data;
+    a.T = q->rows;
+    a.rotary_dim = rope->rotary_dim;
+    a.offset = rope->rotary_offset;
+    a.interleaved = rope->layout == PK_ROPE_INTERLEAVED;
+    a.f = make_rope_freqs(rope);
+    if (smem > 48 * 1024)
+        (void)cudaFuncSetAttribute(qk_norm_rope_kernel,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    qk_norm_rope_kernel<<<row_grid(q->rows), QK_NORM_WARPS * 32, smem, st->stream>>>(a);
+    if ((status = pk_cuda_check_launch(ctx, op, err)) != PIO_OK)
+        return status;
+    return pk_cuda_kv_store(ctx, k_cache, v_cache, k, v, batch, params, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */

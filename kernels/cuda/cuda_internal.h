@@ -144,6 +144,21 @@ pio_status pk_cuda_attention(pk_context *ctx, const pk_tensor *out, const pk_ten
                              const pk_tensor *k_cache, const pk_tensor *v_cache,
                              const pk_token_batch *batch, const pk_attention_params *params,
                              pio_error *err);
+/* Fused ops: cuda_matmul.cu (rmsnorm_matmul), cuda_elementwise.cu (qk_norm_rope_store). */
+pio_status pk_cuda_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
+                                  const pk_tensor *x, const pk_tensor *norm_weight, float eps,
+                                  const pk_tensor *w, pio_error *err);
+pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
+                                      const pk_tensor *v, const pk_tensor *q_norm,
+                                      const pk_tensor *k_norm, float eps,
+                                      const pk_rope_params *rope, const pk_tensor *k_cache,
+                                      const pk_tensor *v_cache, const pk_token_batch *batch,
+                                      const pk_attention_params *params, pio_error *err);
+/* cuda_graph.cu */
+pio_status pk_cuda_graph_begin(pk_context *ctx, pio_error *err);
+pio_status pk_cuda_graph_end(pk_context *ctx, pk_graph **out, pio_error *err);
+pio_status pk_cuda_graph_launch(pk_context *ctx, pk_graph *graph, pio_error *err);
+void pk_cuda_graph_destroy(pk_context *ctx, pk_graph *graph);
 /* cuda_moe.cu */
 pio_status pk_cuda_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
                                     const pk_tensor *weights, const pk_tensor *logits,

@@ -31,124 +31,191 @@ static constexpr int GEMV_UNROLL = 4; /* 16-byte loads in flight per lane */
 /* GEMV                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Eight bf16 values packed in 16 bytes, multiplied with x[k..k+8) and added to acc. */
-__device__ __forceinline__ float dot8_bf16(uint4 w, const float *x)
+/* Operands of one GEMV launch. With a norm weight g (the fused pk_rmsnorm_matmul), the kernel
+ * multiplies by x·g instead of x, sums x² on the way, and scales each dot product by
+ * rsqrt(mean(x²) + eps) at the end; warp 0 of each block also writes its share of h = RMSNorm(x). */
+struct gemv_args {
+    float *y;
+    int64_t ys;
+    const float *x;
+    int64_t xs;
+    const void *w;
+    int64_t ws;
+    int64_t N, K;
+    int accumulate;
+    const void *g; /* norm weight [K], NULL without the norm */
+    bool g_bf16;
+    float eps;
+    float *h; /* RMSNorm(x) out, [M, K] */
+    int64_t hs;
+};
+
+/* E consecutive elements (8 bf16 or 4 f32 of a 16-byte load) as floats. */
+template <bool BF16> struct lanes { float v[BF16 ? 8 : 4]; };
+
+template <bool BF16> __device__ __forceinline__ lanes<BF16> unpack(uint4 q)
 {
-    float4 a = __ldg((const float4 *)x), b = __ldg((const float4 *)x + 1);
-    float s = __uint_as_float(w.x << 16) * a.x;
-    s = fmaf(__uint_as_float(w.x & 0xffff0000u), a.y, s);
-    s = fmaf(__uint_as_float(w.y << 16), a.z, s);
-    s = fmaf(__uint_as_float(w.y & 0xffff0000u), a.w, s);
-    s = fmaf(__uint_as_float(w.z << 16), b.x, s);
-    s = fmaf(__uint_as_float(w.z & 0xffff0000u), b.y, s);
-    s = fmaf(__uint_as_float(w.w << 16), b.z, s);
-    s = fmaf(__uint_as_float(w.w & 0xffff0000u), b.w, s);
-    return s;
+    lanes<BF16> r;
+    if constexpr (BF16) {
+        uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            r.v[2 * i] = __uint_as_float(w[i] << 16);
+            r.v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    } else {
+        r.v[0] = __uint_as_float(q.x);
+        r.v[1] = __uint_as_float(q.y);
+        r.v[2] = __uint_as_float(q.z);
+        r.v[3] = __uint_as_float(q.w);
+    }
+    return r;
 }
 
-__device__ __forceinline__ float dot4_f32(uint4 w, const float *x)
+/* x[k..k+E) (16-byte aligned floats) as lanes. */
+template <bool BF16> __device__ __forceinline__ lanes<BF16> load_x(const float *x)
 {
-    float4 a = __ldg((const float4 *)x);
-    float s = __uint_as_float(w.x) * a.x;
-    s = fmaf(__uint_as_float(w.y), a.y, s);
-    s = fmaf(__uint_as_float(w.z), a.z, s);
-    s = fmaf(__uint_as_float(w.w), a.w, s);
-    return s;
+    lanes<BF16> r;
+#pragma unroll
+    for (int i = 0; i < (BF16 ? 8 : 4); i += 4) {
+        float4 a = __ldg((const float4 *)(x + i));
+        r.v[i] = a.x;
+        r.v[i + 1] = a.y;
+        r.v[i + 2] = a.z;
+        r.v[i + 3] = a.w;
+    }
+    return r;
+}
+
+/* g[k..k+E) of the norm weight (BF16 or F32, 16-byte aligned) as lanes. */
+template <bool BF16> __device__ __forceinline__ lanes<BF16> load_g(const void *g, bool g_bf16,
+                                                                   int64_t k)
+{
+    if (!g_bf16)
+        return load_x<BF16>((const float *)g + k);
+    lanes<BF16> r;
+    if constexpr (BF16) {
+        r = unpack<true>(__ldg((const uint4 *)((const uint16_t *)g + k)));
+    } else {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            r.v[j] = pk_bf16_to_f32(__ldg((const unsigned short *)g + k + j));
+    }
+    return r;
 }
 
 /*
- * One warp per output column n (a row of W). VEC: W rows and x rows start 16-byte aligned, so
- * lane l reads elements [l·E, l·E + E) of every 32·E-element step with one 16-byte load; the
+ * One warp per output column n (a row of W). VEC: W rows, x rows (and g) start 16-byte aligned,
+ * so lane l reads elements [l·E, l·E + E) of every 32·E-element step with one 16-byte load; the
  * K % E tail is read one element per lane.
  */
-template <int M, bool BF16, bool VEC>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-    gemv_kernel(float *__restrict__ y, int64_t ys, const float *__restrict__ x, int64_t xs,
-                const void *__restrict__ wv, int64_t ws, int64_t N, int64_t K, int accumulate)
+template <int M, bool BF16, bool VEC, bool NORM>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
 {
+    constexpr int E = BF16 ? 8 : 4;
+    constexpr int64_t STEP = 32 * E;
+    const size_t welem = BF16 ? 2 : 4;
     int64_t n = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
-    if (n >= N)
+    if (n >= a.N)
         return;
-    float acc[M];
+    float acc[M], sq[M], inv_rms[M];
 #pragma unroll
     for (int m = 0; m < M; m++)
-        acc[m] = 0.0f;
+        acc[m] = sq[m] = inv_rms[m] = 0.0f;
 
+    const char *wrow = (const char *)a.w + (size_t)(n * a.ws) * welem;
     int64_t tail_start = 0;
     if (VEC) {
-        constexpr int E = BF16 ? 8 : 4;
-        constexpr int64_t STEP = 32 * E;
-        const char *wrow = (const char *)wv + (size_t)(n * ws) * (BF16 ? 2 : 4);
-        int64_t kvec = K / E * E;
-        int64_t k = (int64_t)lane * E;
-        for (; k + (GEMV_UNROLL - 1) * STEP < kvec; k += GEMV_UNROLL * STEP) {
+        int64_t kvec = a.K / E * E;
+        for (int64_t k0 = (int64_t)lane * E; k0 < kvec; k0 += GEMV_UNROLL * STEP) {
             uint4 wq[GEMV_UNROLL];
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; u++)
-                wq[u] = __ldg((const uint4 *)(wrow + (size_t)(k + u * STEP) * (BF16 ? 2 : 4)));
+                if (k0 + u * STEP < kvec)
+                    wq[u] = __ldg((const uint4 *)(wrow + (size_t)(k0 + u * STEP) * welem));
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++)
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                int64_t k = k0 + u * STEP;
+                if (k >= kvec)
+                    break;
+                lanes<BF16> w = unpack<BF16>(wq[u]), g;
+                if (NORM)
+                    g = load_g<BF16>(a.g, a.g_bf16, k);
 #pragma unroll
-                for (int m = 0; m < M; m++)
-                    acc[m] += BF16 ? dot8_bf16(wq[u], x + m * xs + k + u * STEP)
-                                   : dot4_f32(wq[u], x + m * xs + k + u * STEP);
-        }
-        for (; k < kvec; k += STEP) {
-            uint4 wq = __ldg((const uint4 *)(wrow + (size_t)k * (BF16 ? 2 : 4)));
+                for (int m = 0; m < M; m++) {
+                    lanes<BF16> x = load_x<BF16>(a.x + m * a.xs + k);
 #pragma unroll
-            for (int m = 0; m < M; m++)
-                acc[m] += BF16 ? dot8_bf16(wq, x + m * xs + k) : dot4_f32(wq, x + m * xs + k);
+                    for (int i = 0; i < E; i++) {
+                        float xi = x.v[i];
+                        if (NORM) {
+                            sq[m] = fmaf(xi, xi, sq[m]);
+                            xi *= g.v[i];
+                        }
+                        acc[m] = fmaf(w.v[i], xi, acc[m]);
+                    }
+                }
+            }
         }
         tail_start = kvec;
     }
-    const void *wrow = (const char *)wv + (size_t)(n * ws) * (BF16 ? 2 : 4);
-    for (int64_t k = tail_start + lane; k < K; k += 32) {
+    for (int64_t k = tail_start + lane; k < a.K; k += 32) {
         float wk = pk_load(wrow, BF16, k);
+        float gk = NORM ? pk_load(a.g, a.g_bf16, k) : 1.0f;
 #pragma unroll
-        for (int m = 0; m < M; m++)
-            acc[m] = fmaf(wk, __ldg(x + m * xs + k), acc[m]);
+        for (int m = 0; m < M; m++) {
+            float xi = __ldg(a.x + m * a.xs + k);
+            if (NORM) {
+                sq[m] = fmaf(xi, xi, sq[m]);
+                xi *= gk;
+            }
+            acc[m] = fmaf(wk, xi, acc[m]);
+        }
     }
 #pragma unroll
-    for (int m = 0; m < M; m++)
+    for (int m = 0; m < M; m++) {
         acc[m] = pk_warp_sum(acc[m]);
+        if (NORM) {
+            inv_rms[m] = 1.0f / sqrtf(pk_warp_sum(sq[m]) / (float)a.K + a.eps);
+            acc[m] *= inv_rms[m];
+        }
+    }
+    if (NORM && threadIdx.x < 32) /* this block's share of h, in pk_rmsnorm's order */
+        for (int64_t k = (int64_t)blockIdx.x * 32 + lane; k < a.K; k += (int64_t)gridDim.x * 32)
+#pragma unroll
+            for (int m = 0; m < M; m++)
+                a.h[m * a.hs + k] = (a.x[m * a.xs + k] * inv_rms[m]) * pk_load(a.g, a.g_bf16, k);
     if (lane == 0) {
 #pragma unroll
         for (int m = 0; m < M; m++) {
-            float *dst = y + m * ys + n;
-            *dst = accumulate ? *dst + acc[m] : acc[m];
+            float *dst = a.y + m * a.ys + n;
+            *dst = a.accumulate ? *dst + acc[m] : acc[m];
         }
     }
 }
 
-template <int M, bool BF16>
-static void launch_gemv_m(bool vec, float *y, int64_t ys, const float *x, int64_t xs,
-                          const void *w, int64_t ws, int64_t N, int64_t K, int accumulate,
-                          cudaStream_t stream)
+template <int M, bool BF16, bool NORM>
+static void launch_gemv_m(bool vec, const gemv_args &a, cudaStream_t stream)
 {
-    unsigned blocks = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
+    unsigned blocks = (unsigned)((a.N + GEMV_WARPS - 1) / GEMV_WARPS);
     if (vec)
-        gemv_kernel<M, BF16, true><<<blocks, GEMV_WARPS * 32, 0, stream>>>(y, ys, x, xs, w, ws,
-                                                                           N, K, accumulate);
+        gemv_kernel<M, BF16, true, NORM><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
     else
-        gemv_kernel<M, BF16, false><<<blocks, GEMV_WARPS * 32, 0, stream>>>(y, ys, x, xs, w, ws,
-                                                                            N, K, accumulate);
+        gemv_kernel<M, BF16, false, NORM><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
 }
 
-template <bool BF16>
-static void launch_gemv(int m, bool vec, float *y, int64_t ys, const float *x, int64_t xs,
-                        const void *w, int64_t ws, int64_t N, int64_t K, int accumulate,
-                        cudaStream_t s)
+template <bool BF16, bool NORM>
+static void launch_gemv(int m, bool vec, const gemv_args &a, cudaStream_t s)
 {
     switch (m) {
-    case 1: launch_gemv_m<1, BF16>(vec, y, ys, x, xs, w, ws, N, K, accumulate, s); break;
-    case 2: launch_gemv_m<2, BF16>(vec, y, ys, x, xs, w, ws, N, K, accumulate, s); break;
-    case 3: launch_gemv_m<3, BF16>(vec, y, ys, x, xs, w, ws, N, K, accumulate, s); break;
-    case 4: launch_gemv_m<4, BF16>(vec, y, ys, x, xs, w, ws, N, K, accumulate, s); break;
-    case 5: launch_gemv_m<5, BF16>(vec, y, ys, x, xs, w, ws, N, K, accumulate, s); break;
-    case 6: launch_gemv_m<6, BF16>(vec, y, ys, x, xs, w, ws, N, K, accumulate, s); break;
-    case 7: launch_gemv_m<7, BF16>(vec, y, ys, x, xs, w, ws, N, K, accumulate, s); break;
-    default: launch_gemv_m<8, BF16>(vec, y, ys, x, xs, w, ws, N, K, accumulate, s); break;
+    case 1: launch_gemv_m<1, BF16, NORM>(vec, a, s); break;
+    case 2: launch_gemv_m<2, BF16, NORM>(vec, a, s); break;
+    case 3: launch_gemv_m<3, BF16, NORM>(vec, a, s); break;
+    case 4: launch_gemv_m<4, BF16, NORM>(vec, a, s); break;
+    case 5: launch_gemv_m<5, BF16, NORM>(vec, a, s); break;
+    case 6: launch_gemv_m<6, BF16, NORM>(vec, a, s); break;
+    case 7: launch_gemv_m<7, BF16, NORM>(vec, a, s); break;
+    default: launch_gemv_m<8, BF16, NORM>(vec, a, s); break;
     }
 }
 
@@ -157,24 +224,38 @@ static bool aligned16(const void *p)
     return ((uintptr_t)p & 15u) == 0;
 }
 
-/* Rows of x in chunks of GEMV_MAX_M (one chunk for decode). */
+/* Rows of x in chunks of GEMV_MAX_M (one chunk for decode). norm: the fused RMSNorm (g, eps,
+ * h as in gemv_args), or NULL. */
 static void run_gemv(pk_cuda_state *st, const pk_tensor *y, const pk_tensor *x,
-                     const pk_tensor *w, int accumulate)
+                     const pk_tensor *w, int accumulate, const gemv_args *norm)
 {
     bool bf16 = pk_is_bf16(w);
     int64_t per16 = bf16 ? 8 : 4;
     bool vec = aligned16(w->data) && w->stride % per16 == 0 && aligned16(x->data) &&
-               x->stride % 4 == 0;
+               x->stride % 4 == 0 && (norm == NULL || aligned16(norm->g));
     for (int64_t m0 = 0; m0 < y->rows; m0 += GEMV_MAX_M) {
         int m = (int)(y->rows - m0 < GEMV_MAX_M ? y->rows - m0 : GEMV_MAX_M);
-        float *yp = (float *)y->data + m0 * y->stride;
-        const float *xp = (const float *)x->data + m0 * x->stride;
-        if (bf16)
-            launch_gemv<true>(m, vec, yp, y->stride, xp, x->stride, w->data, w->stride, y->cols,
-                              x->cols, accumulate, st->stream);
-        else
-            launch_gemv<false>(m, vec, yp, y->stride, xp, x->stride, w->data, w->stride,
-                               y->cols, x->cols, accumulate, st->stream);
+        gemv_args a = norm != NULL ? *norm : gemv_args{};
+        a.y = (float *)y->data + m0 * y->stride;
+        a.ys = y->stride;
+        a.x = (const float *)x->data + m0 * x->stride;
+        a.xs = x->stride;
+        a.w = w->data;
+        a.ws = w->stride;
+        a.N = y->cols;
+        a.K = x->cols;
+        a.accumulate = accumulate;
+        if (norm != NULL) {
+            a.h = norm->h + m0 * norm->hs;
+            if (bf16)
+                launch_gemv<true, true>(m, vec, a, st->stream);
+            else
+                launch_gemv<false, true>(m, vec, a, st->stream);
+        } else if (bf16) {
+            launch_gemv<true, false>(m, vec, a, st->stream);
+        } else {
+            launch_gemv<false, false>(m, vec, a, st->stream);
+        }
     }
 }
 
@@ -353,7 +434,7 @@ pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *
                             err);
     }
     if (M <= st->gemv_max_m) {
-        run_gemv(st, y, x, w, accumulate);
+        run_gemv(st, y, x, w, accumulate, NULL);
         return pk_cuda_check_launch(ctx, op, err);
     }
 
@@ -391,7 +472,7 @@ pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *
     if (plan == NULL)
         return PIO_ERR_DEVICE;
     if (!plan->has_algo) { /* odd strides or alignment cuBLASLt will not take */
-        run_gemv(st, y, x, w, accumulate);
+        run_gemv(st, y, x, w, accumulate, NULL);
         return pk_cuda_check_launch(ctx, op, err);
     }
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
@@ -407,5 +488,34 @@ pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *
                              "failed: %s", op, (long long)M, (long long)N, (long long)K,
                              cublasLtGetStatusString(cs));
     }
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* h = RMSNorm(x); y = h·wᵀ. Decode-sized M: one GEMV that normalises on the fly (h written on
+ * the side); otherwise the RMSNorm kernel, then the matmul. */
+pio_status pk_cuda_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
+                                  const pk_tensor *x, const pk_tensor *norm_weight, float eps,
+                                  const pk_tensor *w, pio_error *err)
+{
+    static const char op[] = "pk_rmsnorm_matmul";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    /* h written by some blocks while others still read x: only for separate buffers */
+    bool fused = y->rows <= st->gemv_max_m && y->rows > 0 && y->cols > 0 && x->cols > 0 &&
+                 !(h->data == x->data);
+    if (!fused) {
+        if ((status = pk_cuda_rmsnorm(ctx, h, x, norm_weight, x->cols, eps, err)) != PIO_OK)
+            return status;
+        return pk_cuda_matmul(ctx, y, h, w, 0, err);
+    }
+    gemv_args norm = {};
+    norm.g = norm_weight->data;
+    norm.g_bf16 = pk_is_bf16(norm_weight);
+    norm.eps = eps;
+    norm.h = (float *)h->data;
+    norm.hs = h->stride;
+    run_gemv(st, y, x, w, 0, &norm);
     return pk_cuda_check_launch(ctx, op, err);
 }

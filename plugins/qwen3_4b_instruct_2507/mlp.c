@@ -59,25 +59,26 @@ size_t qwen3_workspace(void *model, const pio_decoder *d, pio_decoder_buffer *pl
 {
     (void)d;
     qwen3_dense *q = model;
-    uint64_t bytes = PIO_DECODER_CHUNK_TOKENS * (uint64_t)q->intermediate_size * sizeof(float);
-    if (plan != NULL) {
-        plan[0] = (pio_decoder_buffer){&q->gate, bytes};
-        plan[1] = (pio_decoder_buffer){&q->up, bytes};
-    }
-    return 2;
+    uint64_t bytes = PIO_DECODER_CHUNK_TOKENS * 2 * (uint64_t)q->intermediate_size * sizeof(float);
+    if (plan != NULL)
+        plan[0] = (pio_decoder_buffer){&q->gate_up, bytes};
+    return 1;
 }
 
+/* gate and up are adjacent column views of one buffer, so the block projects both with one
+ * matmul when the weights are packed back to back. */
 pio_status qwen3_mlp_block(void *model, pio_decoder *d, int32_t layer,
                            const pk_attention_activations *a, pio_error *err)
 {
     const qwen3_dense *q = model;
     const qwen3_mlp_layer *l = &q->layers[layer];
-    int64_t n = a->x.rows;
+    int64_t n = a->x.rows, F = q->intermediate_size;
     pk_swiglu_mlp_weights w = {.post_norm = d->layers[layer].post_norm,
                                .gate_proj = l->gate_proj, .up_proj = l->up_proj,
                                .down_proj = l->down_proj};
-    pk_tensor gate = pk_tensor_in(&q->gate, 0, PIO_DTYPE_F32, n, q->intermediate_size);
-    pk_tensor up = pk_tensor_in(&q->up, 0, PIO_DTYPE_F32, n, q->intermediate_size);
+    pk_tensor gate_up = pk_tensor_in(&q->gate_up, 0, PIO_DTYPE_F32, n, 2 * F);
+    pk_tensor gate = pk_tensor_cols(&gate_up, 0, F);
+    pk_tensor up = pk_tensor_cols(&gate_up, F, F);
     return pk_swiglu_mlp_block_tp(d->ctx, d->comm, &w, (float)d->config.rms_norm_eps, &a->x,
                                   &a->h, &gate, &up, err);
 }

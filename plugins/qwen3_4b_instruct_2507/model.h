@@ -17,7 +17,7 @@ typedef struct qwen3_mlp_layer {
 typedef struct qwen3_dense {
     long intermediate_size;   /* F */
     qwen3_mlp_layer *layers;
-    pk_buffer gate, up;       /* [chunk, F] F32 */
+    pk_buffer gate_up;        /* [chunk, 2F] F32: gate columns, then up */
 } qwen3_dense;
 
 /* ---- config.c ----------------------------------------------------------------------------- */

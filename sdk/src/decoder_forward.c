@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 
+#include "decoder_graph.h"
 #include "decoder_internal.h"
 
 pio_status pio_decoder_seq_open(void *self, int32_t *seq, pio_error *err)
@@ -52,9 +53,8 @@ static pio_status check_batch(const pio_decoder *m, const pio_textgen_batch *b, 
     return PIO_OK;
 }
 
-/* Host ids copied into a device buffer, as a [1, n] tensor. */
-static pio_status stage_ids(const pio_decoder *m, const pk_buffer *buf, const int32_t *host,
-                            int64_t n, pk_tensor *out, pio_error *err)
+pio_status pio_decoder_stage_ids(const pio_decoder *m, const pk_buffer *buf, const int32_t *host,
+                                 int64_t n, pk_tensor *out, pio_error *err)
 {
     *out = pk_tensor_in(buf, 0, PIO_DTYPE_I32, 1, n);
     pk_tensor src = pk_tensor_host((void *)host, PIO_DTYPE_I32, 1, n);
@@ -76,18 +76,21 @@ static pio_status stage_block_tables(pio_decoder *m, pk_tensor *out, pio_error *
     return pk_copy(m->ctx, out, &src, err);
 }
 
+/* The chunk's activations; q, k and v are adjacent column views of one buffer, so a backend
+ * can project them with one matmul when the weights are packed back to back. */
 static pk_attention_activations activations(const pio_decoder *m, int64_t n)
 {
     const pio_decoder_config *c = &m->config;
     const pio_decoder_workspace *ws = &m->ws;
     int64_t q_width = m->shard.n_heads * c->head_dim;
     int64_t kv_width = m->shard.n_kv_heads * c->head_dim;
+    pk_tensor qkv = pk_tensor_in(&ws->qkv, 0, PIO_DTYPE_F32, n, q_width + 2 * kv_width);
     return (pk_attention_activations){
         .x = pk_tensor_in(&ws->x, 0, PIO_DTYPE_F32, n, c->hidden_size),
         .h = pk_tensor_in(&ws->h, 0, PIO_DTYPE_F32, n, c->hidden_size),
-        .q = pk_tensor_in(&ws->q, 0, PIO_DTYPE_F32, n, q_width),
-        .k = pk_tensor_in(&ws->k, 0, PIO_DTYPE_F32, n, kv_width),
-        .v = pk_tensor_in(&ws->v, 0, PIO_DTYPE_F32, n, kv_width),
+        .q = pk_tensor_cols(&qkv, 0, q_width),
+        .k = pk_tensor_cols(&qkv, q_width, kv_width),
+        .v = pk_tensor_cols(&qkv, q_width + kv_width, kv_width),
         .attn = pk_tensor_in(&ws->attn, 0, PIO_DTYPE_F32, n, q_width),
     };
 }
@@ -118,7 +121,7 @@ static pio_status logits_group(pio_decoder *m, const pio_textgen_batch *b, const
     pk_tensor hidden = pk_tensor_in(&m->ws.logits_hidden, 0, PIO_DTYPE_F32, g, c->hidden_size);
     pk_tensor logits = pk_tensor_in(&m->ws.logits, 0, PIO_DTYPE_F32, g, c->vocab_size);
     pio_status st;
-    if ((st = stage_ids(m, &m->ws.logits_ids, local_rows, g, &ids, err)) ||
+    if ((st = pio_decoder_stage_ids(m, &m->ws.logits_ids, local_rows, g, &ids, err)) ||
         (st = pk_embedding(m->ctx, &hidden, x, &ids, err)) ||
         (st = pk_rmsnorm(m->ctx, &hidden, &hidden, &m->final_norm,
                          (float)c->rms_norm_eps, err)) ||
@@ -156,6 +159,17 @@ static pio_status chunk_logits(pio_decoder *m, const pio_textgen_batch *b, int64
     return g > 0 ? logits_group(m, b, x, local_rows, out_rows, g, err) : PIO_OK;
 }
 
+pio_status pio_decoder_run_layers(pio_decoder *m, const pk_tensor *ids, const pk_token_batch *tb,
+                                  int64_t n, pk_attention_activations *a, pio_error *err)
+{
+    *a = activations(m, n);
+    pio_status st = pk_embedding(m->ctx, &a->x, &m->embed, ids, err);
+    for (int32_t layer = 0; st == PIO_OK && layer < m->config.n_layers; layer++)
+        if ((st = attention_block(m, layer, a, tb, err)) == PIO_OK)
+            st = m->spec->ffn_block(m->model, m, layer, a, err);
+    return st;
+}
+
 /* Tokens [first, first + n) of the batch through every layer. */
 static pio_status run_chunk(pio_decoder *m, const pio_textgen_batch *b, int64_t first,
                             int64_t n, const pk_tensor *block_tables, pio_error *err)
@@ -164,19 +178,15 @@ static pio_status run_chunk(pio_decoder *m, const pio_textgen_batch *b, int64_t 
     pk_tensor ids;
     pk_token_batch tb = {.block_tables = *block_tables,
                          .block_size = pk_kv_pool_block_size(m->pool)};
+    pk_attention_activations a;
     pio_status st;
-    if ((st = stage_ids(m, &m->ws.ids, b->tokens + first, n, &ids, err)) ||
-        (st = stage_ids(m, &m->ws.positions, kb->positions + first, n, &tb.positions, err)) ||
-        (st = stage_ids(m, &m->ws.seq_rows, kb->seq_rows + first, n, &tb.seq_rows, err)))
+    if ((st = pio_decoder_stage_ids(m, &m->ws.ids, b->tokens + first, n, &ids, err)) ||
+        (st = pio_decoder_stage_ids(m, &m->ws.positions, kb->positions + first, n,
+                                    &tb.positions, err)) ||
+        (st = pio_decoder_stage_ids(m, &m->ws.seq_rows, kb->seq_rows + first, n, &tb.seq_rows,
+                                    err)) ||
+        (st = pio_decoder_run_layers(m, &ids, &tb, n, &a, err)))
         return st;
-    pk_attention_activations a = activations(m, n);
-    if ((st = pk_embedding(m->ctx, &a.x, &m->embed, &ids, err)))
-        return st;
-    for (int32_t layer = 0; layer < m->config.n_layers; layer++) {
-        if ((st = attention_block(m, layer, &a, &tb, err)) ||
-            (st = m->spec->ffn_block(m->model, m, layer, &a, err)))
-            return st;
-    }
     /* Tensor parallelism: every rank holds the same x; rank 0 alone computes the logits. */
     return m->shard.rank == 0 ? chunk_logits(m, b, first, n, &a.x, err) : PIO_OK;
 }
@@ -205,7 +215,14 @@ pio_status pio_decoder_run_batch(pio_decoder *m, const pio_textgen_batch *b, int
     if (st != PIO_OK)
         return st;
     *ran = 1;
-    st = run_chunks(m, b, err);
+    if (pio_decoder_graph_eligible(m, b)) {
+        if (m->services->should_abort(m->host))
+            st = pio_error_set(err, PIO_ERR_CANCELLED, "forward: interrupted");
+        else
+            st = pio_decoder_graph_step(m, b, err);
+    } else {
+        st = run_chunks(m, b, err);
+    }
     if (st != PIO_OK)
         pio_kv_batch_rollback(&m->kv_batch, m->pool);
     return st;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decoder_graph.h"
 #include "decoder_internal.h"
 
 /* Tells the host about memory before taking it. A refusal has been recorded by the host
@@ -233,8 +234,8 @@ static pio_status create_workspace(pio_decoder *d, pio_error *err)
     uint64_t kv = (uint64_t)(d->shard.n_kv_heads * c->head_dim);
     uint64_t H = (uint64_t)c->hidden_size;
     pio_decoder_buffer plan[] = {
-        {&ws->x, C * H * f}, {&ws->h, C * H * f}, {&ws->q, C * q * f}, {&ws->k, C * kv * f},
-        {&ws->v, C * kv * f}, {&ws->attn, C * q * f}, {&ws->ids, C * 4},
+        {&ws->x, C * H * f}, {&ws->h, C * H * f}, {&ws->qkv, C * (q + 2 * kv) * f},
+        {&ws->attn, C * q * f}, {&ws->ids, C * 4},
         {&ws->positions, C * 4}, {&ws->seq_rows, C * 4}, {&ws->logits_ids, R * 4},
         {&ws->logits_hidden, R * H * f}, {&ws->logits, R * (uint64_t)c->vocab_size * f},
     };
@@ -256,7 +257,7 @@ static pio_status create_workspace(pio_decoder *d, pio_error *err)
 static void free_workspace(pio_decoder *d)
 {
     pio_decoder_workspace *ws = &d->ws;
-    pk_buffer *buffers[] = {&ws->x, &ws->h, &ws->q, &ws->k, &ws->v, &ws->attn, &ws->ids,
+    pk_buffer *buffers[] = {&ws->x, &ws->h, &ws->qkv, &ws->attn, &ws->ids,
                             &ws->positions, &ws->seq_rows, &ws->block_tables, &ws->logits_ids,
                             &ws->logits_hidden, &ws->logits};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++)
@@ -400,6 +401,7 @@ void pio_decoder_free(pio_decoder *d)
     pio_kv_batch_free(&d->kv_batch);
     pk_kv_pool_destroy(d->pool);
     if (d->ctx != NULL) { /* everything below was allocated after the context */
+        pio_decoder_graphs_free(d);
         free_workspace(d);
         if (d->spec->release != NULL)
             d->spec->release(d->model, d);

@@ -38,7 +38,7 @@ extern "C" {
 /* Tokens run through the layers together; bounds the activation workspace. */
 #define PIO_DECODER_CHUNK_TOKENS 512
 /* Logits rows computed together; bounds the [rows, vocab] logits workspace. */
-#define PIO_DECODER_LOGITS_ROWS 32
+#define PIO_DECODER_LOGITS_ROWS 64
 /* KV capacity when kv_cache.max_tokens and kv_cache.memory_gb are both unset. */
 #define PIO_DECODER_DEFAULT_KV_TOKENS 4096
 
@@ -135,7 +135,8 @@ typedef struct pio_decoder_spec {
 
 /* Activation buffers of one chunk, allocated once at load. */
 typedef struct pio_decoder_workspace {
-    pk_buffer x, h, q, k, v, attn;            /* [chunk, width] F32 each */
+    pk_buffer x, h, attn;                     /* [chunk, width] F32 each */
+    pk_buffer qkv;                            /* [chunk, q + k + v widths]: one fused output */
     pk_buffer ids, positions, seq_rows;       /* [1, chunk] I32 */
     pk_buffer block_tables;                   /* grows with the batch */
     pk_buffer logits_ids, logits_hidden, logits; /* [1, R] I32, [R, H], [R, V] F32 */
@@ -172,6 +173,7 @@ struct pio_decoder {
     pio_decoder_shard shard;              /* this decoder's heads (all of them without TP) */
     pk_comm *comm;                        /* a rank decoder's communicator; NULL without TP */
     pio_decoder **ranks;                  /* TP > 1, the outer decoder: its shard.size ranks */
+    struct pio_decoder_graphs *graphs;    /* recorded decode steps (decoder_graph.c), or NULL */
 };
 
 typedef struct pio_decoder_load_options {
