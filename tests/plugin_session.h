@@ -25,6 +25,9 @@
 #ifndef PLUGIN_SO
 #error "define PLUGIN_SO before including plugin_session.h"
 #endif
+#ifndef SESSION_DEVICE /* the device the model loads on (load_params.device) */
+#define SESSION_DEVICE "cpu"
+#endif
 
 typedef struct npy_f32 {
     size_t rows, cols;
@@ -93,7 +96,7 @@ static inline pio_status open_session_flags(session *s, const char *yaml, const 
                             .host = &s->state};
     assert_int_equal(s->vt->initialize(&init, &s->inst), PIO_OK);
     pio_load_params load = {.struct_size = sizeof load, .model_path = model_path,
-                            .load_format = load_format ? load_format : "auto", .device = "cpu",
+                            .load_format = load_format ? load_format : "auto", .device = SESSION_DEVICE,
                             .flags = flags};
     pio_status status = s->vt->load_model(s->inst, &load);
     if (status == PIO_OK)

@@ -10,7 +10,8 @@
  * The first step of a size runs directly, growing any workspace the ops need; the second is
  * recorded, then replayed. If recording fails (an op that cannot be recorded, e.g. one that
  * copies to the host), graphs are turned off for the decoder with a log line and steps run
- * directly: nothing ran while recording, so the step is simply run again.
+ * directly: nothing ran while recording, so the step is simply run again. YAML
+ * runtime.cuda_graphs: false turns them off from the start.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +26,6 @@ struct pio_decoder_graphs {
     int64_t table_width;
     pk_buffer tables;        /* [MAX_TOKENS, table_width] I32 */
     int32_t *host_tables;    /* staging for it */
-    int32_t logits_rows[PIO_DECODER_GRAPH_MAX_TOKENS]; /* 0, 1, 2, ... */
 };
 
 int pio_decoder_graph_eligible(const pio_decoder *m, const pio_textgen_batch *b)
@@ -49,8 +49,10 @@ static pio_status create_graphs(pio_decoder *m, pio_error *err)
     g->table_width = ((int64_t)m->context_length + block - 1) / block;
     size_t bytes = (size_t)(PIO_DECODER_GRAPH_MAX_TOKENS * g->table_width) * sizeof(int32_t);
     g->host_tables = calloc(1, bytes);
-    for (int i = 0; i < PIO_DECODER_GRAPH_MAX_TOKENS; i++)
-        g->logits_rows[i] = i;
+    int wanted = 1; /* YAML runtime.cuda_graphs (default true); false runs every step directly */
+    if (m->services->config_get_bool(m->host, "runtime.cuda_graphs", &wanted) == PIO_OK &&
+        !wanted)
+        g->disabled = 1;
     m->graphs = g;
     if (g->host_tables == NULL)
         return pio_error_set(err, PIO_ERR_OUT_OF_MEMORY, "out of memory for the decode graphs");

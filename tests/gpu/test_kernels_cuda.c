@@ -45,6 +45,7 @@
 #define TOL_F32 2e-5
 #define TOL_BF16_X 4e-3
 #define TOL_BF16_TC 1e-4
+#define PK_TEST_GEMV_MAX_M 2 /* gpu_ctx's default (PK_CUDA_GEMV_MAX_M_DEFAULT) */
 
 static pk_context *cpu_ctx, *gpu_ctx;
 /* The same device with the matmul path forced: GEMV up to M = 8, or cuBLASLt for every M. */
@@ -1084,6 +1085,140 @@ static void run_attention_case(const attention_case *c)
     release_all(NULL);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Fused ops                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+/* pk_rmsnorm_matmul against the CPU's (which runs pk_rmsnorm then pk_matmul): the fused GEMV up
+ * to gemv_max_m rows (normalising on the fly: only the order of fp32 roundings differs), the
+ * norm kernel + cuBLASLt above (bf16-rounded x: TOL_BF16_X). */
+static void test_rmsnorm_matmul(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][3] = {{1, 6144, 2560}, {2, 300, 1000}, {1, 77, 129},
+                                        {3, 64, 512},    {9, 200, 256},  {1, 151, 8}};
+    pio_error err;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int wd = 0; wd < 2; wd++)
+            for (int gd = 0; gd < 2; gd++) {
+                int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+                pio_dtype wt = wd ? PIO_DTYPE_BF16 : PIO_DTYPE_F32;
+                pair g = make_pair(gd ? PIO_DTYPE_BF16 : PIO_DTYPE_F32, 1, k, 0, FILL_UNIFORM,
+                                   0.5f, 1.5f);
+                pair x = make_pair(PIO_DTYPE_F32, m, k, 4, FILL_UNIFORM, -3.0f, 3.0f);
+                pair w = random_pair(wt, n, k, 0);
+                pair h = nan_pair(PIO_DTYPE_F32, m, k, 4);
+                pair y = nan_pair(PIO_DTYPE_F32, m, n, 1);
+                void *y_before = snapshot(&y), *h_before = snapshot(&h);
+                char what[128];
+                snprintf(what, sizeof what, "pk_rmsnorm_matmul %s [%lld x %lld x %lld]",
+                         pio_dtype_name(wt), (long long)m, (long long)n, (long long)k);
+                expect_ok(pk_rmsnorm_matmul(gpu_ctx, &y.d, &h.d, &x.d, &g.d, 1e-6f, &w.d, &err),
+                          &err, what);
+                expect_ok(pk_rmsnorm_matmul(cpu_ctx, &y.h, &h.h, &x.h, &g.h, 1e-6f, &w.h, &err),
+                          &err, what);
+                int lt = m > PK_TEST_GEMV_MAX_M && wt == PIO_DTYPE_BF16;
+                check_pair(what, &y, NULL, lt ? TOL_BF16_X : TOL_F32, y_before);
+                check_pair("pk_rmsnorm_matmul h", &h, NULL, TOL_F32, h_before);
+                release_all(NULL);
+            }
+}
+
+/* pk_qk_norm_rope_store on q/k/v column views of one fused row, against the CPU's five ops:
+ * q and k normalised and rotated in place (fp32: TOL_F32), v untouched, the cache rows of k and
+ * v stored (a bf16 rounding of values equal to TOL_F32 may differ by one ulp: small tolerance). */
+static void test_qk_norm_rope_store(void **state)
+{
+    (void)state;
+    static const attention_case cases[] = {
+        {32, 8, 128, 128, 16, PIO_DTYPE_BF16, 0},
+        {4, 2, 64, 64, 3, PIO_DTYPE_F32, 0},
+        {8, 8, 128, 128, 16, PIO_DTYPE_F32, 0},
+    };
+    pio_error err;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const attention_case *c = &cases[i];
+        attn_world w;
+        make_world(&w, c);
+        pk_attention_params p = params_of(c);
+        token_list tl = {.n = 0};
+        for (int s = 0; s < N_SEQS; s++)
+            for (int32_t j = 0; j < plan_cached[s] + plan_fresh[s]; j += 3) {
+                tl.seq[tl.n] = s;
+                tl.pos[tl.n++] = j;
+            }
+        batch_pair b = make_batch(&w, &tl);
+        pair qkv = random_pair(PIO_DTYPE_F32, tl.n, w.qw + 2 * w.kw, 0);
+        pair q = cols_of(&qkv, 0, w.qw), k = cols_of(&qkv, w.qw, w.kw);
+        pair v = cols_of(&qkv, w.qw + w.kw, w.kw);
+        pair qn = make_pair(PIO_DTYPE_BF16, 1, c->head_dim, 0, FILL_UNIFORM, 0.5f, 1.5f);
+        pair kn = make_pair(PIO_DTYPE_F32, 1, c->head_dim, 0, FILL_UNIFORM, 0.5f, 1.5f);
+        pk_rope_params rope = {PK_ROPE_NEOX, c->head_dim, c->head_dim, 0, 1000000.0f};
+        expect_ok(pk_qk_norm_rope_store(gpu_ctx, &q.d, &k.d, &v.d, &qn.d, &kn.d, 1e-6f, &rope,
+                                        &w.k_cache_d, &w.v_cache_d, &b.d, &p, &err),
+                  &err, "pk_qk_norm_rope_store");
+        expect_ok(pk_qk_norm_rope_store(cpu_ctx, &q.h, &k.h, &v.h, &qn.h, &kn.h, 1e-6f, &rope,
+                                        &w.k_cache_h, &w.v_cache_h, &b.h, &p, &err),
+                  &err, "pk_qk_norm_rope_store");
+        check_pair("pk_qk_norm_rope_store qkv", &qkv, NULL, TOL_F32, NULL);
+        check_pair("pk_qk_norm_rope_store k plane", &w.k_plane, NULL, 1e-4, NULL);
+        check_pair("pk_qk_norm_rope_store v plane", &w.v_plane, NULL, 0.0, NULL);
+        release_all(NULL);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Graphs                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A recorded chain replays what running it directly gives, with whatever the input holds at
+ * replay; a host copy while recording fails the recording and leaves the context usable. */
+static void test_graph_replay(void **state)
+{
+    (void)state;
+    pio_error err;
+    assert_true(pk_graph_supported(gpu_ctx));
+    assert_false(pk_graph_supported(cpu_ctx));
+    pair x = random_pair(PIO_DTYPE_F32, 1, 2560, 0);
+    pair g = make_pair(PIO_DTYPE_BF16, 1, 2560, 0, FILL_UNIFORM, 0.5f, 1.5f);
+    pair w = random_pair(PIO_DTYPE_BF16, 1024, 2560, 0);
+    pair h = nan_pair(PIO_DTYPE_F32, 1, 2560, 0);
+    pair y = nan_pair(PIO_DTYPE_F32, 1, 1024, 0);
+    pair y2 = nan_pair(PIO_DTYPE_F32, 1, 1024, 0);
+    sync_gpu("uploads");
+    pk_graph *graph = NULL;
+    expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "pk_graph_begin");
+    expect_ok(pk_rmsnorm_matmul(gpu_ctx, &y.d, &h.d, &x.d, &g.d, 1e-6f, &w.d, &err), &err,
+              "recorded rmsnorm_matmul");
+    expect_ok(pk_softmax(gpu_ctx, &y.d, &y.d, &err), &err, "recorded softmax");
+    expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "pk_graph_end");
+    assert_non_null(graph);
+    for (int rep = 0; rep < 3; rep++) {
+        for (int64_t i = 0; i < 2560; i++) /* a new input each time, replayed by the graph */
+            ((float *)x.h.data)[i] = uniform(-2.0f, 2.0f);
+        upload(&x);
+        expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "pk_graph_launch");
+        expect_ok(pk_rmsnorm_matmul(gpu_ctx, &y2.d, &h.d, &x.d, &g.d, 1e-6f, &w.d, &err), &err,
+                  "direct rmsnorm_matmul");
+        expect_ok(pk_softmax(gpu_ctx, &y2.d, &y2.d, &err), &err, "direct softmax");
+        download(&y2);
+        memcpy(y.h.data, y2.got, y.span_bytes); /* the direct run is the reference: bit-exact */
+        check_pair("graph replay", &y, NULL, 0.0, NULL);
+    }
+    pk_graph_destroy(gpu_ctx, graph);
+
+    /* A host copy cannot be recorded: the recording fails, nothing is kept, the context works. */
+    pair z = random_pair(PIO_DTYPE_F32, 1, 64, 0);
+    sync_gpu("uploads");
+    expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "pk_graph_begin");
+    (void)pk_copy(gpu_ctx, &z.d, &z.h, &err);
+    graph = NULL;
+    assert_int_not_equal(pk_graph_end(gpu_ctx, &graph, &err), PIO_OK);
+    assert_null(graph);
+    expect_ok(pk_copy(gpu_ctx, &z.d, &z.h, &err), &err, "copy after a failed recording");
+    sync_gpu("after a failed recording");
+}
+
 static void test_attention_gqa4(void **state)
 {
     (void)state;
@@ -1394,6 +1529,9 @@ int main(void)
         cmocka_unit_test_teardown(test_moe_experts, release_all),
         cmocka_unit_test_teardown(test_moe_chain_and_batch_independence, release_all),
         cmocka_unit_test_teardown(test_moe_bad_expert_id_is_reported, release_all),
+        cmocka_unit_test_teardown(test_rmsnorm_matmul, release_all),
+        cmocka_unit_test_teardown(test_qk_norm_rope_store, release_all),
+        cmocka_unit_test_teardown(test_graph_replay, release_all),
         cmocka_unit_test_teardown(test_matmul_benchmark, release_all),
         cmocka_unit_test_teardown(test_attention_benchmark, release_all),
     };
