@@ -169,7 +169,7 @@ static pio_status cuda_init(pk_context *ctx, pio_error *err)
     if (gemv_env != NULL && *gemv_env != '\0') {
         char *end = NULL;
         long v = strtol(gemv_env, &end, 10);
-        if (*end == '\0' && v >= 0 && v <= PK_CUDA_GEMV_MAX_M_LIMIT)
+        if (*end == '\0' && v >= 0 && v <= PK_CUDA_GEMV_MAX_M_EXACT)
             st->gemv_max_m = (int)v;
     }
     ctx->state = st;

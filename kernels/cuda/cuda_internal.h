@@ -104,10 +104,13 @@ pio_status pk_cuda_scratch(pk_context *ctx, size_t bytes, const char *op, void *
                            pio_error *err);
 
 /* Rows of x up to which matmul uses the GEMV kernel rather than cuBLASLt, unless the
- * environment variable PIO_CUDA_GEMV_MAX_M (0..PK_CUDA_GEMV_MAX_M_LIMIT) says otherwise at
- * context creation (tests and tuning force one path with it). Measured on an H100 at Qwen3-4B
- * shapes (docs/KERNELS.md): the GEMV kernel wins or ties up to M = 2, cuBLASLt from M = 3. */
-enum { PK_CUDA_GEMV_MAX_M_DEFAULT = 2, PK_CUDA_GEMV_MAX_M_LIMIT = 8 };
+ * environment variable PIO_CUDA_GEMV_MAX_M says otherwise at context creation (tests and tuning
+ * force one path with it). Measured on an H100 at Qwen3-4B shapes (docs/KERNELS.md): the GEMV
+ * kernel wins or ties up to M = 2, cuBLASLt from M = 3. The kernel takes PK_CUDA_GEMV_ROWS rows
+ * of x per launch; a larger PIO_CUDA_GEMV_MAX_M (up to PK_CUDA_GEMV_MAX_M_EXACT) runs bigger
+ * matmuls in chunks of that many rows: fp32 throughout, no bf16 rounding of x, slow for
+ * prefill (the exact-fp32 mode of the end-to-end GPU tests). */
+enum { PK_CUDA_GEMV_MAX_M_DEFAULT = 2, PK_CUDA_GEMV_ROWS = 8, PK_CUDA_GEMV_MAX_M_EXACT = 1 << 30 };
 
 /* Sets up / releases the matmul plan cache (cuda_matmul.cu). */
 pio_status pk_cuda_matmul_init(pk_context *ctx, pio_error *err);

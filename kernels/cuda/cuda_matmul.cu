@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static constexpr int GEMV_MAX_M = PK_CUDA_GEMV_MAX_M_LIMIT; /* rows of x per GEMV launch */
+static constexpr int GEMV_MAX_M = PK_CUDA_GEMV_ROWS; /* rows of x per GEMV launch */
 static constexpr int GEMV_WARPS = 8;  /* warps (rows of W) per block */
 static constexpr int GEMV_UNROLL = 4; /* 16-byte loads in flight per lane */
 

@@ -5,9 +5,12 @@
  * same steps directly (runtime.cuda_graphs: false). Run by `make test-gpu` from the repository
  * root; the plugins are found beside the test (bundle: ../plugins; build: ../../plugins).
  *
- * Tolerances: the issue's 1e-2 relative for logits. With BF16 weights the CUDA matmul rounds x
- * to bf16 for the tensor-core path (batches above two rows), a relative error of about 1e-3 on
- * the logits; the GEMV path of decode steps is fp32 like the CPU.
+ * Precision. With BF16 weights the CUDA matmul rounds x to bf16 for the tensor-core path
+ * (batches above two rows), as transformers' bf16 models do: measured 6e-3 relative on the dense
+ * fixture's logits, within the issue's 1e-2. That rounding is enough to flip a near-tie, so the
+ * checks that must match the fp32 reference token for token (greedy continuations, and the
+ * MoE router's expert choices inside the logits check) run in the exact-fp32 mode
+ * (PIO_CUDA_GEMV_MAX_M large: every matmul through the fp32 GEMV kernel, as the CPU computes).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -48,24 +51,38 @@ static int use_plugin(const char *name)
     return -1;
 }
 
-static void logits_of(const char *plugin, const char *fixture)
+/* Contexts made after this call run every matmul in fp32 (exact) or the default way. */
+static void exact_fp32(int on)
+{
+    if (on)
+        setenv("PIO_CUDA_GEMV_MAX_M", "1000000000", 1);
+    else
+        unsetenv("PIO_CUDA_GEMV_MAX_M");
+}
+
+static void logits_of(const char *plugin, const char *fixture, int exact)
 {
     assert_int_equal(use_plugin(plugin), 0);
     assert_int_equal(reference_load(fixture), 0);
-    check_logits_against_reference(fixture, F32_CACHE, "F32", LOGITS_TOLERANCE);
-    check_logits_against_reference(fixture, NULL, "BF16", LOGITS_TOLERANCE);
+    exact_fp32(exact);
+    check_logits_against_reference(exact ? "exact fp32" : fixture, F32_CACHE, "F32",
+                                   LOGITS_TOLERANCE);
+    check_logits_against_reference(exact ? "exact fp32" : fixture, NULL, "BF16",
+                                   LOGITS_TOLERANCE);
+    exact_fp32(0);
 }
 
 static void dense_logits_match_the_reference(void **state)
 {
     (void)state;
-    logits_of("qwen3_4b_instruct_2507", DENSE);
+    logits_of("qwen3_4b_instruct_2507", DENSE, 0);
+    logits_of("qwen3_4b_instruct_2507", DENSE, 1);
 }
 
 static void moe_logits_match_the_reference(void **state)
 {
     (void)state;
-    logits_of("qwen3_coder_30b", MOE);
+    logits_of("qwen3_coder_30b", MOE, 1);
 }
 
 static void dense_greedy_continuations_match_the_reference(void **state)
@@ -73,7 +90,9 @@ static void dense_greedy_continuations_match_the_reference(void **state)
     (void)state;
     assert_int_equal(use_plugin("qwen3_4b_instruct_2507"), 0);
     assert_int_equal(reference_load(DENSE), 0);
+    exact_fp32(1);
     check_greedy_continuations_against_reference(GREEDY_CACHE);
+    exact_fp32(0);
 }
 
 static void moe_greedy_continuations_match_the_reference(void **state)
@@ -81,7 +100,9 @@ static void moe_greedy_continuations_match_the_reference(void **state)
     (void)state;
     assert_int_equal(use_plugin("qwen3_coder_30b"), 0);
     assert_int_equal(reference_load(MOE), 0);
+    exact_fp32(1);
     check_greedy_continuations_against_reference(GREEDY_CACHE);
+    exact_fp32(0);
 }
 
 enum { STEPS = 12 };
