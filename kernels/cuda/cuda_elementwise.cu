@@ -219,9 +219,10 @@ struct qk_norm_rope_args {
     rope_freqs f;
 };
 
-/* One block per token; each warp takes heads in turn (q heads, then k heads): the head's RMSNorm
- * in registers and a per-warp shared row, then its RoPE pairs, in place. Same expressions as
- * rmsnorm_kernel and rope_kernel. */
+/* Blocks over (token, group of QK_NORM_WARPS heads); each warp takes one head (q heads, then k
+ * heads): the head's RMSNorm through a per-warp shared row, then its RoPE pairs, in place. Same
+ * expressions as rmsnorm_kernel and rope_kernel. Decode steps have one token: the heads give the
+ * parallelism. */
 __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_kernel(qk_norm_rope_args a)
 {
     extern __shared__ float sm[];
@@ -238,7 +239,8 @@ __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_kernel(qk_nor
             sin_s[i] = sinf(angle);
         }
         __syncthreads();
-        for (int head = warp; head < a.n_q + a.n_kv; head += QK_NORM_WARPS) {
+        for (int head = blockIdx.y * QK_NORM_WARPS + warp; head < a.n_q + a.n_kv;
+             head += gridDim.y * QK_NORM_WARPS) {
             bool is_q = head < a.n_q;
             float *x = is_q ? a.q + t * a.qs + (int64_t)head * hd
                             : a.k + t * a.ks + (int64_t)(head - a.n_q) * hd;
@@ -307,7 +309,8 @@ pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const
     if (smem > 48 * 1024)
         (void)cudaFuncSetAttribute(qk_norm_rope_kernel,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    qk_norm_rope_kernel<<<row_grid(q->rows), QK_NORM_WARPS * 32, smem, st->stream>>>(a);
+    dim3 grid(row_grid(q->rows), (unsigned)((a.n_q + a.n_kv + QK_NORM_WARPS - 1) / QK_NORM_WARPS));
+    qk_norm_rope_kernel<<<grid, QK_NORM_WARPS * 32, smem, st->stream>>>(a);
     if ((status = pk_cuda_check_launch(ctx, op, err)) != PIO_OK)
         return status;
     return pk_cuda_kv_store(ctx, k_cache, v_cache, k, v, batch, params, err);

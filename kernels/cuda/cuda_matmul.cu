@@ -48,6 +48,7 @@ struct gemv_args {
     float eps;
     float *h; /* RMSNorm(x) out, [M, K] */
     int64_t hs;
+    int splits; /* warps per output row (gemv_splits) */
 };
 
 /* E consecutive elements (8 bf16 or 4 f32 of a 16-byte load) as floats. */
@@ -105,38 +106,45 @@ template <bool BF16> __device__ __forceinline__ lanes<BF16> load_g(const void *g
 }
 
 /*
- * One warp per output column n (a row of W). VEC: W rows, x rows (and g) start 16-byte aligned,
- * so lane l reads elements [l·E, l·E + E) of every 32·E-element step with one 16-byte load; the
- * K % E tail is read one element per lane.
+ * Output column n (a row of W) is computed by `splits` warps of one block (splits = 1, 2, 4 or
+ * 8; GEMV_WARPS / splits rows per block): their lanes interleave over K, lane l of split s
+ * reading elements [(s·32 + l)·E, +E) of every splits·32·E-element step with one 16-byte load
+ * (VEC: W rows, x rows and g start 16-byte aligned; the K % E tail is read one element per
+ * lane), UNROLL loads in flight per lane. Splitting K gives short matrices (few rows) enough
+ * warps to keep the memory system busy; the partial sums meet in shared memory and are added
+ * in split order, so results do not depend on timing.
  */
 template <int M, bool BF16, bool VEC, bool NORM>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
 {
     constexpr int E = BF16 ? 8 : 4;
-    constexpr int64_t STEP = 32 * E;
+    constexpr int UNROLL = M <= 2 ? 2 * GEMV_UNROLL : GEMV_UNROLL;
     const size_t welem = BF16 ? 2 : 4;
-    int64_t n = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (n >= a.N)
-        return;
-    float acc[M], sq[M], inv_rms[M];
+    __shared__ float partial[GEMV_WARPS][2 * M];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.splits;
+    const int split = warp % S;
+    const int64_t n = (int64_t)blockIdx.x * (GEMV_WARPS / S) + warp / S;
+    const int64_t step = (int64_t)S * 32 * E;
+    const bool valid = n < a.N;
+    float acc[M], sq[M];
 #pragma unroll
     for (int m = 0; m < M; m++)
-        acc[m] = sq[m] = inv_rms[m] = 0.0f;
+        acc[m] = sq[m] = 0.0f;
 
-    const char *wrow = (const char *)a.w + (size_t)(n * a.ws) * welem;
+    const char *wrow = (const char *)a.w + (size_t)((valid ? n : 0) * a.ws) * welem;
     int64_t tail_start = 0;
     if (VEC) {
         int64_t kvec = a.K / E * E;
-        for (int64_t k0 = (int64_t)lane * E; k0 < kvec; k0 += GEMV_UNROLL * STEP) {
-            uint4 wq[GEMV_UNROLL];
+        for (int64_t k0 = ((int64_t)split * 32 + lane) * E; valid && k0 < kvec;
+             k0 += UNROLL * step) {
+            uint4 wq[UNROLL];
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++)
-                if (k0 + u * STEP < kvec)
-                    wq[u] = __ldg((const uint4 *)(wrow + (size_t)(k0 + u * STEP) * welem));
+            for (int u = 0; u < UNROLL; u++)
+                if (k0 + u * step < kvec)
+                    wq[u] = __ldg((const uint4 *)(wrow + (size_t)(k0 + u * step) * welem));
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                int64_t k = k0 + u * STEP;
+            for (int u = 0; u < UNROLL; u++) {
+                int64_t k = k0 + u * step;
                 if (k >= kvec)
                     break;
                 lanes<BF16> w = unpack<BF16>(wq[u]), g;
@@ -159,7 +167,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
         }
         tail_start = kvec;
     }
-    for (int64_t k = tail_start + lane; k < a.K; k += 32) {
+    for (int64_t k = tail_start + (int64_t)split * 32 + lane; valid && k < a.K; k += (int64_t)S * 32) {
         float wk = pk_load(wrow, BF16, k);
         float gk = NORM ? pk_load(a.g, a.g_bf16, k) : 1.0f;
 #pragma unroll
@@ -175,17 +183,33 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
 #pragma unroll
     for (int m = 0; m < M; m++) {
         acc[m] = pk_warp_sum(acc[m]);
-        if (NORM) {
-            inv_rms[m] = 1.0f / sqrtf(pk_warp_sum(sq[m]) / (float)a.K + a.eps);
-            acc[m] *= inv_rms[m];
-        }
+        if (NORM)
+            sq[m] = pk_warp_sum(sq[m]);
     }
-    if (NORM && threadIdx.x < 32) /* this block's share of h, in pk_rmsnorm's order */
+    if (lane == 0)
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            partial[warp][m] = acc[m];
+            partial[warp][M + m] = sq[m];
+        }
+    __syncthreads();
+    float inv_rms[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) { /* sums over the splits of this warp's row, in split order */
+        float total = 0.0f, total_sq = 0.0f;
+        for (int s = 0; s < S; s++) {
+            total += partial[warp - split + s][m];
+            total_sq += partial[warp - split + s][M + m];
+        }
+        inv_rms[m] = NORM ? 1.0f / sqrtf(total_sq / (float)a.K + a.eps) : 1.0f;
+        acc[m] = NORM ? total * inv_rms[m] : total;
+    }
+    if (NORM && warp == 0) /* this block's share of h, in pk_rmsnorm's order */
         for (int64_t k = (int64_t)blockIdx.x * 32 + lane; k < a.K; k += (int64_t)gridDim.x * 32)
 #pragma unroll
             for (int m = 0; m < M; m++)
                 a.h[m * a.hs + k] = (a.x[m * a.xs + k] * inv_rms[m]) * pk_load(a.g, a.g_bf16, k);
-    if (lane == 0) {
+    if (valid && split == 0 && lane == 0) {
 #pragma unroll
         for (int m = 0; m < M; m++) {
             float *dst = a.y + m * a.ys + n;
@@ -194,10 +218,22 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
     }
 }
 
+/* Warps per output row: enough warps in all for about 48 per SM (bytes in flight), as long as
+ * every split still gets at least one full 16-byte step of each row. */
+static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_count)
+{
+    int64_t per_step = 32 * (bf16 ? 8 : 4);
+    int s = 1;
+    while (s < GEMV_WARPS && N * s < (int64_t)sm_count * 48 && K >= 2 * s * per_step)
+        s *= 2;
+    return s;
+}
+
 template <int M, bool BF16, bool NORM>
 static void launch_gemv_m(bool vec, const gemv_args &a, cudaStream_t stream)
 {
-    unsigned blocks = (unsigned)((a.N + GEMV_WARPS - 1) / GEMV_WARPS);
+    int rows_per_block = GEMV_WARPS / a.splits;
+    unsigned blocks = (unsigned)((a.N + rows_per_block - 1) / rows_per_block);
     if (vec)
         gemv_kernel<M, BF16, true, NORM><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
     else
@@ -245,6 +281,7 @@ static void run_gemv(pk_cuda_state *st, const pk_tensor *y, const pk_tensor *x,
         a.N = y->cols;
         a.K = x->cols;
         a.accumulate = accumulate;
+        a.splits = gemv_splits(a.N, a.K, bf16, st->sm_count);
         if (norm != NULL) {
             a.h = norm->h + m0 * norm->hs;
             if (bf16)
