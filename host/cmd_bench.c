@@ -139,14 +139,19 @@ static void raw_free(raw_ctx *c)
     free(c->logits);
 }
 
-/* One forward over c->tokens[0..n) of c->seq_ids; logits for n_rows rows, argmax into next. */
+/* One forward over c->tokens[0..n) of c->seq_ids; the greedy token of n_rows rows into next:
+ * found by the model where its logits are when it can (only the ids come back, as a greedy
+ * decoder on the GPU runs), else from the logits here. */
 static pio_status raw_forward(raw_ctx *c, size_t n, size_t n_rows)
 {
+    int on_device = PIO_HAS_FIELD(c->model, pio_textgen_model, features) &&
+                    (c->model->features & PIO_TEXTGEN_FEATURE_ARGMAX);
     pio_textgen_batch batch = {.struct_size = sizeof batch, .n_tokens = n, .tokens = c->tokens,
                                .seq_ids = c->seq_ids, .n_logits_rows = n_rows,
-                               .logits_rows = c->rows, .logits = c->logits};
+                               .logits_rows = c->rows, .logits = on_device ? NULL : c->logits,
+                               .argmax = on_device ? c->next : NULL};
     pio_status status = c->model->forward(c->model->self, &batch, &c->err);
-    for (size_t r = 0; status == PIO_OK && r < n_rows; r++)
+    for (size_t r = 0; !on_device && status == PIO_OK && r < n_rows; r++)
         c->next[r] = argmax(c->logits + r * c->model->vocab_size, c->model->vocab_size);
     return status;
 }

@@ -70,8 +70,11 @@ static const pio_config_key_info schema[] = {
         "positions per sequence at most (prompt + generated)"),
 
     I64("parallel.tensor_parallel_size", BETWEEN(1, 64), "1", "GPUs one model is split over"),
-    LIST("parallel.devices", PIO_CONFIG_I64, AT_LEAST(0), "[0, 1, ... tensor_parallel_size-1]",
-         "CUDA ordinals used for tensor parallelism"),
+    LIST("parallel.devices", PIO_CONFIG_I64, AT_LEAST(0),
+         "[N, N+1, ... N+tensor_parallel_size-1] for device cuda:N (cuda: N = 0)",
+         "CUDA ordinal of each tensor-parallel rank"),
+    BOOL("parallel.force_ranks", "false",
+         "run tensor_parallel_size 1 through the rank machinery too (a check of that path)"),
 
     STR("server.host", NULL, "127.0.0.1", "address `pio serve` listens on"),
     I64("server.port", BETWEEN(1, 65535), "8000", "TCP port `pio serve` listens on"),

@@ -125,3 +125,28 @@ void pk_buffer_free(pk_context *ctx, pk_buffer *buf)
         ctx->backend->free(ctx, buf->data);
     *buf = (pk_buffer){0};
 }
+
+pio_status pk_host_alloc(pk_context *ctx, size_t bytes, void **out, pio_error *err)
+{
+    if (out == NULL || ctx == NULL)
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "pk_host_alloc: %s is NULL",
+                             out == NULL ? "out" : "ctx");
+    *out = NULL;
+    if (ctx->backend->host_alloc != NULL)
+        return ctx->backend->host_alloc(ctx, bytes, out, err);
+    size_t rounded = (bytes + 63) / 64 * 64;
+    *out = aligned_alloc(64, rounded > 0 ? rounded : 64);
+    return *out != NULL ? PIO_OK
+                        : pio_error_set(err, PIO_ERR_OUT_OF_MEMORY, "pk_host_alloc: out of "
+                                        "memory for %zu bytes", bytes);
+}
+
+void pk_host_free(pk_context *ctx, void *data)
+{
+    if (ctx == NULL || data == NULL)
+        return;
+    if (ctx->backend->host_free != NULL)
+        ctx->backend->host_free(ctx, data);
+    else
+        free(data);
+}

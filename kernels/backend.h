@@ -105,11 +105,23 @@ struct pk_backend {
                                      const pk_tensor *v_cache, const pk_token_batch *batch,
                                      const pk_attention_params *params, pio_error *err);
 
+    /* Page-locked host memory (ops.h); NULL: plain aligned host memory. */
+    pio_status (*host_alloc)(pk_context *ctx, size_t bytes, void **data, pio_error *err);
+    void (*host_free)(pk_context *ctx, void *data);
+
     /* Graphs (ops.h); all NULL when the backend cannot record. */
     pio_status (*graph_begin)(pk_context *ctx, pio_error *err);
     pio_status (*graph_end)(pk_context *ctx, pk_graph **out, pio_error *err);
     pio_status (*graph_launch)(pk_context *ctx, pk_graph *graph, pio_error *err);
     void (*graph_destroy)(pk_context *ctx, pk_graph *graph);
+    int (*graph_is_current)(pk_context *ctx, const pk_graph *graph);
+
+    /* Sampling (ops.h); optional (NULL: PIO_ERR_UNSUPPORTED). Arguments are checked; a NULL
+     * history tensor means none. Rows that cannot be sampled get -1, not an error. */
+    pio_status (*sample)(pk_context *ctx, const pk_tensor *ids, const pk_tensor *logits,
+                         int64_t n_valid, const pk_tensor *params,
+                         const pk_tensor *prompt_tokens, const pk_tensor *output_tokens,
+                         const pk_tensor *uniforms, pio_error *err);
 };
 
 /* Whether two valid views share an element (exact for views of one stride and dtype, by byte

@@ -24,6 +24,12 @@ static const pk_comm_impl *impl_for(pk_device_kind device)
     }
 }
 
+int pk_comm_device_count(pk_device_kind device)
+{
+    const pk_comm_impl *impl = impl_for(device);
+    return impl != NULL ? impl->device_count() : 0;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Groups                                                                                     */
 /* ------------------------------------------------------------------------------------------ */

@@ -75,6 +75,11 @@ typedef struct pk_comm_id {
 enum { PK_COMM_MAX_RANKS = 64 };
 pio_status pk_comm_group_create(pk_device_kind device, int size, const pk_comm_options *options,
                                 pk_comm_group **out, pio_error *err);
+/* How many devices a group on `device` can put ranks on: the GPUs the CUDA runtime lists for
+ * PK_DEVICE_CUDA (0 when the build has no CUDA, or no driver or GPU is usable), 1 for the CPU
+ * (its ranks are threads of the host). Callers check rank-to-GPU maps with it before creating
+ * contexts. */
+int pk_comm_device_count(pk_device_kind device);
 /* Joins a group made by another process from its id (NCCL only; PIO_ERR_UNSUPPORTED for CPU). */
 pio_status pk_comm_group_from_id(pk_device_kind device, const pk_comm_id *id, int size,
                                  const pk_comm_options *options, pk_comm_group **out,

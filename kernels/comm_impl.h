@@ -53,6 +53,8 @@ typedef struct pk_comm_impl {
     void (*fini)(pk_comm *comm);
     void (*abort)(pk_comm *comm);
     pio_status (*run)(pk_comm *comm, const pk_comm_call *call, pio_error *err);
+    /* Devices this implementation can put ranks on (pk_comm_device_count). */
+    int (*device_count)(void);
 } pk_comm_impl;
 
 struct pk_comm_group {

@@ -126,5 +126,9 @@ pio_status pk_cpu_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const
                                     const pk_tensor *ids, const pk_tensor *weights,
                                     int64_t n_experts, int64_t first, int64_t n_local,
                                     int accumulate, pio_error *err);
+pio_status pk_cpu_sample(pk_context *ctx, const pk_tensor *ids, const pk_tensor *logits,
+                         int64_t n_valid, const pk_tensor *params, const pk_tensor *prompt_tokens,
+                         const pk_tensor *output_tokens, const pk_tensor *uniforms,
+                         pio_error *err);
 
 #endif

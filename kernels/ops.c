@@ -736,8 +736,70 @@ pio_status pk_graph_launch(pk_context *ctx, pk_graph *graph, pio_error *err)
                                               : unsupported_by_backend(ctx, op, err);
 }
 
+int pk_graph_is_current(pk_context *ctx, const pk_graph *graph)
+{
+    return ctx != NULL && graph != NULL && ctx->backend->graph_is_current != NULL &&
+           ctx->backend->graph_is_current(ctx, graph);
+}
+
 void pk_graph_destroy(pk_context *ctx, pk_graph *graph)
 {
     if (ctx != NULL && graph != NULL && ctx->backend->graph_destroy != NULL)
         ctx->backend->graph_destroy(ctx, graph);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sampling                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A history operand of pk_sample: NULL, or [rows, L] I32 with L below max_cols. */
+static pio_status check_history(pk_context *ctx, const char *op, const char *name,
+                                const pk_tensor *t, int64_t rows, int64_t max_cols,
+                                pio_error *err)
+{
+    if (t == NULL)
+        return PIO_OK;
+    pio_status st = check_operand(ctx, op, name, t, DT_I32, err);
+    if (st || (st = check_shape(op, name, t, rows, t->cols, err)))
+        return st;
+    if (t->cols >= max_cols)
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "%s: %s has %lld columns (< %lld)",
+                             op, name, (long long)t->cols, (long long)max_cols);
+    return PIO_OK;
+}
+
+pio_status pk_sample(pk_context *ctx, const pk_tensor *ids, const pk_tensor *logits,
+                     int64_t n_valid, const pk_tensor *params, const pk_tensor *prompt_tokens,
+                     const pk_tensor *output_tokens, const pk_tensor *uniforms, pio_error *err)
+{
+    static const char op[] = "pk_sample";
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = check_operand(ctx, op, "logits", logits, DT_F32, err)))
+        return st;
+    int64_t rows = logits->rows;
+    if ((st = check_operand(ctx, op, "ids", ids, DT_I32, err)) ||
+        (st = check_shape(op, "ids", ids, 1, rows, err)) ||
+        (st = check_operand(ctx, op, "params", params, DT_F32, err)) ||
+        (st = check_shape(op, "params", params, rows, PK_SAMPLE_PARAM_COUNT, err)) ||
+        (st = check_operand(ctx, op, "uniforms", uniforms, DT(PIO_DTYPE_I64), err)) ||
+        (st = check_shape(op, "uniforms", uniforms, 1, rows, err)) ||
+        (st = check_history(ctx, op, "prompt_tokens", prompt_tokens, rows, INT32_MAX, err)) ||
+        (st = check_history(ctx, op, "output_tokens", output_tokens, rows, 1 << 30, err)))
+        return st;
+    if (n_valid < 1 || n_valid > logits->cols || n_valid > INT32_MAX)
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
+                             "%s: n_valid %lld must be in [1, %lld] (the logits width)", op,
+                             (long long)n_valid, (long long)logits->cols);
+    if ((st = check_no_overlap(op, "ids", ids, "logits", logits, 0, err)) ||
+        (st = check_no_overlap(op, "ids", ids, "params", params, 0, err)) ||
+        (st = check_no_overlap(op, "ids", ids, "prompt_tokens", prompt_tokens, 0, err)) ||
+        (st = check_no_overlap(op, "ids", ids, "output_tokens", output_tokens, 0, err)) ||
+        (st = check_no_overlap(op, "ids", ids, "uniforms", uniforms, 0, err)))
+        return st;
+    if (ctx->backend->sample == NULL)
+        return unsupported_by_backend(ctx, op, err);
+    if (rows == 0)
+        return PIO_OK;
+    return ctx->backend->sample(ctx, ids, logits, n_valid, params, prompt_tokens, output_tokens,
+                                uniforms, err);
 }

@@ -66,6 +66,12 @@ pio_status pk_buffer_alloc(pk_context *ctx, size_t bytes, pk_buffer *out, pio_er
 /* Releases buf's memory (no-op for an empty buffer) and empties it. */
 void pk_buffer_free(pk_context *ctx, pk_buffer *buf);
 
+/* Page-locked host memory for staging copies (faster, truly asynchronous transfers on a GPU
+ * backend; plain aligned memory on the CPU backend); *out is NULL after a failure. Free with
+ * pk_host_free on the same context. */
+pio_status pk_host_alloc(pk_context *ctx, size_t bytes, void **out, pio_error *err);
+void pk_host_free(pk_context *ctx, void *data);
+
 /* dst = src, element by element (same dtype and shape). Either side may be host memory
  * (PK_DEVICE_CPU) or ctx's device. Host memory read or written must stay valid until
  * pk_synchronize returns (on the CPU backend the copy is done on return). */
@@ -284,6 +290,59 @@ pio_status pk_graph_begin(pk_context *ctx, pio_error *err);
 pio_status pk_graph_end(pk_context *ctx, pk_graph **out, pio_error *err);
 pio_status pk_graph_launch(pk_context *ctx, pk_graph *graph, pio_error *err);
 void pk_graph_destroy(pk_context *ctx, pk_graph *graph);
+/* 0 when a workspace the recorded ops use grew (moved) during or after the recording, e.g. a
+ * longer prefill that came later: the graph must not be launched; destroy it and record again. */
+int pk_graph_is_current(pk_context *ctx, const pk_graph *graph);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sampling: a token per row of logits, on the device                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Columns of pk_sample's params tensor: the fields of pk_sampling (sampler.h), one row per row
+ * of logits; pk_sampling_to_row fills one. */
+typedef enum pk_sample_param {
+    PK_SAMPLE_TEMPERATURE = 0,        /* >= 0; 0 = greedy */
+    PK_SAMPLE_TOP_K = 1,              /* a whole number >= 0; 0 = off */
+    PK_SAMPLE_TOP_P = 2,              /* (0, 1]; 1 = off */
+    PK_SAMPLE_MIN_P = 3,              /* [0, 1); 0 = off */
+    PK_SAMPLE_REPETITION_PENALTY = 4, /* > 0; 1 = off */
+    PK_SAMPLE_PRESENCE_PENALTY = 5,   /* 0 = off */
+    PK_SAMPLE_FREQUENCY_PENALTY = 6,  /* 0 = off */
+    PK_SAMPLE_PARAM_COUNT = 7
+} pk_sample_param;
+
+/*
+ * Samples one token from each row of logits, choosing the token pk_sampler_sample (sampler.h)
+ * chooses from the same logits, parameters, history and uniform: penalties, greedy or
+ * temperature, top-k, top-p, min-p and one draw, in that order (sampler.h has the rules: ties
+ * go to the lower id, NaN reads as -inf and +inf as the largest float). Only the ids come back.
+ *
+ *   ids        [1, R] I32 out: the chosen id of each row, or -1 for a row that cannot be sampled:
+ *              parameters out of range (or a top_k that is not a whole number), no finite logit
+ *              (after the penalties, when sampling), or a uniform outside [0, 2^53) on a row
+ *              that draws. Such a row does not fail the op.
+ *   logits     [R, V] F32, read only. Only columns [0, n_valid) take part, 1 <= n_valid <= V:
+ *              ids in the padding of the vocabulary are never chosen.
+ *   params     [R, PK_SAMPLE_PARAM_COUNT] F32 (pk_sample_param).
+ *   prompt_tokens [R, Lp] I32 or NULL, output_tokens [R, Lo] I32 or NULL (Lo < 2^30): each row's
+ *              history for the penalties: the repetition penalty applies to the ids of both, the
+ *              presence and frequency penalties to the ids of output_tokens (frequency times
+ *              their count), each once per distinct id. Entries outside [0, n_valid) are
+ *              ignored, so rows of different lengths pad with -1.
+ *   uniforms   [1, R] I64: each row's uniform in [0, 1) as its 53 random bits (u = bits·2^-53),
+ *              which the caller draws: pk_sampling_uniform_bits draws from a pk_rng in step
+ *              with pk_sampler_sample. Greedy rows (temperature 0 or top_k 1) ignore theirs.
+ *
+ * ids must not overlap the other operands. The op reads nothing on the host and waits for
+ * nothing, so it can be recorded in a graph; its device workspace grows (never shrinks) with
+ * R·n_valid, so run the largest shape once before recording. The CPU backend runs
+ * pk_sampler_sample on each row; other backends reproduce its arithmetic (docs/KERNELS.md says
+ * where the CUDA backend's summation order differs). Optional for a backend
+ * (PIO_ERR_UNSUPPORTED where it lacks it).
+ */
+pio_status pk_sample(pk_context *ctx, const pk_tensor *ids, const pk_tensor *logits,
+                     int64_t n_valid, const pk_tensor *params, const pk_tensor *prompt_tokens,
+                     const pk_tensor *output_tokens, const pk_tensor *uniforms, pio_error *err);
 
 #ifdef __cplusplus
 }

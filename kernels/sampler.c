@@ -3,6 +3,9 @@
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "kernels/sampler_math.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Random numbers: xoshiro256** (Blackman & Vigna), state filled by splitmix64                */
@@ -42,10 +45,16 @@ uint64_t pk_rng_next(pk_rng *rng)
     return result;
 }
 
+uint64_t pk_rng_uniform_bits(pk_rng *rng)
+{
+    return pk_rng_next(rng) >> (64 - PK_SAMPLE_UNIFORM_BITS);
+}
+
 double pk_rng_uniform(pk_rng *rng)
 {
-    return (double)(pk_rng_next(rng) >> 11) * 0x1.0p-53;
+    return pk_sample_uniform_from_bits(pk_rng_uniform_bits(rng));
 }
+
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sampler                                                                                    */
@@ -73,47 +82,72 @@ pk_sampling pk_sampling_default(void)
     return s;
 }
 
+enum { SAMPLER_ALIGNMENT = 16 };
+
+static size_t aligned_size(size_t bytes)
+{
+    return (bytes + SAMPLER_ALIGNMENT - 1) / SAMPLER_ALIGNMENT * SAMPLER_ALIGNMENT;
+}
+
+/* Carves the next `bytes` out of *cursor. */
+static void *carve(char **cursor, size_t bytes)
+{
+    void *p = *cursor;
+    *cursor += aligned_size(bytes);
+    return p;
+}
+
+size_t pk_sampler_bytes(int32_t n_vocab)
+{
+    size_t n = n_vocab > 0 ? (size_t)n_vocab : 0;
+    return aligned_size(sizeof(pk_sampler)) + aligned_size(n * sizeof(double)) +
+           aligned_size(n * sizeof(candidate)) + aligned_size(n * sizeof(float)) +
+           aligned_size(n * sizeof(int32_t)) + aligned_size(n);
+}
+
+pk_sampler *pk_sampler_init(void *memory, int32_t n_vocab)
+{
+    if (memory == NULL || n_vocab <= 0)
+        return NULL;
+    size_t n = (size_t)n_vocab;
+    char *cursor = memory;
+    pk_sampler *s = carve(&cursor, sizeof *s);
+    s->n_vocab = n_vocab;
+    s->weights = carve(&cursor, n * sizeof *s->weights);
+    s->candidates = carve(&cursor, n * sizeof *s->candidates);
+    s->logits = carve(&cursor, n * sizeof *s->logits);
+    s->output_counts = carve(&cursor, n * sizeof *s->output_counts);
+    s->seen = carve(&cursor, n);
+    memset(s->output_counts, 0, n * sizeof *s->output_counts);
+    memset(s->seen, 0, n);
+    return s;
+}
+
 pio_status pk_sampler_create(int32_t n_vocab, pk_sampler **out, pio_error *err)
 {
     if (out == NULL || n_vocab <= 0)
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "sampler: bad vocabulary size %d",
                              (int)n_vocab);
-    *out = NULL;
-    pk_sampler *s = calloc(1, sizeof *s);
-    if (s != NULL) {
-        s->n_vocab = n_vocab;
-        s->logits = malloc((size_t)n_vocab * sizeof *s->logits);
-        s->output_counts = calloc((size_t)n_vocab, sizeof *s->output_counts);
-        s->seen = calloc((size_t)n_vocab, sizeof *s->seen);
-        s->candidates = malloc((size_t)n_vocab * sizeof *s->candidates);
-        s->weights = malloc((size_t)n_vocab * sizeof *s->weights);
-    }
-    if (s == NULL || !s->logits || !s->output_counts || !s->seen || !s->candidates ||
-        !s->weights) {
-        pk_sampler_destroy(s);
+    void *memory = malloc(pk_sampler_bytes(n_vocab)); /* malloc aligns to 16 bytes */
+    *out = pk_sampler_init(memory, n_vocab);
+    if (*out == NULL)
         return pio_error_set(err, PIO_ERR_OUT_OF_MEMORY,
                              "sampler: out of memory for a vocabulary of %d", (int)n_vocab);
-    }
-    *out = s;
     return PIO_OK;
 }
 
 void pk_sampler_destroy(pk_sampler *s)
 {
-    if (s == NULL)
-        return;
-    free(s->logits);
-    free(s->output_counts);
-    free(s->seen);
-    free(s->candidates);
-    free(s->weights);
-    free(s);
+    free(s); /* the arrays live in the same block */
 }
 
+/* pk_sampling_is_valid decides; the tests below only name what is wrong. */
 static pio_status check_params(const pk_sampling *p, pio_error *err)
 {
     if (p == NULL)
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "sampler: params is NULL");
+    if (pk_sampling_is_valid(p))
+        return PIO_OK;
     if (!(p->temperature >= 0.0f) || !isfinite(p->temperature))
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "sampler: temperature %g < 0",
                              (double)p->temperature);
@@ -130,9 +164,7 @@ static pio_status check_params(const pk_sampling *p, pio_error *err)
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
                              "sampler: repetition_penalty %g must be > 0",
                              (double)p->repetition_penalty);
-    if (!isfinite(p->presence_penalty) || !isfinite(p->frequency_penalty))
-        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "sampler: penalties must be finite");
-    return PIO_OK;
+    return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "sampler: penalties must be finite");
 }
 
 /* Marks prompt and output ids (seen) and counts output ids. */
@@ -148,7 +180,7 @@ static void count_history(pk_sampler *s, const pk_token_history *h, int32_t n)
         }
 }
 
-/* Applies each penalty once per distinct id, then clears the marks for the next call. */
+/* Applies the penalties once per distinct id, then clears the marks for the next call. */
 static void apply_penalties(pk_sampler *s, const pk_sampling *p, const pk_token_history *h,
                             int32_t n)
 {
@@ -159,13 +191,9 @@ static void apply_penalties(pk_sampler *s, const pk_sampling *p, const pk_token_
             int32_t id = lists[l][i];
             if (id < 0 || id >= n || !s->seen[id])
                 continue;
-            float v = s->logits[id];
-            /* HF's repetition penalty pushes the logit towards "less likely" either side of 0. */
-            v = v < 0.0f ? v * p->repetition_penalty : v / p->repetition_penalty;
-            int32_t count = s->output_counts[id];
-            if (count > 0)
-                v -= p->presence_penalty + p->frequency_penalty * (float)count;
-            s->logits[id] = v;
+            s->logits[id] = pk_sample_penalise(s->logits[id], p->repetition_penalty,
+                                               p->presence_penalty, p->frequency_penalty,
+                                               s->output_counts[id]);
             s->seen[id] = 0;
             s->output_counts[id] = 0;
         }
@@ -180,7 +208,7 @@ static int32_t argmax_logits(const float *x, int32_t n)
     return best;
 }
 
-/* Higher logit first; lower id first among equal logits. */
+/* Higher logit first; lower id first among equal logits (pk_sample_key orders alike). */
 static int better(const candidate *a, const candidate *b)
 {
     return a->logit > b->logit || (a->logit == b->logit && a->id < b->id);
@@ -224,7 +252,7 @@ static void keep_top_k(candidate *c, int64_t n, int64_t k)
 }
 
 /* Candidates after top-k (temperature does not change their order); sorted best first when
- * `sorted`. Returns the count. */
+ * `sorted`, in id order otherwise. Returns the count. */
 static int64_t collect_candidates(pk_sampler *s, const pk_sampling *p, int32_t n, int sorted)
 {
     int64_t count = 0;
@@ -240,8 +268,7 @@ static int64_t collect_candidates(pk_sampler *s, const pk_sampling *p, int32_t n
     return count;
 }
 
-/* weights[i] = exp((logit_i - max) / temperature); returns their sum. Subtracting before
- * dividing keeps every exponent <= 0 however small the temperature. */
+/* weights[i] = pk_sample_weight of candidate i; returns their sum, added in candidate order. */
 static double softmax_weights(pk_sampler *s, int64_t count, float temperature)
 {
     float max_logit = -INFINITY;
@@ -250,8 +277,7 @@ static double softmax_weights(pk_sampler *s, int64_t count, float temperature)
             max_logit = s->candidates[i].logit;
     double total = 0.0;
     for (int64_t i = 0; i < count; i++) {
-        double shifted = (double)s->candidates[i].logit - (double)max_logit;
-        s->weights[i] = exp(shifted / (double)temperature);
+        s->weights[i] = pk_sample_weight(s->candidates[i].logit, max_logit, temperature);
         total += s->weights[i];
     }
     return total;
@@ -281,9 +307,11 @@ static double apply_min_p(pk_sampler *s, int64_t count, float min_p)
     return total;
 }
 
-static int32_t draw(const pk_sampler *s, int64_t count, double total, pk_rng *rng)
+/* The selection step: the first candidate, in candidate order, whose running sum of the
+ * remaining weights exceeds u · total. */
+static int32_t draw(const pk_sampler *s, int64_t count, double total, double u)
 {
-    double target = pk_rng_uniform(rng) * total, acc = 0.0;
+    double target = u * total, acc = 0.0;
     int64_t last = 0;
     for (int64_t i = 0; i < count; i++) {
         if (s->weights[i] <= 0.0)
@@ -296,24 +324,15 @@ static int32_t draw(const pk_sampler *s, int64_t count, double total, pk_rng *rn
     return s->candidates[last].id; /* rounding left target at the very top */
 }
 
-pio_status pk_sampler_sample(pk_sampler *s, const pk_sampling *p, const float *logits,
+/* The whole step. The uniform comes from rng (drawn only when the step reaches the draw, as
+ * before the op existed) or, with rng NULL, is u. */
+static pio_status sample_row(pk_sampler *s, const pk_sampling *p, const float *logits,
                              int32_t n_logits, const pk_token_history *history, pk_rng *rng,
-                             int32_t *token, pio_error *err)
+                             double u, int32_t *token, pio_error *err)
 {
-    pio_status st = check_params(p, err);
-    if (st != PIO_OK)
-        return st;
-    if (s == NULL || logits == NULL || token == NULL || n_logits <= 0 || n_logits > s->n_vocab)
-        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
-                             "sampler: bad arguments (%d logits for a vocabulary of %d)",
-                             (int)n_logits, s != NULL ? (int)s->n_vocab : 0);
-    if (p->temperature > 0.0f && p->top_k != 1 && rng == NULL)
-        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "sampler: sampling needs an rng");
-
     int have_finite = 0;
     for (int32_t i = 0; i < n_logits; i++) {
-        float v = logits[i];
-        s->logits[i] = isnan(v) ? -INFINITY : v == INFINITY ? FLT_MAX : v;
+        s->logits[i] = pk_sample_sanitize(logits[i]);
         have_finite |= isfinite(s->logits[i]);
     }
     if (!have_finite)
@@ -322,7 +341,7 @@ pio_status pk_sampler_sample(pk_sampler *s, const pk_sampling *p, const float *l
         count_history(s, history, n_logits);
         apply_penalties(s, p, history, n_logits);
     }
-    if (p->temperature == 0.0f || p->top_k == 1) {
+    if (!pk_sampling_draws(p)) {
         *token = argmax_logits(s->logits, n_logits);
         return PIO_OK;
     }
@@ -338,6 +357,70 @@ pio_status pk_sampler_sample(pk_sampler *s, const pk_sampling *p, const float *l
     }
     if (p->min_p > 0.0f)
         total = apply_min_p(s, count, p->min_p);
-    *token = draw(s, count, total, rng);
+    *token = draw(s, count, total, rng != NULL ? pk_rng_uniform(rng) : u);
     return PIO_OK;
+}
+
+static pio_status check_call(const pk_sampler *s, const pk_sampling *p, const float *logits,
+                             int32_t n_logits, const int32_t *token, pio_error *err)
+{
+    pio_status st = check_params(p, err);
+    if (st != PIO_OK)
+        return st;
+    if (s == NULL || logits == NULL || token == NULL || n_logits <= 0 || n_logits > s->n_vocab)
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
+                             "sampler: bad arguments (%d logits for a vocabulary of %d)",
+                             (int)n_logits, s != NULL ? (int)s->n_vocab : 0);
+    return PIO_OK;
+}
+
+pio_status pk_sampler_sample(pk_sampler *s, const pk_sampling *p, const float *logits,
+                             int32_t n_logits, const pk_token_history *history, pk_rng *rng,
+                             int32_t *token, pio_error *err)
+{
+    pio_status st = check_call(s, p, logits, n_logits, token, err);
+    if (st != PIO_OK)
+        return st;
+    if (pk_sampling_draws(p) && rng == NULL)
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "sampler: sampling needs an rng");
+    return sample_row(s, p, logits, n_logits, history, rng, 0.0, token, err);
+}
+
+pio_status pk_sampler_sample_uniform(pk_sampler *s, const pk_sampling *p, const float *logits,
+                                     int32_t n_logits, const pk_token_history *history, double u,
+                                     int32_t *token, pio_error *err)
+{
+    pio_status st = check_call(s, p, logits, n_logits, token, err);
+    if (st != PIO_OK)
+        return st;
+    if (pk_sampling_draws(p) && !(u >= 0.0 && u < 1.0))
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "sampler: uniform %g not in [0, 1)",
+                             u);
+    return sample_row(s, p, logits, n_logits, history, NULL, u, token, err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Operands of pk_sample                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+pio_status pk_sampling_to_row(const pk_sampling *p, float *row, pio_error *err)
+{
+    pio_status st = check_params(p, err);
+    if (st != PIO_OK)
+        return st;
+    if (row == NULL)
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "sampler: row is NULL");
+    row[PK_SAMPLE_TEMPERATURE] = p->temperature;
+    row[PK_SAMPLE_TOP_K] = (float)p->top_k;
+    row[PK_SAMPLE_TOP_P] = p->top_p;
+    row[PK_SAMPLE_MIN_P] = p->min_p;
+    row[PK_SAMPLE_REPETITION_PENALTY] = p->repetition_penalty;
+    row[PK_SAMPLE_PRESENCE_PENALTY] = p->presence_penalty;
+    row[PK_SAMPLE_FREQUENCY_PENALTY] = p->frequency_penalty;
+    return PIO_OK;
+}
+
+int64_t pk_sampling_uniform_bits(const pk_sampling *p, pk_rng *rng)
+{
+    return pk_sampling_draws(p) ? (int64_t)pk_rng_uniform_bits(rng) : 0;
 }

@@ -60,6 +60,40 @@ static void greedy_continuations_match_the_reference(void **state)
     check_greedy_continuations_against_reference("kv_cache: {dtype: f32, block_size: 4}\n");
 }
 
+/* forward's argmax output (PIO_TEXTGEN_FEATURE_ARGMAX): the same ids as the argmax of the
+ * logits rows, with and without the logits alongside, for a prefill's rows chosen out of order. */
+static void argmax_output_equals_argmax_of_the_logits(void **state)
+{
+    (void)state;
+    session s;
+    open_ok(&s, F32_CACHE, ref.dir, NULL);
+    assert_true(s.model->features & PIO_TEXTGEN_FEATURE_ARGMAX);
+    size_t vocab = s.model->vocab_size, n = ref.seq_len[0];
+    int32_t rows[3] = {(int32_t)n - 1, 0, (int32_t)n / 2}, ids[3], ids_alone[3];
+    int32_t *owners = calloc(n, sizeof *owners);
+    float *logits = malloc(3 * vocab * sizeof *logits);
+    pio_error err;
+    for (int pass = 0; pass < 2; pass++) {
+        int32_t seq;
+        assert_int_equal(s.model->seq_open(s.model->self, &seq, &err), PIO_OK);
+        for (size_t i = 0; i < n; i++)
+            owners[i] = seq;
+        pio_textgen_batch b = {.struct_size = sizeof b, .n_tokens = n, .tokens = ref.seqs[0],
+                               .seq_ids = owners, .n_logits_rows = 3, .logits_rows = rows,
+                               .logits = pass == 0 ? logits : NULL,
+                               .argmax = pass == 0 ? ids : ids_alone};
+        assert_int_equal(s.model->forward(s.model->self, &b, &err), PIO_OK);
+        s.model->seq_close(s.model->self, seq);
+    }
+    for (int r = 0; r < 3; r++) {
+        assert_int_equal(ids[r], argmax(logits + (size_t)r * vocab, vocab));
+        assert_int_equal(ids_alone[r], ids[r]);
+    }
+    free(owners);
+    free(logits);
+    close_session(&s);
+}
+
 static void chat_reply_matches_the_reference(void **state)
 {
     (void)state;
@@ -454,6 +488,7 @@ int main(void)
         cmocka_unit_test(batched_forward_equals_one_sequence_at_a_time),
         cmocka_unit_test(greedy_continuations_match_the_reference),
         cmocka_unit_test(chat_reply_matches_the_reference),
+        cmocka_unit_test(argmax_output_equals_argmax_of_the_logits),
         cmocka_unit_test(sampling_is_reproducible_and_stop_tokens_end_generation),
         cmocka_unit_test(yaml_stop_strings_end_generation),
         cmocka_unit_test(prompts_that_cannot_run_are_clear_errors),

@@ -166,4 +166,5 @@ const pk_backend pk_cpu_backend = {
     .moe_topk_softmax = pk_cpu_moe_topk_softmax,
     .moe_experts = pk_cpu_moe_experts,
     .moe_experts_slice = pk_cpu_moe_experts_slice,
+    .sample = pk_cpu_sample,
 };

@@ -383,6 +383,12 @@ static pio_status cpu_run(pk_comm *comm, const pk_comm_call *call, pio_error *er
     return PIO_OK;
 }
 
+/* The CPU's ranks are threads of this process: one "device". */
+static int cpu_device_count(void)
+{
+    return 1;
+}
+
 const pk_comm_impl pk_comm_cpu_impl = {
     .name = "cpu",
     .device = PK_DEVICE_CPU,
@@ -395,4 +401,5 @@ const pk_comm_impl pk_comm_cpu_impl = {
     .fini = cpu_fini,
     .abort = cpu_abort,
     .run = cpu_run,
+    .device_count = cpu_device_count,
 };

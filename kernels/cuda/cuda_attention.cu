@@ -2,17 +2,67 @@
  * Paged-cache attention on the GPU: storing new keys/values into their slots (pk_kv_store), and
  * causal GQA attention of each token over its own sequence's cache (pk_attention).
  *
- * Attention: one block per (token, kv head, chunk of that kv head's query heads). A block
- * serves the group of query heads that share the kv head, so each cached key and value row is
- * read once per group (GQA). It walks the token's keys 0..p in tiles of `tile` keys: the tile's
- * K rows (and V rows, unless values are a column view of the keys, as in absorbed MLA) are
- * gathered through the block table into shared memory as fp32, the group's scores are computed
- * from shared memory, and an online softmax (running max m, running sum l, rescaling of the
- * fp32 accumulator) folds the tile into the output, FlashAttention style. Prefill and decode
- * tokens of many sequences mix freely: each block reads only its own token's position and
- * block-table row. Tokens of one prefill re-read the same keys (one block per token); the
- * query-tiled prefill kernel and split-KV decode are the speed work of issue 5 and slot in
- * as other kernels behind the same entry point.
+ * pk_attention has three kernels behind one entry point. The choice uses only what the host
+ * knows (T = q->rows, head shapes, cache dtypes, pointer alignment), never positions or block
+ * tables, so a launch captured in a CUDA graph stays right when it is replayed with other
+ * positions:
+ *
+ *   1. split_kernel (split-KV, fp32 math) - decode, and everything the tensor cores do not take.
+ *      Grid (token, kv head, split x chunk of the group's query heads), 128 threads. The number
+ *      of splits S comes from T, n_kv_heads and the SM count only (about SPLIT_BLOCKS_PER_SM
+ *      blocks per SM, at most SPLIT_MAX_SPLITS, and 1 once T > DECODE_MAX_TOKENS); each split
+ *      derives its key range on the device from the token's position: ceil((pos + 1) / S)
+ *      keys rounded up to the block's key tile, so short contexts leave the last splits empty
+ *      (they write l = 0). A block serves up to 8 query heads of one kv head (all of them for
+ *      GQA groups up to 8), so each K/V row is read once per group. It reads the BF16 or F32
+ *      cache directly with 16-byte loads: a "lane group" of L lanes (a power of two covering the
+ *      row's 16-byte chunks) takes one key, each lane holds 8 bf16 / 4 f32 of the row, dots are
+ *      summed with shuffles inside the group; every lane group has 4 keys (2 for rows wider
+ *      than 32 chunks) in flight per step and keeps its own online softmax (m, l, fp32
+ *      accumulator); the block merges its lane groups at the end. With S = 1 the block writes
+ *      the output; otherwise (m, l, unnormalised acc) go to the attention workspace and
+ *      combine_kernel (a block per token and query head) merges the splits.
+ *      Bytes: each token's K and V rows once per kv head, Σ (pos+1)·n_kv·(hd+vhd)·elem, plus
+ *      T·n_q·S·(vhd+2)·4 twice for the partials; FLOPs 2·Σ (pos+1)·n_q·(hd+vhd), i.e.
+ *      about 2·group/elem FLOP per byte: bound by memory bandwidth (and, at short contexts, by
+ *      launch latency). Needs 16-byte aligned cache rows and heads (host-checked) and rows of
+ *      at most 64 chunks (512 bf16 / 256 f32 wide).
+ *   2. tc_prefill_kernel (FlashAttention-2 style, tensor cores) - T > DECODE_MAX_TOKENS, BF16
+ *      K and V planes, head_dim = v_head_dim in {64, 128}, a group size dividing 64. Rows are
+ *      (token, query head of the group) pairs, t·group + g, so a block of TC_ROWS = 64 rows
+ *      holds 64 / group consecutive tokens with all their query heads of one kv head: each K/V
+ *      tile it loads serves 64 rows. Grid (row tiles, kv heads), 4 warps of 16 rows. A block
+ *      first checks on the device that its tokens are valid, share one sequence and that
+ *      every block id up to their largest position is in range ("uniform"); then it walks
+ *      keys 0..max position in tiles of 64, double-buffered with cp.async through the block
+ *      table into shared memory as bf16, S = Q·Kᵀ and O += P·V with mma.sync m16n8k16 (bf16
+ *      in, fp32 accumulate; Q rounded to bf16 once, P rounded to bf16 per tile), online
+ *      softmax in fp32 registers, the causal mask per row (key <= that row's position). It
+ *      records per tile whether it did the work (tile_done, in the scratch); a tile that is
+ *      not uniform (sequences mixed within it, a bad token) is left to split_kernel, launched
+ *      right after in "fallback" mode: a token loop that skips done tiles, one block per
+ *      (token, kv head) for the rest, with the per-token checks and NaN outputs. Mixed batches
+ *      (a prefill chunk plus decode tokens of other sequences) thus keep one block per decode
+ *      token and kv head instead of one block per 64/group of them.
+ *      FLOPs 2·Σ_rows (pos+1)·(hd+vhd) plus the masked part of the last key tile; K/V bytes
+ *      from L2 n_kv·Σ_tiles (max pos+1)·(hd+vhd)·2 (each block re-reads its prefix; HBM sees
+ *      it about once). Limits: mma.sync (no wgmma/TMA), exp2 throughput, L2 bandwidth of the
+ *      re-reads, 87 KB of shared memory (two blocks per SM) at head_dim 128.
+ *   3. attention_kernel (the first, general kernel) - what neither takes: values that are a
+ *      column view of one kv head's keys (absorbed MLA, v_in_k: it reuses the key tile),
+ *      unaligned cache rows or heads, rows wider than the split kernel's registers, K and V of
+ *      different dtypes. One block per (token, kv head, chunk of query heads) walks all keys
+ *      with fp32 shared-memory tiles (see below).
+ *
+ * Numerics: kernels 1 and 3 are fp32 throughout (the CPU's results to ~1e-6). Kernel 2 rounds q
+ * and the softmax weights to bf16 (as a bf16 model does): 1-3e-3 relative.
+ *
+ * The graph rule: no path allocates or waits on the host once its workspace has grown. Split
+ * partials, T·n_q·S·(vhd+2)·4 bytes (S > 1 only when T <= DECODE_MAX_TOKENS), live in the
+ * attention workspace (pk_cuda_attention_workspace), which the first such call grows to the
+ * most any decode batch of that shape needs (a few MB), so graphs recorded for other batch
+ * sizes later keep its address; the tensor-core kernel's tile_done flags (4 bytes per row
+ * tile) use the context scratch (pk_cuda_scratch), which only prefill-sized calls touch.
  *
  * Data checks happen on the device: a token whose position, block-table row or block ids are
  * out of range gets NaN outputs (kv_store: nothing stored) and the first such token is reported
@@ -26,62 +76,23 @@ static constexpr int ATT_THREADS = 256;
 static constexpr int ATT_TILE = 32; /* keys per shared-memory tile */
 static constexpr int STORE_THREADS = 128;
 
-struct batch_view {
-    const int32_t *positions;
-    const int32_t *seq_rows;
-    const int32_t *tables;
-    int64_t table_stride, table_rows, table_width;
-    int32_t block_size;
-    int64_t n_blocks; /* blocks in the cache planes */
-};
+/* Split-KV kernel. */
+static constexpr int SPLIT_WARPS = 4;
+static constexpr int SPLIT_THREADS = SPLIT_WARPS * 32;
+static constexpr int SPLIT_MIN_LANES = 4;      /* so a block has at most 32 lane groups */
+static constexpr int SPLIT_MAX_GROUPS = SPLIT_THREADS / SPLIT_MIN_LANES;
+static constexpr int SPLIT_MAX_SPLITS = 32;    /* the combine kernel merges them in one warp */
+static constexpr int SPLIT_BLOCKS_PER_SM = 4;  /* blocks the split count aims for */
+static constexpr int DECODE_MAX_TOKENS = 64;   /* up to here split_kernel takes every batch */
+static constexpr int FALLBACK_BLOCKS_X = 512;  /* token slots of the fallback launch */
+static constexpr int COMBINE_THREADS = 128;
 
-static batch_view make_batch_view(const pk_token_batch *b, const pk_tensor *cache)
-{
-    batch_view v;
-    v.positions = (const int32_t *)b->positions.data;
-    v.seq_rows = (const int32_t *)b->seq_rows.data;
-    v.tables = (const int32_t *)b->block_tables.data;
-    v.table_stride = b->block_tables.stride;
-    v.table_rows = b->block_tables.rows;
-    v.table_width = b->block_tables.cols;
-    v.block_size = b->block_size;
-    v.n_blocks = cache->rows / b->block_size;
-    return v;
-}
-
-/* Checks token t's position, table row and the block holding its position, as the CPU's
- * check_token; on success *pos and *table describe it. `report`: this thread records the
- * error. */
-__device__ bool token_ok(const batch_view &b, int64_t t, int op, long long *info, bool report,
-                         int64_t *pos, const int32_t **table)
-{
-    int64_t p = b.positions[t], row = b.seq_rows[t];
-    if (p < 0) {
-        if (report)
-            pk_report(info, op, PK_CUDA_BAD_POSITION, t, p, 0, 0);
-        return false;
-    }
-    if (row < 0 || row >= b.table_rows) {
-        if (report)
-            pk_report(info, op, PK_CUDA_BAD_SEQ_ROW, t, row, b.table_rows, 0);
-        return false;
-    }
-    int64_t last = p / b.block_size;
-    if (last >= b.table_width) {
-        if (report)
-            pk_report(info, op, PK_CUDA_BAD_TABLE_SPAN, t, p, last, b.table_width);
-        return false;
-    }
-    const int32_t *tab = b.tables + row * b.table_stride;
-    if (tab[last] < 0 || tab[last] >= b.n_blocks) {
-        if (report)
-            pk_report(info, op, PK_CUDA_BAD_BLOCK_ID, t, tab[last], b.n_blocks, 0);
-        return false;
-    }
-    *pos = p;
-    *table = tab;
-    return true;
-}
+/* Tensor-core prefill kernel. */
+static constexpr int TC_ROWS = 64;  /* (token, head) rows per block */
+static constexpr int TC_KEYS = 64;  /* keys per K/V tile */
+static constexpr int TC_WARPS = 4;  /* 16 rows each */
+static constexpr int TC_THREADS = TC_WARPS * 32;
+static constexpr int TC_PAD = 8;    /* bf16 per shared row: rows 16 bytes apart mod 128 */
 
 /* ------------------------------------------------------------------------------------------ */
 /* kv_store                                                                                   */
@@ -132,8 +143,17 @@ pio_status pk_cuda_kv_store(pk_context *ctx, const pk_tensor *k_cache, const pk_
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Attention                                                                                  */
+/* Attention, general kernel (v_in_k, unaligned or very wide heads, mixed dtypes)             */
 /* ------------------------------------------------------------------------------------------ */
+
+/*
+ * One block per (token, kv head, chunk of that kv head's query heads). A block serves the
+ * group of query heads that share the kv head, so each cached key and value row is read once
+ * per group (GQA). It walks the token's keys 0..p in tiles of `tile` keys: the tile's K rows
+ * (and V rows, unless values are a column view of the keys, as in absorbed MLA) are gathered
+ * through the block table into shared memory as fp32, the group's scores are computed from
+ * shared memory, and an online softmax folds the tile into the output.
+ */
 
 struct attn_args {
     float *out;
@@ -284,30 +304,910 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(attn_args a)
         o[idx] = acc_s[idx] / l_s[idx / vhd];
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Attention, split-KV kernel (decode; fp32 fallback of the tensor-core path)                 */
+/* ------------------------------------------------------------------------------------------ */
+
+struct split_args {
+    float *out;
+    int64_t out_stride;
+    const float *q;
+    int64_t q_stride;
+    const char *k, *v; /* kv head 0 of slot 0 */
+    int64_t k_row_bytes, v_row_bytes;
+    batch_view b;
+    int64_t T;
+    int n_q, group, head_dim, v_head_dim;
+    int lanes;              /* lanes per key: a power of two, SPLIT_MIN_LANES..32 */
+    int k_chunks, v_chunks; /* 16-byte chunks of a key head / value head row */
+    int splits;
+    float scale_log2;       /* scale · log2(e): the softmax runs on exp2 */
+    float *part_acc;        /* splits > 1: [T][n_q][splits][v_head_dim] unnormalised outputs */
+    float2 *part_ml;        /* splits > 1: [T][n_q][splits] (max, sum) in the log2 domain */
+    const int *tile_done;   /* fallback mode: tiles already done by the tensor-core kernel */
+    int tile_tokens;        /* tokens per such tile */
+    long long *info;
+};
+
+/* Shared memory of a split_kernel block, in bytes. */
+static size_t split_smem_bytes(int heads, int head_dim, int v_head_dim)
+{
+    return sizeof(float) * ((size_t)heads * (head_dim + v_head_dim + 2 * SPLIT_MAX_GROUPS + 2));
+}
+
+template <bool BF16> struct cache_chunk; /* 16 bytes of a cache row, widened to floats */
+template <> struct cache_chunk<true> {
+    static constexpr int elems = 8;
+    static __device__ __forceinline__ void widen(const uint4 &u, float *f)
+    {
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+template <> struct cache_chunk<false> {
+    static constexpr int elems = 4;
+    static __device__ __forceinline__ void widen(const uint4 &u, float *f)
+    {
+        f[0] = __uint_as_float(u.x);
+        f[1] = __uint_as_float(u.y);
+        f[2] = __uint_as_float(u.z);
+        f[3] = __uint_as_float(u.w);
+    }
+};
+
+/* Checks the block ids a split reads (keys [start, end)); reports a bad one. */
+__device__ bool split_blocks_ok(const batch_view &b, int64_t t, const int32_t *table,
+                                int64_t start, int64_t end, long long *info)
+{
+    bool ok = true;
+    if (start < end)
+        for (int64_t i = start / b.block_size + threadIdx.x; i <= (end - 1) / b.block_size;
+             i += blockDim.x)
+            if (table[i] < 0 || table[i] >= b.n_blocks) {
+                ok = false;
+                pk_report(info, PK_CUDA_OP_ATTENTION, PK_CUDA_BAD_BLOCK_ID, t, table[i],
+                          b.n_blocks, 0);
+            }
+    return ok;
+}
+
+/* Token t, kv head kvh, query heads g0..g0+hn-1 of its group, keys of split `split`. Called by
+ * the whole block; ends with the shared memory free for the next token. */
+template <bool BF16, int HB, int NCH>
+__device__ void split_token(const split_args &a, int64_t t, int kvh, int split, int g0, int hn)
+{
+    using chunk = cache_chunk<BF16>;
+    constexpr int E = chunk::elems, P = E / 4; /* floats per chunk, float4s per chunk */
+    constexpr int NK = NCH == 1 ? 4 : 2;       /* keys in flight per lane group */
+    constexpr int ELEM = BF16 ? 2 : 4;
+    extern __shared__ float4 split_smem[];
+    float4 *q4 = split_smem;                                /* [HB][P][k_chunks] */
+    float *acc_s = (float *)split_smem + HB * a.head_dim;   /* [HB][v_head_dim] */
+    float *grp_m = acc_s + HB * a.v_head_dim;               /* [HB][SPLIT_MAX_GROUPS] */
+    float *grp_l = grp_m + HB * SPLIT_MAX_GROUPS;
+    float *tot_m = grp_l + HB * SPLIT_MAX_GROUPS, *tot_l = tot_m + HB;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int L = a.lanes, sub = lane & (L - 1), gid = tid / L, groups = SPLIT_THREADS / L;
+    const int kc = a.k_chunks, vc = a.v_chunks, hd = a.head_dim, vhd = a.v_head_dim;
+    const int h_first = kvh * a.group + g0; /* first query head of this block */
+    const int64_t key_tile = (int64_t)groups * NK;
+
+    int64_t pos = 0, start = 0, end = 0;
+    const int32_t *table = NULL;
+    bool ok = token_ok(a.b, t, PK_CUDA_OP_ATTENTION, a.info, tid == 0, &pos, &table);
+    if (ok) {
+        /* This split's keys: ceil((pos + 1) / splits), whole key tiles. */
+        int64_t per = (pos + a.splits) / a.splits;
+        per = (per + key_tile - 1) / key_tile * key_tile;
+        start = min(pos + 1, split * per);
+        end = min(pos + 1, start + per);
+        ok = split_blocks_ok(a.b, t, table, start, end, a.info);
+    }
+    const int64_t part = (t * a.n_q + h_first) * a.splits + split; /* + h·splits */
+    if (__syncthreads_or(!ok)) {
+        if (a.splits == 1)
+            for (int idx = tid; idx < hn * vhd; idx += SPLIT_THREADS)
+                a.out[t * a.out_stride + (int64_t)h_first * vhd + idx] =
+                    __int_as_float(0x7fc00000); /* NaN */
+        else if (tid < hn)
+            a.part_ml[part + (int64_t)tid * a.splits] =
+                make_float2(-INFINITY, __int_as_float(0x7fc00000));
+        return;
+    }
+    if (start >= end) { /* a split past the end of a short context */
+        if (tid < hn)
+            a.part_ml[part + (int64_t)tid * a.splits] = make_float2(-INFINITY, 0.0f);
+        return;
+    }
+
+    /* q of the block's heads, prescaled, laid out so that lane `sub` reads chunk `sub` as
+     * consecutive float4s (no bank conflicts). */
+    const float *qr = a.q + t * a.q_stride + (int64_t)h_first * hd;
+    for (int idx = tid; idx < hn * hd; idx += SPLIT_THREADS) {
+        int h = idx / hd, d = idx - h * hd, c = d / E, e = d - c * E;
+        ((float *)q4)[((h * P + e / 4) * kc + c) * 4 + (e & 3)] = qr[idx] * a.scale_log2;
+    }
+    __syncthreads();
+
+    float m[HB], l[HB], acc[HB][NCH][E];
+#pragma unroll
+    for (int h = 0; h < HB; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+#pragma unroll
+        for (int n = 0; n < NCH; n++)
+#pragma unroll
+            for (int e = 0; e < E; e++)
+                acc[h][n][e] = 0.0f;
+    }
+    const char *k_head = a.k + (int64_t)kvh * hd * ELEM, *v_head = a.v + (int64_t)kvh * vhd * ELEM;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+
+    for (int64_t j0 = start; j0 < end; j0 += key_tile) {
+        /* Lane group gid takes keys j0 + k·groups + gid: all loads first, then the math. */
+        uint4 kr[NK][NCH], vr[NK][NCH];
+        bool valid[NK];
+#pragma unroll
+        for (int k = 0; k < NK; k++) {
+            int64_t key = j0 + (int64_t)k * groups + gid;
+            valid[k] = key < end;
+            const char *krow = k_head, *vrow = v_head;
+            if (valid[k]) {
+                int64_t slot = slot_of(a.b, table, (int)key);
+                krow += slot * a.k_row_bytes;
+                vrow += slot * a.v_row_bytes;
+            }
+#pragma unroll
+            for (int n = 0; n < NCH; n++) {
+                int c = sub + n * L;
+                kr[k][n] = valid[k] && c < kc ? __ldg((const uint4 *)(krow + c * 16)) : zero;
+                vr[k][n] = valid[k] && c < vc ? __ldg((const uint4 *)(vrow + c * 16)) : zero;
+            }
+        }
+#pragma unroll
+        for (int h = 0; h < HB; h++) {
+            if (h >= hn) /* block-uniform */
+                break;
+            float s[NK];
+#pragma unroll
+            for (int k = 0; k < NK; k++) {
+                s[k] = 0.0f;
+#pragma unroll
+                for (int n = 0; n < NCH; n++) {
+                    int c = sub + n * L;
+                    if (c < kc) {
+                        float kf[E];
+                        chunk::widen(kr[k][n], kf);
+#pragma unroll
+                        for (int p = 0; p < P; p++) {
+                            float4 qv = q4[(h * P + p) * kc + c];
+                            s[k] = fmaf(qv.x, kf[4 * p], s[k]);
+                            s[k] = fmaf(qv.y, kf[4 * p + 1], s[k]);
+                            s[k] = fmaf(qv.z, kf[4 * p + 2], s[k]);
+                            s[k] = fmaf(qv.w, kf[4 * p + 3], s[k]);
+                        }
+                    }
+                }
+                for (int o = L >> 1; o > 0; o >>= 1)
+                    s[k] += __shfl_xor_sync(0xffffffffu, s[k], o);
+            }
+            /* Online softmax of this lane group (log2 domain). */
+            float mx = -INFINITY;
+#pragma unroll
+            for (int k = 0; k < NK; k++) {
+                s[k] = valid[k] ? s[k] : -INFINITY;
+                mx = fmaxf(mx, s[k]);
+            }
+            float m_new = fmaxf(m[h], mx);
+            float base = m_new == -INFINITY ? 0.0f : m_new; /* nothing seen yet: all terms 0 */
+            float corr = exp2f(m[h] - base), p[NK], psum = 0.0f;
+#pragma unroll
+            for (int k = 0; k < NK; k++) {
+                p[k] = exp2f(s[k] - base);
+                psum += p[k];
+            }
+            l[h] = l[h] * corr + psum;
+            m[h] = m_new;
+#pragma unroll
+            for (int n = 0; n < NCH; n++) {
+                if (sub + n * L >= vc)
+                    continue;
+                float vf[NK][E];
+#pragma unroll
+                for (int k = 0; k < NK; k++)
+                    chunk::widen(vr[k][n], vf[k]);
+#pragma unroll
+                for (int e = 0; e < E; e++) {
+                    float x = acc[h][n][e] * corr;
+#pragma unroll
+                    for (int k = 0; k < NK; k++)
+                        x = fmaf(p[k], vf[k][e], x);
+                    acc[h][n][e] = x;
+                }
+            }
+        }
+    }
+
+    /* Merge the lane groups: common max per head, then the accumulators summed in a fixed
+     * order (shuffles within a warp, then warp by warp). */
+    if (sub == 0)
+#pragma unroll
+        for (int h = 0; h < HB; h++)
+            if (h < hn) {
+                grp_m[h * SPLIT_MAX_GROUPS + gid] = m[h];
+                grp_l[h * SPLIT_MAX_GROUPS + gid] = l[h];
+            }
+    __syncthreads();
+    if (tid < hn) {
+        const float *gm = grp_m + tid * SPLIT_MAX_GROUPS, *gl = grp_l + tid * SPLIT_MAX_GROUPS;
+        float mt = -INFINITY, lt = 0.0f;
+        for (int g = 0; g < groups; g++)
+            mt = fmaxf(mt, gm[g]);
+        for (int g = 0; g < groups; g++)
+            if (gm[g] != -INFINITY)
+                lt += gl[g] * exp2f(gm[g] - mt);
+        tot_m[tid] = mt;
+        tot_l[tid] = lt;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < HB; h++) {
+        if (h >= hn)
+            break;
+        float f = m[h] == -INFINITY ? 0.0f : exp2f(m[h] - tot_m[h]);
+#pragma unroll
+        for (int n = 0; n < NCH; n++)
+#pragma unroll
+            for (int e = 0; e < E; e++) {
+                float x = acc[h][n][e] * f;
+                for (int o = L; o < 32; o <<= 1)
+                    x += __shfl_xor_sync(0xffffffffu, x, o);
+                acc[h][n][e] = x;
+            }
+    }
+    for (int w = 0; w < SPLIT_WARPS; w++) {
+        if (warp == w && lane < L)
+#pragma unroll
+            for (int h = 0; h < HB; h++)
+                if (h < hn)
+#pragma unroll
+                    for (int n = 0; n < NCH; n++) {
+                        int c = lane + n * L;
+                        if (c < vc)
+#pragma unroll
+                            for (int e = 0; e < E; e++) {
+                                float *dst = acc_s + h * vhd + c * E + e;
+                                *dst = (w == 0 ? 0.0f : *dst) + acc[h][n][e];
+                            }
+                    }
+        __syncthreads();
+    }
+
+    if (a.splits == 1) {
+        float *o = a.out + t * a.out_stride + (int64_t)h_first * vhd;
+        for (int idx = tid; idx < hn * vhd; idx += SPLIT_THREADS)
+            o[idx] = acc_s[idx] / tot_l[idx / vhd];
+    } else {
+        for (int idx = tid; idx < hn * vhd; idx += SPLIT_THREADS) {
+            int h = idx / vhd;
+            a.part_acc[(part + (int64_t)h * a.splits) * vhd + (idx - h * vhd)] = acc_s[idx];
+        }
+        if (tid < hn)
+            a.part_ml[part + (int64_t)tid * a.splits] = make_float2(tot_m[tid], tot_l[tid]);
+    }
+    __syncthreads(); /* shared memory is reused by the block's next token */
+}
+
+/*
+ * Grid (token slots, kv heads, splits × head chunks). Block x takes tokens x, x + gridDim.x,
+ * ...: all of them when tile_done is NULL, else those whose tile the tensor-core kernel left.
+ * Every warp computes the same ballot, so the loop is block-uniform.
+ */
+template <bool BF16, int HB, int NCH>
+__global__ void __launch_bounds__(SPLIT_THREADS) split_kernel(split_args a)
+{
+    const int kvh = blockIdx.y;
+    const int split = (int)(blockIdx.z % (unsigned)a.splits);
+    const int g0 = (int)(blockIdx.z / (unsigned)a.splits) * HB;
+    const int hn = min(HB, a.group - g0);
+    const int lane = threadIdx.x & 31;
+    const int64_t stride = gridDim.x;
+    for (int64_t base = blockIdx.x; base < a.T; base += stride * 32) {
+        int64_t mine = base + lane * stride;
+        bool todo = mine < a.T &&
+                    (a.tile_done == NULL || __ldg(a.tile_done + mine / a.tile_tokens) == 0);
+        unsigned pending = __ballot_sync(0xffffffffu, todo);
+        while (pending != 0) {
+            int i = __ffs(pending) - 1;
+            pending &= pending - 1;
+            split_token<BF16, HB, NCH>(a, base + i * stride, kvh, split, g0, hn);
+        }
+    }
+}
+
+/* out[t, h] = Σ_s w_s·acc_s / Σ_s w_s·l_s with w_s = 2^(m_s - max m); NaN if a split saw a bad
+ * token or block. Grid (T, n_q). */
+__global__ void __launch_bounds__(COMBINE_THREADS)
+combine_kernel(float *out, int64_t out_stride, const float *part_acc, const float2 *part_ml,
+               int n_q, int v_head_dim, int splits)
+{
+    __shared__ float w_s[SPLIT_MAX_SPLITS];
+    __shared__ float l_total;
+    const int64_t t = blockIdx.x;
+    const int h = blockIdx.y;
+    const int64_t first = (t * n_q + h) * splits;
+    if (threadIdx.x < 32) {
+        int s = threadIdx.x;
+        float2 ml = s < splits ? part_ml[first + s] : make_float2(-INFINITY, 0.0f);
+        bool bad = ml.y != ml.y; /* NaN */
+        float mt = pk_warp_max(ml.y > 0.0f ? ml.x : -INFINITY);
+        float w = ml.y > 0.0f ? exp2f(ml.x - mt) : 0.0f;
+        float lt = pk_warp_sum(w * ml.y);
+        if (s < splits)
+            w_s[s] = w;
+        bad = __any_sync(0xffffffffu, bad);
+        if (s == 0)
+            l_total = bad ? __int_as_float(0x7fc00000) : lt;
+    }
+    __syncthreads();
+    float *o = out + t * out_stride + (int64_t)h * v_head_dim;
+    for (int d = threadIdx.x; d < v_head_dim; d += COMBINE_THREADS) {
+        float sum = 0.0f;
+        for (int s = 0; s < splits; s++)
+            if (w_s[s] != 0.0f) /* empty splits wrote no accumulator */
+                sum = fmaf(w_s[s], part_acc[(first + s) * v_head_dim + d], sum);
+        o[d] = sum / l_total;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Attention, tensor-core prefill kernel                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+struct tc_args {
+    float *out;
+    int64_t out_stride;
+    const float *q;
+    int64_t q_stride;
+    const char *k, *v; /* kv head 0 of slot 0 */
+    int64_t k_row_bytes, v_row_bytes;
+    batch_view b;
+    int64_t T;
+    int group, tile_tokens; /* tile_tokens = TC_ROWS / group */
+    float scale_log2;
+    int *tile_done;         /* [row tiles]: 1 where this kernel wrote the tile's outputs */
+};
+
+template <int HD> static constexpr size_t tc_smem_bytes()
+{
+    return sizeof(uint16_t) * (size_t)(TC_ROWS + 4 * TC_KEYS) * (HD + TC_PAD);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi)
+{
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); /* hi -> upper half */
+    return r;
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t *smem, bool trans)
+{
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(smem);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr)
+                     : "memory");
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr)
+                     : "memory");
+}
+
+/* d += a·b: m16n8k16, bf16 inputs, fp32 accumulators. */
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* 16 bytes global -> shared, asynchronously; zeros when !valid (src is then not read). */
+__device__ __forceinline__ void cp_async16(uint16_t *smem, const void *src, bool valid)
+{
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(smem);
+    int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(addr), "l"(src),
+                 "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all_but_one()
+{
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+}
+
+/*
+ * Whether the tile's tokens t0..t0+n_tok-1 can take the tensor-core path: all valid, one
+ * sequence, and every block id up to their largest position in range. Called by the whole
+ * block. Fills s_pos (each token's position), *s_max_pos, *s_row; *table on success. Reports
+ * nothing: the fallback launch checks these tokens one by one.
+ */
+__device__ bool tc_tile_uniform(const batch_view &b, int64_t t0, int n_tok, int *s_pos,
+                                int *s_max_pos, int *s_row, const int32_t **table)
+{
+    const int tid = threadIdx.x;
+    if (tid == 0) {
+        *s_max_pos = -1;
+        *s_row = b.seq_rows[t0];
+    }
+    __syncthreads();
+    bool bad = false;
+    if (tid < n_tok) {
+        int64_t p = b.positions[t0 + tid], row = b.seq_rows[t0 + tid];
+        bad = p < 0 || row != *s_row || row < 0 || row >= b.table_rows ||
+              p / b.block_size >= b.table_width;
+        s_pos[tid] = (int)p;
+        if (!bad)
+            atomicMax(s_max_pos, (int)p);
+    }
+    if (__syncthreads_or(bad))
+        return false;
+    const int32_t *tab = b.tables + (int64_t)*s_row * b.table_stride;
+    for (int64_t i = tid; i <= *s_max_pos / b.block_size; i += blockDim.x)
+        if (tab[i] < 0 || tab[i] >= b.n_blocks)
+            bad = true;
+    if (__syncthreads_or(bad))
+        return false;
+    *table = tab;
+    return true;
+}
+
+/* Starts copying keys j0..j0+TC_KEYS-1 (K and V rows of kv head kvh) into shared memory;
+ * keys past max_pos become zeros (a zero V row times a zero weight stays 0; garbage could be
+ * NaN). */
+template <int HD>
+__device__ __forceinline__ void tc_load_tile(const tc_args &a, const int32_t *table, int kvh,
+                                             int j0, int max_pos, uint16_t *k_s, uint16_t *v_s)
+{
+    constexpr int RS = HD + TC_PAD, CPR = HD / 8, KPP = TC_THREADS / CPR;
+    const int c = threadIdx.x % CPR, first = threadIdx.x / CPR;
+    const char *k_head = a.k + (int64_t)kvh * HD * 2 + c * 16;
+    const char *v_head = a.v + (int64_t)kvh * HD * 2 + c * 16;
+#pragma unroll
+    for (int key = first; key < TC_KEYS; key += KPP) {
+        const bool valid = j0 + key <= max_pos;
+        const char *ksrc = a.k, *vsrc = a.v; /* not read when !valid */
+        if (valid) {
+            int64_t slot = slot_of(a.b, table, j0 + key);
+            ksrc = k_head + slot * a.k_row_bytes;
+            vsrc = v_head + slot * a.v_row_bytes;
+        }
+        cp_async16(k_s + key * RS + c * 8, ksrc, valid);
+        cp_async16(v_s + key * RS + c * 8, vsrc, valid);
+    }
+}
+
+/*
+ * Grid (row tiles, kv heads), TC_THREADS threads. Row r of tile i is token
+ * i·tile_tokens + r / group, query head kvh·group + r % group. Warp w owns rows 16w..16w+15:
+ * lane holds rows 16w + lane/4 ("a") and +8 ("b") of every accumulator fragment.
+ */
+template <int HD>
+__global__ void __launch_bounds__(TC_THREADS) tc_prefill_kernel(tc_args a)
+{
+    constexpr int RS = HD + TC_PAD;
+    extern __shared__ __align__(16) unsigned char tc_smem[];
+    uint16_t *q_s = (uint16_t *)tc_smem;   /* [TC_ROWS][RS] bf16 */
+    uint16_t *k_s = q_s + TC_ROWS * RS;    /* [2][TC_KEYS][RS] */
+    uint16_t *v_s = k_s + 2 * TC_KEYS * RS; /* [2][TC_KEYS][RS] */
+    __shared__ int s_pos[TC_ROWS];
+    __shared__ int s_max_pos, s_row;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int64_t tile = (int64_t)gridDim.x - 1 - blockIdx.x; /* later tokens (longer) first */
+    const int kvh = blockIdx.y, G = a.group;
+    const int64_t t0 = tile * a.tile_tokens;
+    const int n_tok = (int)min((int64_t)a.tile_tokens, a.T - t0);
+
+    const int32_t *table = NULL;
+    const bool uniform = tc_tile_uniform(a.b, t0, n_tok, s_pos, &s_max_pos, &s_row, &table);
+    if (kvh == 0 && tid == 0)
+        a.tile_done[tile] = uniform ? 1 : 0;
+    if (!uniform)
+        return;
+    const int max_pos = s_max_pos;
+    const int n_tiles = max_pos / TC_KEYS + 1;
+
+    tc_load_tile<HD>(a, table, kvh, 0, max_pos, k_s, v_s);
+    cp_async_commit();
+
+    /* Q rows as bf16 (round to nearest even); rows past the batch are zeros. */
+    for (int idx = tid; idx < TC_ROWS * (HD / 2); idx += TC_THREADS) {
+        int r = idx / (HD / 2), d = (idx % (HD / 2)) * 2, tok = r / G;
+        uint32_t packed = 0;
+        if (tok < n_tok) {
+            const float *qr = a.q + (t0 + tok) * a.q_stride + (int64_t)(kvh * G + r % G) * HD + d;
+            packed = pack_bf16x2(qr[0], qr[1]);
+        }
+        *(uint32_t *)(q_s + r * RS + d) = packed;
+    }
+    const int row_a = warp * 16 + (lane >> 2), row_b = row_a + 8;
+    const int tok_a = row_a / G, tok_b = row_b / G;
+    const int pos_a = tok_a < n_tok ? s_pos[tok_a] : -1; /* -1: no such row, all masked */
+    const int pos_b = tok_b < n_tok ? s_pos[tok_b] : -1;
+    const int warp_max = __reduce_max_sync(0xffffffffu, max(pos_a, pos_b));
+    __syncthreads();
+
+    uint32_t qa[HD / 16][4]; /* A fragments of the warp's 16 rows */
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++)
+        ldmatrix_x4(qa[kk], q_s + (warp * 16 + (lane & 15)) * RS + kk * 16 + (lane >> 4) * 8,
+                    false);
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int dn = 0; dn < HD / 8; dn++)
+        o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
+    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f; /* l: this lane's part */
+
+    for (int it = 0; it < n_tiles; it++) {
+        const int stage = it & 1, j0 = it * TC_KEYS;
+        if (it + 1 < n_tiles)
+            tc_load_tile<HD>(a, table, kvh, j0 + TC_KEYS, max_pos,
+                             k_s + (stage ^ 1) * TC_KEYS * RS, v_s + (stage ^ 1) * TC_KEYS * RS);
+        cp_async_commit(); /* possibly empty: keeps "all but the newest group" = tile it */
+        cp_async_wait_all_but_one();
+        __syncthreads();
+        if (j0 <= warp_max) { /* warp-uniform: some row of the warp sees a key of this tile */
+            const uint16_t *ks = k_s + stage * TC_KEYS * RS, *vs = v_s + stage * TC_KEYS * RS;
+            float s[TC_KEYS / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < TC_KEYS / 8; nt++)
+                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            /* S = Q·Kᵀ: K rows are the B operand's columns (ldmatrix without transpose). */
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+                for (int np = 0; np < TC_KEYS / 16; np++) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, ks + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * RS + kk * 16 +
+                                       ((lane >> 3) & 1) * 8,
+                                false);
+                    mma_bf16(s[2 * np], qa[kk], b[0], b[1]);
+                    mma_bf16(s[2 * np + 1], qa[kk], b[2], b[3]);
+                }
+            /* Causal mask per row, scale, online softmax (a row's 4 lanes share its max). */
+            float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < TC_KEYS / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int key = j0 + nt * 8 + 2 * (lane & 3) + e;
+                    s[nt][e] = key <= pos_a ? s[nt][e] * a.scale_log2 : -INFINITY;
+                    s[nt][2 + e] = key <= pos_b ? s[nt][2 + e] * a.scale_log2 : -INFINITY;
+                    mx_a = fmaxf(mx_a, s[nt][e]);
+                    mx_b = fmaxf(mx_b, s[nt][2 + e]);
+                }
+#pragma unroll
+            for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+                mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o_));
+                mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o_));
+            }
+            const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+            const float base_a = mn_a == -INFINITY ? 0.0f : mn_a;
+            const float base_b = mn_b == -INFINITY ? 0.0f : mn_b;
+            const float corr_a = exp2f(m_a - base_a), corr_b = exp2f(m_b - base_b);
+            m_a = mn_a;
+            m_b = mn_b;
+            float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < TC_KEYS / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    s[nt][e] = exp2f(s[nt][e] - base_a);
+                    s[nt][2 + e] = exp2f(s[nt][2 + e] - base_b);
+                    sum_a += s[nt][e];
+                    sum_b += s[nt][2 + e];
+                }
+            l_a = l_a * corr_a + sum_a;
+            l_b = l_b * corr_b + sum_b;
+#pragma unroll
+            for (int dn = 0; dn < HD / 8; dn++) {
+                o[dn][0] *= corr_a;
+                o[dn][1] *= corr_a;
+                o[dn][2] *= corr_b;
+                o[dn][3] *= corr_b;
+            }
+            /* O += P·V: the S accumulators of keys 16kk..16kk+15 are the A fragment; V rows
+             * are the B operand's rows (ldmatrix with transpose). */
+#pragma unroll
+            for (int kk = 0; kk < TC_KEYS / 16; kk++) {
+                const uint32_t pa[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
+                                        pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                                        pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                        pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+                for (int dp = 0; dp < HD / 16; dp++) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, vs + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * RS +
+                                       dp * 16 + (lane >> 4) * 8,
+                                true);
+                    mma_bf16(o[2 * dp], pa, b[0], b[1]);
+                    mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+                }
+            }
+        }
+        __syncthreads(); /* the next iteration's copy overwrites this stage */
+    }
+
+#pragma unroll
+    for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+        l_a += __shfl_xor_sync(0xffffffffu, l_a, o_);
+        l_b += __shfl_xor_sync(0xffffffffu, l_b, o_);
+    }
+    const int col = 2 * (lane & 3);
+    if (pos_a >= 0) {
+        float *out = a.out + (t0 + tok_a) * a.out_stride + (int64_t)(kvh * G + row_a % G) * HD;
+#pragma unroll
+        for (int dn = 0; dn < HD / 8; dn++) {
+            out[dn * 8 + col] = o[dn][0] / l_a;
+            out[dn * 8 + col + 1] = o[dn][1] / l_a;
+        }
+    }
+    if (pos_b >= 0) {
+        float *out = a.out + (t0 + tok_b) * a.out_stride + (int64_t)(kvh * G + row_b % G) * HD;
+#pragma unroll
+        for (int dn = 0; dn < HD / 8; dn++) {
+            out[dn * 8 + col] = o[dn][2] / l_b;
+            out[dn * 8 + col + 1] = o[dn][3] / l_b;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Attention, host side: choosing and launching                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef void (*split_kernel_fn)(split_args);
+typedef void (*tc_kernel_fn)(tc_args);
+
+/* How split_kernel reads a shape: lanes per key, 16-byte chunks per lane, heads per block. */
+struct split_shape {
+    bool ok;
+    int lanes, nch, heads, k_chunks, v_chunks;
+    split_kernel_fn fn;
+};
+
+static bool rows_vectorizable(const pk_tensor *cache, int64_t head_width)
+{
+    size_t elem = pk_is_bf16(cache) ? 2 : 4;
+    return (uintptr_t)cache->data % 16 == 0 && ((size_t)cache->stride * elem) % 16 == 0 &&
+           ((size_t)head_width * elem) % 16 == 0;
+}
+
+static split_shape plan_split(const pk_tensor *k_cache, const pk_tensor *v_cache,
+                              const pk_attention_params *p, bool v_in_k)
+{
+    split_shape s = {};
+    if (v_in_k || k_cache->dtype != v_cache->dtype || !rows_vectorizable(k_cache, p->head_dim) ||
+        !rows_vectorizable(v_cache, p->v_head_dim) || p->v_head_dim == 0)
+        return s;
+    int elem = pk_is_bf16(k_cache) ? 2 : 4;
+    s.k_chunks = p->head_dim * elem / 16;
+    s.v_chunks = p->v_head_dim * elem / 16;
+    int widest = s.k_chunks > s.v_chunks ? s.k_chunks : s.v_chunks;
+    s.lanes = SPLIT_MIN_LANES;
+    while (s.lanes < widest && s.lanes < 32)
+        s.lanes *= 2;
+    s.nch = (widest + s.lanes - 1) / s.lanes;
+    if (s.nch > 2)
+        return s;
+    int group = p->n_q_heads / p->n_kv_heads;
+    s.heads = s.nch == 1 && group > 4 ? 8 : 4; /* registers: heads · chunks · 8 floats */
+    bool bf16 = pk_is_bf16(k_cache);
+    if (s.nch == 2)
+        s.fn = bf16 ? split_kernel<true, 4, 2> : split_kernel<false, 4, 2>;
+    else if (s.heads == 8)
+        s.fn = bf16 ? split_kernel<true, 8, 1> : split_kernel<false, 8, 1>;
+    else
+        s.fn = bf16 ? split_kernel<true, 4, 1> : split_kernel<false, 4, 1>;
+    s.ok = true;
+    return s;
+}
+
+static tc_kernel_fn plan_tensor_core(const pk_tensor *q, const pk_tensor *k_cache,
+                                     const pk_tensor *v_cache, const pk_attention_params *p,
+                                     const split_shape &split, int max_smem)
+{
+    int group = p->n_q_heads / p->n_kv_heads;
+    if (!split.ok || q->rows <= DECODE_MAX_TOKENS || !pk_is_bf16(k_cache) ||
+        !pk_is_bf16(v_cache) || p->head_dim != p->v_head_dim || TC_ROWS % group != 0)
+        return NULL;
+    if (p->head_dim == 64 && tc_smem_bytes<64>() <= (size_t)max_smem)
+        return tc_prefill_kernel<64>;
+    if (p->head_dim == 128 && tc_smem_bytes<128>() <= (size_t)max_smem)
+        return tc_prefill_kernel<128>;
+    return NULL;
+}
+
+/* Splits per token: enough blocks for about SPLIT_BLOCKS_PER_SM per SM, from host-known
+ * numbers only (a captured graph replays it at any positions). */
+static int choose_splits(int64_t T, int n_kv, int head_chunks, int sm_count)
+{
+    if (T > DECODE_MAX_TOKENS)
+        return 1;
+    int64_t blocks = T * n_kv * head_chunks;
+    int64_t want = ((int64_t)SPLIT_BLOCKS_PER_SM * sm_count + blocks - 1) / blocks;
+    return (int)(want < 1 ? 1 : want > SPLIT_MAX_SPLITS ? SPLIT_MAX_SPLITS : want);
+}
+
+static split_args make_split_args(pk_cuda_state *st, const pk_tensor *out, const pk_tensor *q,
+                                  const pk_tensor *k_cache, const pk_tensor *v_cache,
+                                  const pk_token_batch *batch, const pk_attention_params *p,
+                                  const split_shape &sh)
+{
+    split_args a = {};
+    size_t elem = pk_is_bf16(k_cache) ? 2 : 4;
+    a.out = (float *)out->data;
+    a.out_stride = out->stride;
+    a.q = (const float *)q->data;
+    a.q_stride = q->stride;
+    a.k = (const char *)k_cache->data;
+    a.v = (const char *)v_cache->data;
+    a.k_row_bytes = k_cache->stride * (int64_t)elem;
+    a.v_row_bytes = v_cache->stride * (int64_t)elem;
+    a.b = make_batch_view(batch, k_cache);
+    a.T = q->rows;
+    a.n_q = p->n_q_heads;
+    a.group = p->n_q_heads / p->n_kv_heads;
+    a.head_dim = p->head_dim;
+    a.v_head_dim = p->v_head_dim;
+    a.lanes = sh.lanes;
+    a.k_chunks = sh.k_chunks;
+    a.v_chunks = sh.v_chunks;
+    a.splits = 1;
+    a.scale_log2 = p->scale * 1.4426950408889634f;
+    a.tile_tokens = 1;
+    a.info = st->err_info_dev;
+    return a;
+}
+
+/* Bytes of the split partials of T tokens: accumulators, then (m, l) pairs at *ml_offset. */
+static size_t split_partial_bytes(int64_t T, int n_q, int v_head_dim, int splits,
+                                  size_t *ml_offset)
+{
+    size_t acc = sizeof(float) * (size_t)T * n_q * splits * v_head_dim;
+    *ml_offset = (acc + 15) / 16 * 16;
+    return *ml_offset + sizeof(float2) * (size_t)T * n_q * splits;
+}
+
+/* The most partials any batch of up to DECODE_MAX_TOKENS tokens of this shape needs: asked for
+ * at once, so the workspace does not move after the first decode call (graphs recorded later
+ * for other batch sizes keep a valid address). */
+static size_t split_workspace_bound(int n_q, int n_kv, int chunks, int v_head_dim, int sm_count)
+{
+    size_t most = 0, unused;
+    for (int64_t T = 1; T <= DECODE_MAX_TOKENS; T++) {
+        size_t bytes = split_partial_bytes(T, n_q, v_head_dim,
+                                           choose_splits(T, n_kv, chunks, sm_count), &unused);
+        most = bytes > most ? bytes : most;
+    }
+    return most;
+}
+
+static pio_status launch_split(pk_context *ctx, split_args a, const split_shape &sh,
+                               int64_t grid_x, int n_kv, int splits, const char *op,
+                               pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    int chunks = (a.group + sh.heads - 1) / sh.heads;
+    a.splits = splits;
+    if (splits > 1) {
+        size_t ml_offset = 0;
+        (void)split_partial_bytes(a.T, a.n_q, a.v_head_dim, splits, &ml_offset);
+        size_t bound = split_workspace_bound(a.n_q, n_kv, chunks, a.v_head_dim, st->sm_count);
+        void *ws = NULL;
+        pio_status status = pk_cuda_attention_workspace(ctx, bound, op, &ws, err);
+        if (status != PIO_OK)
+            return status;
+        a.part_acc = (float *)ws;
+        a.part_ml = (float2 *)((char *)ws + ml_offset);
+    }
+    if ((int64_t)n_kv > 65535 || (int64_t)chunks * splits > 65535 ||
+        (splits > 1 && a.n_q > 65535))
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: batch too large for one launch", op);
+    dim3 grid((unsigned)grid_x, (unsigned)n_kv, (unsigned)(chunks * splits));
+    sh.fn<<<grid, SPLIT_THREADS, split_smem_bytes(sh.heads, a.head_dim, a.v_head_dim),
+            st->stream>>>(a);
+    if (splits > 1) {
+        dim3 cgrid((unsigned)a.T, (unsigned)a.n_q);
+        combine_kernel<<<cgrid, COMBINE_THREADS, 0, st->stream>>>(
+            a.out, a.out_stride, a.part_acc, a.part_ml, a.n_q, a.v_head_dim, splits);
+    }
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* Tensor-core prefill over the uniform row tiles, then split_kernel for the tokens of the
+ * others. */
+static pio_status launch_tensor_core(pk_context *ctx, tc_kernel_fn fn, split_args sa,
+                                     const split_shape &sh, int n_kv, const char *op,
+                                     pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    tc_args a;
+    a.out = sa.out;
+    a.out_stride = sa.out_stride;
+    a.q = sa.q;
+    a.q_stride = sa.q_stride;
+    a.k = sa.k;
+    a.v = sa.v;
+    a.k_row_bytes = sa.k_row_bytes;
+    a.v_row_bytes = sa.v_row_bytes;
+    a.b = sa.b;
+    a.T = sa.T;
+    a.group = sa.group;
+    a.tile_tokens = TC_ROWS / sa.group;
+    a.scale_log2 = sa.scale_log2;
+    int64_t n_tiles = (a.T + a.tile_tokens - 1) / a.tile_tokens;
+    void *ws = NULL;
+    pio_status status = pk_cuda_scratch(ctx, sizeof(int) * (size_t)n_tiles, op, &ws, err);
+    if (status != PIO_OK)
+        return status;
+    a.tile_done = (int *)ws;
+    if (n_tiles > INT32_MAX || n_kv > 65535)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: batch too large for one launch", op);
+    size_t smem = sa.head_dim == 64 ? tc_smem_bytes<64>() : tc_smem_bytes<128>();
+    fn<<<dim3((unsigned)n_tiles, (unsigned)n_kv), TC_THREADS, smem, st->stream>>>(a);
+    sa.tile_done = a.tile_done;
+    sa.tile_tokens = a.tile_tokens;
+    int64_t grid_x = sa.T < FALLBACK_BLOCKS_X ? sa.T : FALLBACK_BLOCKS_X;
+    return launch_split(ctx, sa, sh, grid_x, n_kv, 1, op, err);
+}
+
+static pio_status set_max_smem(const void *fn, int bytes, pio_error *err)
+{
+    cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess)
+        return PIO_OK;
+    (void)cudaGetLastError();
+    return pio_error_set(err, PIO_ERR_DEVICE,
+                         "pk_context_create: cannot raise an attention kernel's shared memory "
+                         "to %d bytes: %s", bytes, cudaGetErrorString(e));
+}
+
 pio_status pk_cuda_attention_init(pk_context *ctx, pio_error *err)
 {
     pk_cuda_state *st = pk_cuda_state_of(ctx);
-    cudaError_t e = cudaFuncSetAttribute(attention_kernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         st->max_smem_optin);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        return pio_error_set(err, PIO_ERR_DEVICE,
-                             "pk_context_create: cannot raise the attention kernel's shared "
-                             "memory to %d bytes: %s", st->max_smem_optin, cudaGetErrorString(e));
-    }
-    return PIO_OK;
+    pio_status status = set_max_smem((const void *)attention_kernel, st->max_smem_optin, err);
+    if (status == PIO_OK && tc_smem_bytes<64>() <= (size_t)st->max_smem_optin)
+        status = set_max_smem((const void *)tc_prefill_kernel<64>, (int)tc_smem_bytes<64>(), err);
+    if (status == PIO_OK && tc_smem_bytes<128>() <= (size_t)st->max_smem_optin)
+        status =
+            set_max_smem((const void *)tc_prefill_kernel<128>, (int)tc_smem_bytes<128>(), err);
+    return status;
 }
 
-pio_status pk_cuda_attention(pk_context *ctx, const pk_tensor *out, const pk_tensor *q,
-                             const pk_tensor *k_cache, const pk_tensor *v_cache,
-                             const pk_token_batch *batch, const pk_attention_params *params,
-                             pio_error *err)
+/* The general kernel: as many of the group's heads per block as shared memory allows, in
+ * tiles of ATT_TILE keys (fewer for very wide heads). */
+static pio_status launch_general(pk_context *ctx, const pk_tensor *out, const pk_tensor *q,
+                                 const pk_tensor *k_cache, const pk_tensor *v_cache,
+                                 const pk_token_batch *batch, const pk_attention_params *params,
+                                 bool v_in_k, const char *op, pio_error *err)
 {
-    static const char op[] = "pk_attention";
-    pio_status status = pk_cuda_enter(ctx, op, err);
-    if (status != PIO_OK || q->rows == 0)
-        return status;
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     attn_args a;
     a.out = (float *)out->data;
@@ -326,14 +1226,8 @@ pio_status pk_cuda_attention(pk_context *ctx, const pk_tensor *out, const pk_ten
     a.v_head_dim = params->v_head_dim;
     a.scale = params->scale;
     a.info = st->err_info_dev;
-    /* With one kv head, values that are the first v_head_dim columns of the key entries are
-     * taken from the key tile instead of being read again. */
-    a.v_in_k = params->n_kv_heads == 1 && v_cache->data == k_cache->data &&
-               v_cache->stride == k_cache->stride && v_cache->dtype == k_cache->dtype &&
-               params->v_head_dim <= params->head_dim;
+    a.v_in_k = v_in_k;
 
-    /* As many of the group's heads per block as shared memory allows, in tiles of ATT_TILE
-     * keys (fewer for very wide heads). */
     size_t budget = (size_t)st->max_smem_optin / sizeof(float);
     int heads = 0, tile = ATT_TILE;
     for (; tile >= 4; tile /= 2) {
@@ -360,4 +1254,32 @@ pio_status pk_cuda_attention(pk_context *ctx, const pk_tensor *out, const pk_ten
     dim3 grid((unsigned)q->rows, (unsigned)params->n_kv_heads, (unsigned)chunks);
     attention_kernel<<<grid, ATT_THREADS, smem, st->stream>>>(a);
     return pk_cuda_check_launch(ctx, op, err);
+}
+
+pio_status pk_cuda_attention(pk_context *ctx, const pk_tensor *out, const pk_tensor *q,
+                             const pk_tensor *k_cache, const pk_tensor *v_cache,
+                             const pk_token_batch *batch, const pk_attention_params *params,
+                             pio_error *err)
+{
+    static const char op[] = "pk_attention";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || q->rows == 0)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    /* With one kv head, values that are the first v_head_dim columns of the key entries are
+     * taken from the key tile of the general kernel instead of being read again. */
+    bool v_in_k = params->n_kv_heads == 1 && v_cache->data == k_cache->data &&
+                  v_cache->stride == k_cache->stride && v_cache->dtype == k_cache->dtype &&
+                  params->v_head_dim <= params->head_dim;
+    split_shape sh = plan_split(k_cache, v_cache, params, v_in_k);
+    if (!sh.ok)
+        return launch_general(ctx, out, q, k_cache, v_cache, batch, params, v_in_k, op, err);
+    split_args sa = make_split_args(st, out, q, k_cache, v_cache, batch, params, sh);
+    tc_kernel_fn tc = plan_tensor_core(q, k_cache, v_cache, params, sh, st->max_smem_optin);
+    if (tc != NULL)
+        return launch_tensor_core(ctx, tc, sa, sh, params->n_kv_heads, op, err);
+    int chunks = (sa.group + sh.heads - 1) / sh.heads;
+    int splits = choose_splits(q->rows, params->n_kv_heads, chunks, st->sm_count);
+    int64_t grid_x = q->rows < INT32_MAX ? q->rows : INT32_MAX;
+    return launch_split(ctx, sa, sh, grid_x, params->n_kv_heads, splits, op, err);
 }

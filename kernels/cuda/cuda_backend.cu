@@ -76,28 +76,52 @@ pio_status pk_cuda_check_launch(pk_context *ctx, const char *op, pio_error *err)
     return pk_cuda_fail(ctx, op, "kernel launch", cudaGetLastError(), err);
 }
 
-pio_status pk_cuda_scratch(pk_context *ctx, size_t bytes, const char *op, void **out,
-                           pio_error *err)
+/* Grows *buf (never shrinks) to at least `bytes`; *out = it. */
+static pio_status grow_workspace(pk_context *ctx, void **buf, size_t *buf_bytes, size_t bytes,
+                                 const char *op, void **out, pio_error *err)
 {
-    pk_cuda_state *st = pk_cuda_state_of(ctx);
-    *out = st->scratch;
-    if (bytes <= st->scratch_bytes && st->scratch != NULL)
+    *out = *buf;
+    if (bytes <= *buf_bytes && *buf != NULL)
         return PIO_OK;
     *out = NULL;
     size_t grown = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes + bytes / 4;
-    /* cudaFree waits for the device, so work still reading the old scratch has finished. */
-    if (st->scratch != NULL)
-        (void)cudaFree(st->scratch);
-    st->scratch = NULL;
-    st->scratch_bytes = 0;
+    /* cudaFree waits for the device, so work still reading the old buffer has finished. */
+    if (*buf != NULL)
+        (void)cudaFree(*buf);
+    *buf = NULL;
+    *buf_bytes = 0;
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, grown);
     if (e != cudaSuccess)
         return pk_cuda_fail(ctx, op, "cudaMalloc (workspace)", e, err);
-    st->scratch = p;
-    st->scratch_bytes = grown;
+    *buf = p;
+    *buf_bytes = grown;
     *out = p;
+    pk_cuda_state_of(ctx)->workspace_epoch++; /* graphs recorded before now hold the old one */
     return PIO_OK;
+}
+
+pio_status pk_cuda_scratch(pk_context *ctx, size_t bytes, const char *op, void **out,
+                           pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    return grow_workspace(ctx, &st->scratch, &st->scratch_bytes, bytes, op, out, err);
+}
+
+pio_status pk_cuda_attention_workspace(pk_context *ctx, size_t bytes, const char *op, void **out,
+                                       pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    return grow_workspace(ctx, &st->attn_workspace, &st->attn_workspace_bytes, bytes, op, out,
+                          err);
+}
+
+pio_status pk_cuda_sample_workspace(pk_context *ctx, size_t bytes, const char *op, void **out,
+                                    pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    return grow_workspace(ctx, &st->sample_workspace, &st->sample_workspace_bytes, bytes, op,
+                          out, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -120,6 +144,10 @@ static void release_state(pk_cuda_state *st)
         (void)cudaFree(st->lt_workspace);
     if (st->scratch != NULL)
         (void)cudaFree(st->scratch);
+    if (st->attn_workspace != NULL)
+        (void)cudaFree(st->attn_workspace);
+    if (st->sample_workspace != NULL)
+        (void)cudaFree(st->sample_workspace);
     if (st->err_info_dev != NULL)
         (void)cudaFree(st->err_info_dev);
     if (st->err_info_host != NULL)
@@ -386,12 +414,16 @@ static constexpr pk_backend make_cuda_backend()
     b.attention = pk_cuda_attention;
     b.moe_topk_softmax = pk_cuda_moe_topk_softmax;
     b.moe_experts = pk_cuda_moe_experts;
-    b.rmsnorm_matmul = pk_cuda_rmsnorm_matmul;
+    b.moe_experts_slice = pk_cuda_moe_experts_slice;
     b.qk_norm_rope_store = pk_cuda_qk_norm_rope_store;
     b.graph_begin = pk_cuda_graph_begin;
     b.graph_end = pk_cuda_graph_end;
     b.graph_launch = pk_cuda_graph_launch;
     b.graph_destroy = pk_cuda_graph_destroy;
+    b.graph_is_current = pk_cuda_graph_is_current;
+    b.host_alloc = pk_cuda_host_alloc;
+    b.host_free = pk_cuda_host_free;
+    b.sample = pk_cuda_sample;
     return b;
 }
 

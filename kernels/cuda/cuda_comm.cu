@@ -439,6 +439,17 @@ static pio_status nccl_run(pk_comm *comm, const pk_comm_call *call, pio_error *e
                          comm->rank);
 }
 
+/* The GPUs the CUDA runtime lists (CUDA_VISIBLE_DEVICES applies); 0 without a driver. */
+static int nccl_device_count(void)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return count;
+}
+
 extern "C" const pk_comm_impl pk_comm_nccl_impl = {
     /* name */ "nccl",
     /* device */ PK_DEVICE_CUDA,
@@ -451,4 +462,5 @@ extern "C" const pk_comm_impl pk_comm_nccl_impl = {
     /* fini */ nccl_fini,
     /* abort */ nccl_abort,
     /* run */ nccl_run,
+    /* device_count */ nccl_device_count,
 };

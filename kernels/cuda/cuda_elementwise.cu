@@ -207,64 +207,102 @@ static constexpr int QK_NORM_WARPS = 8;
 
 struct qk_norm_rope_args {
     float *q, *k;
-    int64_t qs, ks;
+    const float *v;
+    int64_t qs, ks, vs;
     int n_q, n_kv, head_dim;
     const void *q_norm, *k_norm;
     bool q_norm_bf16, k_norm_bf16;
     float eps;
-    const int32_t *positions;
     int64_t T;
     int rotary_dim, offset;
     bool interleaved;
     rope_freqs f;
+    void *k_cache, *v_cache; /* v_cache NULL: keys only */
+    int64_t kcs, vcs;
+    bool k_bf16, v_bf16;
+    batch_view b;
+    long long *info;
 };
 
-/* Blocks over (token, group of QK_NORM_WARPS heads); each warp takes one head (q heads, then k
- * heads): the head's RMSNorm through a per-warp shared row, then its RoPE pairs, in place. Same
- * expressions as rmsnorm_kernel and rope_kernel. Decode steps have one token: the heads give the
- * parallelism. */
+/* Head `head` of token t is normalised (q and k heads) and rotated, in place; a k head then
+ * goes to its cache slot, a v head (numbered after the k heads) is copied there. */
+__device__ void qk_norm_rope_head(const qk_norm_rope_args &a, int64_t t, int head, float *row,
+                                  const float *cos_s, const float *sin_s, int64_t slot)
+{
+    const int lane = threadIdx.x & 31, hd = a.head_dim, half = a.rotary_dim / 2;
+    if (head >= a.n_q + a.n_kv) { /* a value head: stored as it is */
+        int vh = head - a.n_q - a.n_kv;
+        const float *x = a.v + t * a.vs + (int64_t)vh * hd;
+        void *dst = (char *)a.v_cache + (size_t)(slot * a.vcs) * (a.v_bf16 ? 2 : 4);
+        for (int i = lane; i < hd; i += 32)
+            pk_store(dst, a.v_bf16, (int64_t)vh * hd + i, x[i]);
+        return;
+    }
+    bool is_q = head < a.n_q;
+    int kh = head - a.n_q;
+    float *x = is_q ? a.q + t * a.qs + (int64_t)head * hd : a.k + t * a.ks + (int64_t)kh * hd;
+    const void *w = is_q ? a.q_norm : a.k_norm;
+    bool w_bf16 = is_q ? a.q_norm_bf16 : a.k_norm_bf16;
+    float s = 0.0f;
+    for (int i = lane; i < hd; i += 32)
+        s = fmaf(x[i], x[i], s);
+    float inv_rms = 1.0f / sqrtf(pk_warp_sum(s) / (float)hd + a.eps);
+    for (int i = lane; i < hd; i += 32)
+        row[i] = (x[i] * inv_rms) * pk_load(w, w_bf16, i);
+    __syncwarp();
+    /* Each lane writes only its own elements; the rotated pairs read `row`, left unchanged. */
+    void *k_row = !is_q && slot >= 0 ? (char *)a.k_cache + (size_t)(slot * a.kcs) *
+                                                               (a.k_bf16 ? 2 : 4)
+                                     : NULL;
+    for (int i = lane; i < hd; i += 32) {
+        float out = row[i];
+        if (i >= a.offset && i < a.offset + a.rotary_dim) {
+            int pair = i - a.offset;
+            bool first = a.interleaved ? (pair & 1) == 0 : pair < half;
+            int p = a.interleaved ? pair >> 1 : (first ? pair : pair - half);
+            int j = a.offset + (a.interleaved ? (first ? pair + 1 : pair - 1)
+                                               : (first ? pair + half : pair - half));
+            float xj = row[j], c = cos_s[p], sn = sin_s[p];
+            out = first ? __fsub_rn(__fmul_rn(out, c), __fmul_rn(xj, sn))
+                        : __fadd_rn(__fmul_rn(out, c), __fmul_rn(xj, sn));
+        }
+        x[i] = out;
+        if (k_row != NULL)
+            pk_store(k_row, a.k_bf16, (int64_t)kh * hd + i, out);
+    }
+    __syncwarp(); /* row is reused by this warp's next head */
+}
+
+/* Blocks over (token, group of QK_NORM_WARPS heads: q, then k, then v); one warp per head. Same
+ * expressions as rmsnorm_kernel, rope_kernel and kv_store. Decode steps have one token: the
+ * heads give the parallelism. A token whose cache slot is invalid is normalised and rotated but
+ * not stored, and reported (as pk_kv_store does). */
 __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_kernel(qk_norm_rope_args a)
 {
     extern __shared__ float sm[];
     float *cos_s = sm, *sin_s = sm + ROPE_MAX_HALF;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, hd = a.head_dim;
-    float *row = sin_s + ROPE_MAX_HALF + warp * hd;
+    const int warp = threadIdx.x >> 5;
+    float *row = sin_s + ROPE_MAX_HALF + warp * a.head_dim;
     const int half = a.rotary_dim / 2;
+    const int heads = a.n_q + a.n_kv + (a.v_cache != NULL ? a.n_kv : 0);
     for (int64_t t = blockIdx.x; t < a.T; t += gridDim.x) {
         __syncthreads(); /* the previous token's cos/sin are no longer read */
-        float pos = (float)a.positions[t];
+        int64_t pos;
+        const int32_t *table;
+        bool ok = token_ok(a.b, t, PK_CUDA_OP_KV_STORE, a.info,
+                           threadIdx.x == 0 && blockIdx.y == 0, &pos, &table);
+        int64_t slot = ok ? slot_of(a.b, table, (int)pos) : -1;
+        float angle_pos = (float)a.b.positions[t];
         for (int i = threadIdx.x; i < half; i += blockDim.x) {
-            float angle = pos * a.f.inv_freq[i];
+            float angle = angle_pos * a.f.inv_freq[i];
             cos_s[i] = cosf(angle);
             sin_s[i] = sinf(angle);
         }
         __syncthreads();
-        for (int head = blockIdx.y * QK_NORM_WARPS + warp; head < a.n_q + a.n_kv;
-             head += gridDim.y * QK_NORM_WARPS) {
-            bool is_q = head < a.n_q;
-            float *x = is_q ? a.q + t * a.qs + (int64_t)head * hd
-                            : a.k + t * a.ks + (int64_t)(head - a.n_q) * hd;
-            const void *w = is_q ? a.q_norm : a.k_norm;
-            bool w_bf16 = is_q ? a.q_norm_bf16 : a.k_norm_bf16;
-            float s = 0.0f;
-            for (int i = lane; i < hd; i += 32)
-                s = fmaf(x[i], x[i], s);
-            float inv_rms = 1.0f / sqrtf(pk_warp_sum(s) / (float)hd + a.eps);
-            for (int i = lane; i < hd; i += 32)
-                row[i] = (x[i] * inv_rms) * pk_load(w, w_bf16, i);
-            __syncwarp();
-            for (int i = lane; i < hd; i += 32)
-                if (i < a.offset || i >= a.offset + a.rotary_dim)
-                    x[i] = row[i];
-            for (int i = lane; i < half; i += 32) {
-                int d0 = a.offset + (a.interleaved ? 2 * i : i);
-                int d1 = a.offset + (a.interleaved ? 2 * i + 1 : i + half);
-                float x0 = row[d0], x1 = row[d1], c = cos_s[i], sn = sin_s[i];
-                x[d0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn));
-                x[d1] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sn));
-            }
-            __syncwarp(); /* row is reused by this warp's next head */
-        }
+        for (int head = blockIdx.y * QK_NORM_WARPS + warp; head < heads;
+             head += gridDim.y * QK_NORM_WARPS)
+            if (head < a.n_q + a.n_kv || slot >= 0)
+                qk_norm_rope_head(a, t, head, row, cos_s, sin_s, slot);
     }
 }
 
@@ -281,17 +319,21 @@ pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const
         return status;
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     size_t smem = (2 * ROPE_MAX_HALF + (size_t)QK_NORM_WARPS * params->head_dim) * sizeof(float);
-    if (rope->rotary_dim / 2 > ROPE_MAX_HALF || smem > (size_t)st->max_smem_optin)
-        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: head_dim %d / rotary_dim %d are "
-                             "beyond the cuda kernel's limits", op, (int)params->head_dim,
+    if (rope->rotary_dim / 2 > ROPE_MAX_HALF || smem > (size_t)st->max_smem_optin ||
+        (v != NULL && params->v_head_dim != params->head_dim))
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: head_dim %d / v_head_dim %d / "
+                             "rotary_dim %d are beyond the cuda kernel's limits", op,
+                             (int)params->head_dim, (int)params->v_head_dim,
                              (int)rope->rotary_dim);
     if (q->rows == 0)
         return PIO_OK;
     qk_norm_rope_args a;
     a.q = (float *)q->data;
     a.k = (float *)k->data;
+    a.v = v != NULL ? (const float *)v->data : NULL;
     a.qs = q->stride;
     a.ks = k->stride;
+    a.vs = v != NULL ? v->stride : 0;
     a.n_q = params->n_q_heads;
     a.n_kv = params->n_kv_heads;
     a.head_dim = params->head_dim;
@@ -300,20 +342,27 @@ pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const
     a.q_norm_bf16 = pk_is_bf16(q_norm);
     a.k_norm_bf16 = pk_is_bf16(k_norm);
     a.eps = eps;
-    a.positions = (const int32_t *)batch->positions.data;
     a.T = q->rows;
     a.rotary_dim = rope->rotary_dim;
     a.offset = rope->rotary_offset;
     a.interleaved = rope->layout == PK_ROPE_INTERLEAVED;
     a.f = make_rope_freqs(rope);
+    a.k_cache = k_cache->data;
+    a.kcs = k_cache->stride;
+    a.k_bf16 = pk_is_bf16(k_cache);
+    a.v_cache = v != NULL ? v_cache->data : NULL;
+    a.vcs = v != NULL ? v_cache->stride : 0;
+    a.v_bf16 = v != NULL && pk_is_bf16(v_cache);
+    a.b = make_batch_view(batch, k_cache);
+    a.info = st->err_info_dev;
     if (smem > 48 * 1024)
         (void)cudaFuncSetAttribute(qk_norm_rope_kernel,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    dim3 grid(row_grid(q->rows), (unsigned)((a.n_q + a.n_kv + QK_NORM_WARPS - 1) / QK_NORM_WARPS));
+    int heads = a.n_q + a.n_kv + (v != NULL ? a.n_kv : 0);
+    dim3 grid((unsigned)(q->rows < 65535 ? q->rows : 65535),
+              (unsigned)((heads + QK_NORM_WARPS - 1) / QK_NORM_WARPS));
     qk_norm_rope_kernel<<<grid, QK_NORM_WARPS * 32, smem, st->stream>>>(a);
-    if ((status = pk_cuda_check_launch(ctx, op, err)) != PIO_OK)
-        return status;
-    return pk_cuda_kv_store(ctx, k_cache, v_cache, k, v, batch, params, err);
+    return pk_cuda_check_launch(ctx, op, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -504,37 +553,61 @@ __device__ __forceinline__ void argmax_warp(float &v, int64_t &i)
     }
 }
 
-__global__ void argmax_kernel(int32_t *ids, const float *x, int64_t xs, int64_t rows, int64_t n)
+/* Rows are long (a vocabulary) and few (the tokens being sampled): each row is cut into `parts`
+ * slices, one block each, whose (value, index) winners meet in argmax_finish. */
+static constexpr int ARGMAX_THREADS = 256;
+static constexpr int64_t ARGMAX_SLICE = 4096; /* elements per block at least */
+static constexpr int ARGMAX_MAX_PARTS = 64;
+
+struct argmax_pair {
+    float value;
+    int32_t index; /* -1: nothing but NaN seen */
+};
+
+__global__ void __launch_bounds__(ARGMAX_THREADS)
+    argmax_parts_kernel(argmax_pair *parts, const float *x, int64_t xs, int64_t n, int n_parts)
 {
     __shared__ float vshared[32];
     __shared__ int64_t ishared[32];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const float *xr = x + r * xs;
-        float v = 0.0f;
-        int64_t best = -1;
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-            float xv = xr[i];
-            if (!isnan(xv) && (best < 0 || xv > v)) { /* i rises: ties keep the first */
-                v = xv;
-                best = i;
-            }
-        }
-        argmax_warp(v, best);
-        __syncthreads();
-        if (lane == 0) {
-            vshared[warp] = v;
-            ishared[warp] = best;
-        }
-        __syncthreads();
-        if (warp == 0) {
-            v = lane < warps ? vshared[lane] : 0.0f;
-            best = lane < warps ? ishared[lane] : -1;
-            argmax_warp(v, best);
-            if (lane == 0)
-                ids[r] = best < 0 ? 0 : (int32_t)best;
+    const int64_t r = blockIdx.y, slice = (n + n_parts - 1) / n_parts;
+    const int64_t first = blockIdx.x * slice, last = min(n, first + slice);
+    const float *xr = x + r * xs;
+    float v = 0.0f;
+    int64_t best = -1;
+    for (int64_t i = first + threadIdx.x; i < last; i += blockDim.x) {
+        float xv = xr[i];
+        if (!isnan(xv) && (best < 0 || xv > v)) { /* i rises: ties keep the first */
+            v = xv;
+            best = i;
         }
     }
+    argmax_warp(v, best);
+    if (lane == 0) {
+        vshared[warp] = v;
+        ishared[warp] = best;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < warps ? vshared[lane] : 0.0f;
+        best = lane < warps ? ishared[lane] : -1;
+        argmax_warp(v, best);
+        if (lane == 0)
+            parts[r * n_parts + blockIdx.x] = argmax_pair{v, (int32_t)best};
+    }
+}
+
+/* One warp per row merges its slices' winners (lower slices hold lower indices). */
+__global__ void argmax_finish_kernel(int32_t *ids, const argmax_pair *parts, int n_parts)
+{
+    const int64_t r = blockIdx.x;
+    float v = 0.0f;
+    int64_t best = -1;
+    for (int p = threadIdx.x; p < n_parts; p += 32)
+        argmax_merge(v, best, parts[r * n_parts + p].value, parts[r * n_parts + p].index);
+    argmax_warp(v, best);
+    if (threadIdx.x == 0)
+        ids[r] = best < 0 ? 0 : (int32_t)best;
 }
 
 pio_status pk_cuda_argmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor *x,
@@ -544,8 +617,21 @@ pio_status pk_cuda_argmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor
     pio_status status = pk_cuda_enter(ctx, op, err);
     if (status != PIO_OK || x->rows == 0)
         return status;
+    if (x->rows > 65535 || x->cols > INT32_MAX)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: more than 65535 rows or 2^31 "
+                             "columns", op);
     pk_cuda_state *st = pk_cuda_state_of(ctx);
-    argmax_kernel<<<row_grid(x->rows), row_threads(x->cols), 0, st->stream>>>(
-        (int32_t *)ids->data, (const float *)x->data, x->stride, x->rows, x->cols);
+    int64_t parts = (x->cols + ARGMAX_SLICE - 1) / ARGMAX_SLICE;
+    parts = parts < 1 ? 1 : parts > ARGMAX_MAX_PARTS ? ARGMAX_MAX_PARTS : parts;
+    void *scratch = NULL;
+    if ((status = pk_cuda_scratch(ctx, (size_t)(x->rows * parts) * sizeof(argmax_pair), op,
+                                  &scratch, err)) != PIO_OK)
+        return status;
+    argmax_pair *pairs = (argmax_pair *)scratch;
+    argmax_parts_kernel<<<dim3((unsigned)parts, (unsigned)x->rows), ARGMAX_THREADS, 0,
+                          st->stream>>>(pairs, (const float *)x->data, x->stride, x->cols,
+                                        (int)parts);
+    argmax_finish_kernel<<<(unsigned)x->rows, 32, 0, st->stream>>>((int32_t *)ids->data, pairs,
+                                                                    (int)parts);
     return pk_cuda_check_launch(ctx, op, err);
 }

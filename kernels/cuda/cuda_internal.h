@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 
@@ -75,6 +76,17 @@ typedef struct pk_cuda_state {
     /* Grows on demand (never shrinks): the bf16 copy of x for cuBLASLt matmuls. */
     void *scratch;
     size_t scratch_bytes;
+    /* Counts the moves of the grow-only workspaces (scratch, attention, sampling): a graph
+     * recorded at an older count may address freed memory. */
+    unsigned long long workspace_epoch;
+    unsigned long long recording_epoch; /* workspace_epoch when the recording began */
+    /* Grows on demand (never shrinks): split-KV attention partials. The first decode call
+     * sizes it for every decode batch size of its shape, so recorded graphs keep its address. */
+    void *attn_workspace;
+    size_t attn_workspace_bytes;
+    /* Grows on demand (never shrinks): pk_sample's candidate lists and penalised copies. */
+    void *sample_workspace;
+    size_t sample_workspace_bytes;
 
     long long *err_info_dev;  /* PK_CUDA_ERR_WORDS device words, zero while nothing is wrong */
     long long *err_info_host; /* pinned copy read by pk_synchronize */
@@ -102,6 +114,12 @@ pio_status pk_cuda_check_launch(pk_context *ctx, const char *op, pio_error *err)
  * graph capture must be preceded by a warm-up call of the largest shape). */
 pio_status pk_cuda_scratch(pk_context *ctx, size_t bytes, const char *op, void **out,
                            pio_error *err);
+/* The same for the attention workspace (attn_workspace). */
+pio_status pk_cuda_attention_workspace(pk_context *ctx, size_t bytes, const char *op, void **out,
+                                       pio_error *err);
+/* The same for pk_sample's workspace (sample_workspace). */
+pio_status pk_cuda_sample_workspace(pk_context *ctx, size_t bytes, const char *op, void **out,
+                                    pio_error *err);
 
 /* Rows of x up to which matmul uses the GEMV kernel rather than cuBLASLt, unless the
  * environment variable PIO_CUDA_GEMV_MAX_M says otherwise at context creation (tests and tuning
@@ -147,10 +165,7 @@ pio_status pk_cuda_attention(pk_context *ctx, const pk_tensor *out, const pk_ten
                              const pk_tensor *k_cache, const pk_tensor *v_cache,
                              const pk_token_batch *batch, const pk_attention_params *params,
                              pio_error *err);
-/* Fused ops: cuda_matmul.cu (rmsnorm_matmul), cuda_elementwise.cu (qk_norm_rope_store). */
-pio_status pk_cuda_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
-                                  const pk_tensor *x, const pk_tensor *norm_weight, float eps,
-                                  const pk_tensor *w, pio_error *err);
+/* Fused ops: cuda_elementwise.cu (qk_norm_rope_store). */
 pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
                                       const pk_tensor *v, const pk_tensor *q_norm,
                                       const pk_tensor *k_norm, float eps,
@@ -162,6 +177,9 @@ pio_status pk_cuda_graph_begin(pk_context *ctx, pio_error *err);
 pio_status pk_cuda_graph_end(pk_context *ctx, pk_graph **out, pio_error *err);
 pio_status pk_cuda_graph_launch(pk_context *ctx, pk_graph *graph, pio_error *err);
 void pk_cuda_graph_destroy(pk_context *ctx, pk_graph *graph);
+int pk_cuda_graph_is_current(pk_context *ctx, const pk_graph *graph);
+pio_status pk_cuda_host_alloc(pk_context *ctx, size_t bytes, void **data, pio_error *err);
+void pk_cuda_host_free(pk_context *ctx, void *data);
 /* cuda_moe.cu */
 pio_status pk_cuda_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
                                     const pk_tensor *weights, const pk_tensor *logits,
@@ -170,6 +188,16 @@ pio_status pk_cuda_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_t
                                const pk_tensor *gate_up, const pk_tensor *down,
                                const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
                                pio_error *err);
+pio_status pk_cuda_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                     const pk_tensor *gate_up, const pk_tensor *down,
+                                     const pk_tensor *ids, const pk_tensor *weights,
+                                     int64_t n_experts, int64_t first, int64_t n_local,
+                                     int accumulate, pio_error *err);
+/* cuda_sample.cu */
+pio_status pk_cuda_sample(pk_context *ctx, const pk_tensor *ids, const pk_tensor *logits,
+                          int64_t n_valid, const pk_tensor *params, const pk_tensor *prompt_tokens,
+                          const pk_tensor *output_tokens, const pk_tensor *uniforms,
+                          pio_error *err);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Device helpers                                                                             */
@@ -254,6 +282,87 @@ __device__ __forceinline__ float pk_block_sum(float v, float *shared)
     }
     __syncthreads();
     return shared[32];
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A flattened batch on the device (pk_token_batch): positions, sequence rows, block tables   */
+/* ------------------------------------------------------------------------------------------ */
+
+struct batch_view {
+    const int32_t *positions;
+    const int32_t *seq_rows;
+    const int32_t *tables;
+    int64_t table_stride, table_rows, table_width;
+    int32_t block_size;
+    int32_t block_shift; /* log2(block_size) when a power of two, else -1 */
+    int64_t n_blocks;    /* blocks in the cache planes */
+};
+
+static inline batch_view make_batch_view(const pk_token_batch *b, const pk_tensor *cache)
+{
+    batch_view v;
+    v.positions = (const int32_t *)b->positions.data;
+    v.seq_rows = (const int32_t *)b->seq_rows.data;
+    v.tables = (const int32_t *)b->block_tables.data;
+    v.table_stride = b->block_tables.stride;
+    v.table_rows = b->block_tables.rows;
+    v.table_width = b->block_tables.cols;
+    v.block_size = b->block_size;
+    v.block_shift = -1;
+    for (int s = 0; s < 31; s++)
+        if ((int32_t)1 << s == b->block_size)
+            v.block_shift = s;
+    v.n_blocks = cache->rows / b->block_size;
+    return v;
+}
+
+/* Checks token t's position, table row and the block holding its position, as the CPU's
+ * check_token; on success *pos and *table describe it. `report`: this thread records the
+ * error. */
+__device__ inline bool token_ok(const batch_view &b, int64_t t, int op, long long *info, bool report,
+                         int64_t *pos, const int32_t **table)
+{
+    int64_t p = b.positions[t], row = b.seq_rows[t];
+    if (p < 0) {
+        if (report)
+            pk_report(info, op, PK_CUDA_BAD_POSITION, t, p, 0, 0);
+        return false;
+    }
+    if (row < 0 || row >= b.table_rows) {
+        if (report)
+            pk_report(info, op, PK_CUDA_BAD_SEQ_ROW, t, row, b.table_rows, 0);
+        return false;
+    }
+    int64_t last = p / b.block_size;
+    if (last >= b.table_width) {
+        if (report)
+            pk_report(info, op, PK_CUDA_BAD_TABLE_SPAN, t, p, last, b.table_width);
+        return false;
+    }
+    const int32_t *tab = b.tables + row * b.table_stride;
+    if (tab[last] < 0 || tab[last] >= b.n_blocks) {
+        if (report)
+            pk_report(info, op, PK_CUDA_BAD_BLOCK_ID, t, tab[last], b.n_blocks, 0);
+        return false;
+    }
+    *pos = p;
+    *table = tab;
+    return true;
+}
+
+/* Cache row of position `key` of the sequence whose block-table row is `table` (block ids
+ * already checked). */
+__device__ __forceinline__ int64_t slot_of(const batch_view &b, const int32_t *table, int key)
+{
+    int block, offset;
+    if (b.block_shift >= 0) {
+        block = key >> b.block_shift;
+        offset = key & (b.block_size - 1);
+    } else {
+        block = key / b.block_size;
+        offset = key - block * b.block_size;
+    }
+    return (int64_t)__ldg(table + block) * b.block_size + offset;
 }
 
 /* Host helpers. */

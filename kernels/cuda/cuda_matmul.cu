@@ -4,9 +4,9 @@
  *
  * Two algorithms:
  *   - M <= gemv_max_m (decode; PK_CUDA_GEMV_MAX_M_DEFAULT unless PIO_CUDA_GEMV_MAX_M says
- *     otherwise): a GEMV kernel. One warp per row of W, which it streams once with 16-byte
- *     loads (8 bf16 or 4 f32 per lane, four loads in flight), dotting it with every row of x in
- *     fp32 registers: bound by memory bandwidth at M = 1, and the numerics are the CPU
+ *     otherwise): a GEMV kernel that streams W once with 16-byte loads (8 bf16 or 4 f32 per
+ *     lane), each warp dotting a few rows of W with every row of x in fp32 registers (see
+ *     gemv_kernel): bound by memory bandwidth at M = 1, and the numerics are the CPU
  *     backend's (fp32 products and sums, only the order differs).
  *   - Larger M (prefill, big batches): cuBLASLt. With BF16 W, x is first rounded to bf16 (round
  *     to nearest even) into a workspace and the product runs on the tensor cores with fp32
@@ -24,16 +24,13 @@
 #include <string.h>
 
 static constexpr int GEMV_MAX_M = PK_CUDA_GEMV_ROWS; /* rows of x per GEMV launch */
-static constexpr int GEMV_WARPS = 8;  /* warps (rows of W) per block */
-static constexpr int GEMV_UNROLL = 4; /* 16-byte loads in flight per lane */
+static constexpr int GEMV_WARPS = 8; /* warps per block */
 
 /* ------------------------------------------------------------------------------------------ */
 /* GEMV                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Operands of one GEMV launch. With a norm weight g (the fused pk_rmsnorm_matmul), the kernel
- * multiplies by x·g instead of x, sums x² on the way, and scales each dot product by
- * rsqrt(mean(x²) + eps) at the end; warp 0 of each block also writes its share of h = RMSNorm(x). */
+/* Operands of one GEMV launch. */
 struct gemv_args {
     float *y;
     int64_t ys;
@@ -43,13 +40,19 @@ struct gemv_args {
     int64_t ws;
     int64_t N, K;
     int accumulate;
-    const void *g; /* norm weight [K], NULL without the norm */
-    bool g_bf16;
-    float eps;
-    float *h; /* RMSNorm(x) out, [M, K] */
-    int64_t hs;
-    int splits; /* warps per output row (gemv_splits) */
+    int splits; /* warps per row group (gemv_splits) */
 };
+
+/* 16 bytes of a weight row, which is read once per call: not kept in L1, and L2 asked to fetch
+ * the whole 256-byte sector group around it (fewer, larger DRAM transactions). */
+__device__ __forceinline__ uint4 load_weights(const void *p)
+{
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
 
 /* E consecutive elements (8 bf16 or 4 f32 of a 16-byte load) as floats. */
 template <bool BF16> struct lanes { float v[BF16 ? 8 : 4]; };
@@ -88,170 +91,148 @@ template <bool BF16> __device__ __forceinline__ lanes<BF16> load_x(const float *
     return r;
 }
 
-/* g[k..k+E) of the norm weight (BF16 or F32, 16-byte aligned) as lanes. */
-template <bool BF16> __device__ __forceinline__ lanes<BF16> load_g(const void *g, bool g_bf16,
-                                                                   int64_t k)
-{
-    if (!g_bf16)
-        return load_x<BF16>((const float *)g + k);
-    lanes<BF16> r;
-    if constexpr (BF16) {
-        r = unpack<true>(__ldg((const uint4 *)((const uint16_t *)g + k)));
-    } else {
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            r.v[j] = pk_bf16_to_f32(__ldg((const unsigned short *)g + k + j));
-    }
-    return r;
-}
+/* Rows of W one warp dots: every x value a lane loads serves that many rows, which keeps the
+ * load/store pipe (not DRAM) from being the limit; fewer for large M (registers). */
+template <int M> struct gemv_shape {
+    static constexpr int ROWS = M <= 2 ? 4 : 2;  /* rows of W per warp */
+    static constexpr int STEPS = M <= 2 ? 4 : 2; /* 16-byte steps along K per loop iteration */
+};
 
 /*
- * Output column n (a row of W) is computed by `splits` warps of one block (splits = 1, 2, 4 or
- * 8; GEMV_WARPS / splits rows per block): their lanes interleave over K, lane l of split s
- * reading elements [(s·32 + l)·E, +E) of every splits·32·E-element step with one 16-byte load
- * (VEC: W rows, x rows and g start 16-byte aligned; the K % E tail is read one element per
- * lane), UNROLL loads in flight per lane. Splitting K gives short matrices (few rows) enough
- * warps to keep the memory system busy; the partial sums meet in shared memory and are added
- * in split order, so results do not depend on timing.
+ * A warp computes ROWS output columns (rows n0 .. n0 + ROWS - 1 of W) over its share of K;
+ * `splits` warps of one block share each row group (splits = 1, 2, 4 or 8), their lanes
+ * interleaving over K: lane l of split s reads elements [(s·32 + l)·E, +E) of every
+ * splits·32·E-element step with one 16-byte load per row (VEC: W rows, x rows and g start
+ * 16-byte aligned; the K % E tail is read one element per lane). A loop iteration first issues
+ * STEPS × ROWS loads, then loads each x value once for all ROWS rows. Splitting K gives short
+ * matrices enough warps to keep the memory system busy; partial sums meet in shared memory and
+ * are added in split order, so results do not depend on timing.
  */
-template <int M, bool BF16, bool VEC, bool NORM>
+template <int M, bool BF16, bool VEC>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
 {
     constexpr int E = BF16 ? 8 : 4;
-    constexpr int UNROLL = M <= 2 ? 2 * GEMV_UNROLL : GEMV_UNROLL;
+    constexpr int R = gemv_shape<M>::ROWS, U = gemv_shape<M>::STEPS;
     const size_t welem = BF16 ? 2 : 4;
-    __shared__ float partial[GEMV_WARPS][2 * M];
+    __shared__ float partial[GEMV_WARPS][M][R];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.splits;
     const int split = warp % S;
-    const int64_t n = (int64_t)blockIdx.x * (GEMV_WARPS / S) + warp / S;
+    const int64_t n0 = ((int64_t)blockIdx.x * (GEMV_WARPS / S) + warp / S) * R;
     const int64_t step = (int64_t)S * 32 * E;
-    const bool valid = n < a.N;
-    float acc[M], sq[M];
+    const char *wrow[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) /* rows past N read row 0 and are not written */
+        wrow[r] = (const char *)a.w + (size_t)((n0 + r < a.N ? n0 + r : 0) * a.ws) * welem;
+    float acc[M][R];
 #pragma unroll
     for (int m = 0; m < M; m++)
-        acc[m] = sq[m] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[m][r] = 0.0f;
 
-    const char *wrow = (const char *)a.w + (size_t)((valid ? n : 0) * a.ws) * welem;
     int64_t tail_start = 0;
     if (VEC) {
-        int64_t kvec = a.K / E * E;
-        for (int64_t k0 = ((int64_t)split * 32 + lane) * E; valid && k0 < kvec;
-             k0 += UNROLL * step) {
-            uint4 wq[UNROLL];
+        const int64_t kvec = a.K / E * E;
+        for (int64_t k0 = ((int64_t)split * 32 + lane) * E; n0 < a.N && k0 < kvec;
+             k0 += U * step) {
+            uint4 wq[U][R];
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++)
-                if (k0 + u * step < kvec)
-                    wq[u] = __ldg((const uint4 *)(wrow + (size_t)(k0 + u * step) * welem));
+            for (int u = 0; u < U; u++)
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
-                int64_t k = k0 + u * step;
+                for (int r = 0; r < R; r++)
+                    if (k0 + u * step < kvec)
+                        wq[u][r] = load_weights(wrow[r] + (size_t)(k0 + u * step) * welem);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int64_t k = k0 + u * step;
                 if (k >= kvec)
                     break;
-                lanes<BF16> w = unpack<BF16>(wq[u]), g;
-                if (NORM)
-                    g = load_g<BF16>(a.g, a.g_bf16, k);
 #pragma unroll
                 for (int m = 0; m < M; m++) {
                     lanes<BF16> x = load_x<BF16>(a.x + m * a.xs + k);
 #pragma unroll
-                    for (int i = 0; i < E; i++) {
-                        float xi = x.v[i];
-                        if (NORM) {
-                            sq[m] = fmaf(xi, xi, sq[m]);
-                            xi *= g.v[i];
-                        }
-                        acc[m] = fmaf(w.v[i], xi, acc[m]);
+                    for (int r = 0; r < R; r++) {
+                        lanes<BF16> w = unpack<BF16>(wq[u][r]);
+                        float dot[2] = {0.0f, 0.0f}; /* two chains: FMAs need not wait */
+#pragma unroll
+                        for (int i = 0; i < E; i++)
+                            dot[i & 1] = fmaf(w.v[i], x.v[i], dot[i & 1]);
+                        acc[m][r] += dot[0] + dot[1];
                     }
                 }
             }
         }
         tail_start = kvec;
     }
-    for (int64_t k = tail_start + (int64_t)split * 32 + lane; valid && k < a.K; k += (int64_t)S * 32) {
-        float wk = pk_load(wrow, BF16, k);
-        float gk = NORM ? pk_load(a.g, a.g_bf16, k) : 1.0f;
+    for (int64_t k = tail_start + (int64_t)split * 32 + lane; n0 < a.N && k < a.K;
+         k += (int64_t)S * 32) {
 #pragma unroll
         for (int m = 0; m < M; m++) {
             float xi = __ldg(a.x + m * a.xs + k);
-            if (NORM) {
-                sq[m] = fmaf(xi, xi, sq[m]);
-                xi *= gk;
-            }
-            acc[m] = fmaf(wk, xi, acc[m]);
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                acc[m][r] = fmaf(pk_load(wrow[r], BF16, k), xi, acc[m][r]);
         }
     }
 #pragma unroll
-    for (int m = 0; m < M; m++) {
-        acc[m] = pk_warp_sum(acc[m]);
-        if (NORM)
-            sq[m] = pk_warp_sum(sq[m]);
-    }
-    if (lane == 0)
+    for (int m = 0; m < M; m++)
 #pragma unroll
-        for (int m = 0; m < M; m++) {
-            partial[warp][m] = acc[m];
-            partial[warp][M + m] = sq[m];
+        for (int r = 0; r < R; r++) {
+            float v = pk_warp_sum(acc[m][r]);
+            if (lane == 0)
+                partial[warp][m][r] = v;
         }
     __syncthreads();
-    float inv_rms[M];
-#pragma unroll
-    for (int m = 0; m < M; m++) { /* sums over the splits of this warp's row, in split order */
-        float total = 0.0f, total_sq = 0.0f;
-        for (int s = 0; s < S; s++) {
-            total += partial[warp - split + s][m];
-            total_sq += partial[warp - split + s][M + m];
-        }
-        inv_rms[m] = NORM ? 1.0f / sqrtf(total_sq / (float)a.K + a.eps) : 1.0f;
-        acc[m] = NORM ? total * inv_rms[m] : total;
-    }
-    if (NORM && warp == 0) /* this block's share of h, in pk_rmsnorm's order */
-        for (int64_t k = (int64_t)blockIdx.x * 32 + lane; k < a.K; k += (int64_t)gridDim.x * 32)
-#pragma unroll
-            for (int m = 0; m < M; m++)
-                a.h[m * a.hs + k] = (a.x[m * a.xs + k] * inv_rms[m]) * pk_load(a.g, a.g_bf16, k);
-    if (valid && split == 0 && lane == 0) {
+    /* lane r of each row group's split-0 warp finishes row n0 + r */
+    if (split == 0 && lane < R && n0 + lane < a.N) {
 #pragma unroll
         for (int m = 0; m < M; m++) {
-            float *dst = a.y + m * a.ys + n;
-            *dst = a.accumulate ? *dst + acc[m] : acc[m];
+            float total = 0.0f; /* in split order */
+            for (int s = 0; s < S; s++)
+                total += partial[warp + s][m][lane];
+            float *dst = a.y + m * a.ys + n0 + lane;
+            *dst = a.accumulate ? *dst + total : total;
         }
     }
 }
 
-/* Warps per output row: enough warps in all for about 48 per SM (bytes in flight), as long as
- * every split still gets at least one full 16-byte step of each row. */
-static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_count)
+/* Warps per row group: enough warps in all for about 48 per SM (bytes in flight), as long as
+ * every split still gets at least two 16-byte steps of each row. */
+template <int M> static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_count)
 {
     int64_t per_step = 32 * (bf16 ? 8 : 4);
+    int64_t groups = (N + gemv_shape<M>::ROWS - 1) / gemv_shape<M>::ROWS;
     int s = 1;
-    while (s < GEMV_WARPS && N * s < (int64_t)sm_count * 48 && K >= 2 * s * per_step)
+    while (s < GEMV_WARPS && groups * s < (int64_t)sm_count * 48 && K >= 2 * s * per_step)
         s *= 2;
     return s;
 }
 
-template <int M, bool BF16, bool NORM>
-static void launch_gemv_m(bool vec, const gemv_args &a, cudaStream_t stream)
+template <int M, bool BF16>
+static cudaError_t launch_gemv_m(bool vec, gemv_args a, const pk_cuda_state *st)
 {
-    int rows_per_block = GEMV_WARPS / a.splits;
-    unsigned blocks = (unsigned)((a.N + rows_per_block - 1) / rows_per_block);
+    a.splits = gemv_splits<M>(a.N, a.K, BF16, st->sm_count);
+    int64_t rows_per_block = (int64_t)(GEMV_WARPS / a.splits) * gemv_shape<M>::ROWS;
+    dim3 blocks((unsigned)((a.N + rows_per_block - 1) / rows_per_block));
     if (vec)
-        gemv_kernel<M, BF16, true, NORM><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
+        gemv_kernel<M, BF16, true><<<blocks, GEMV_WARPS * 32, 0, st->stream>>>(a);
     else
-        gemv_kernel<M, BF16, false, NORM><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
+        gemv_kernel<M, BF16, false><<<blocks, GEMV_WARPS * 32, 0, st->stream>>>(a);
+    return cudaGetLastError();
 }
 
-template <bool BF16, bool NORM>
-static void launch_gemv(int m, bool vec, const gemv_args &a, cudaStream_t s)
+template <bool BF16>
+static cudaError_t launch_gemv(int m, bool vec, const gemv_args &a, const pk_cuda_state *st)
 {
     switch (m) {
-    case 1: launch_gemv_m<1, BF16, NORM>(vec, a, s); break;
-    case 2: launch_gemv_m<2, BF16, NORM>(vec, a, s); break;
-    case 3: launch_gemv_m<3, BF16, NORM>(vec, a, s); break;
-    case 4: launch_gemv_m<4, BF16, NORM>(vec, a, s); break;
-    case 5: launch_gemv_m<5, BF16, NORM>(vec, a, s); break;
-    case 6: launch_gemv_m<6, BF16, NORM>(vec, a, s); break;
-    case 7: launch_gemv_m<7, BF16, NORM>(vec, a, s); break;
-    default: launch_gemv_m<8, BF16, NORM>(vec, a, s); break;
+    case 1: return launch_gemv_m<1, BF16>(vec, a, st);
+    case 2: return launch_gemv_m<2, BF16>(vec, a, st);
+    case 3: return launch_gemv_m<3, BF16>(vec, a, st);
+    case 4: return launch_gemv_m<4, BF16>(vec, a, st);
+    case 5: return launch_gemv_m<5, BF16>(vec, a, st);
+    case 6: return launch_gemv_m<6, BF16>(vec, a, st);
+    case 7: return launch_gemv_m<7, BF16>(vec, a, st);
+    default: return launch_gemv_m<8, BF16>(vec, a, st);
     }
 }
 
@@ -260,18 +241,19 @@ static bool aligned16(const void *p)
     return ((uintptr_t)p & 15u) == 0;
 }
 
-/* Rows of x in chunks of GEMV_MAX_M (one chunk for decode). norm: the fused RMSNorm (g, eps,
- * h as in gemv_args), or NULL. */
-static void run_gemv(pk_cuda_state *st, const pk_tensor *y, const pk_tensor *x,
-                     const pk_tensor *w, int accumulate, const gemv_args *norm)
+/* Rows of x in chunks of GEMV_MAX_M (one chunk for decode); the first launch error, or
+ * cudaSuccess. */
+static cudaError_t run_gemv(pk_cuda_state *st, const pk_tensor *y, const pk_tensor *x,
+                            const pk_tensor *w, int accumulate)
 {
     bool bf16 = pk_is_bf16(w);
     int64_t per16 = bf16 ? 8 : 4;
     bool vec = aligned16(w->data) && w->stride % per16 == 0 && aligned16(x->data) &&
-               x->stride % 4 == 0 && (norm == NULL || aligned16(norm->g));
-    for (int64_t m0 = 0; m0 < y->rows; m0 += GEMV_MAX_M) {
+               x->stride % 4 == 0;
+    cudaError_t e = cudaSuccess;
+    for (int64_t m0 = 0; m0 < y->rows && e == cudaSuccess; m0 += GEMV_MAX_M) {
         int m = (int)(y->rows - m0 < GEMV_MAX_M ? y->rows - m0 : GEMV_MAX_M);
-        gemv_args a = norm != NULL ? *norm : gemv_args{};
+        gemv_args a = {};
         a.y = (float *)y->data + m0 * y->stride;
         a.ys = y->stride;
         a.x = (const float *)x->data + m0 * x->stride;
@@ -281,19 +263,9 @@ static void run_gemv(pk_cuda_state *st, const pk_tensor *y, const pk_tensor *x,
         a.N = y->cols;
         a.K = x->cols;
         a.accumulate = accumulate;
-        a.splits = gemv_splits(a.N, a.K, bf16, st->sm_count);
-        if (norm != NULL) {
-            a.h = norm->h + m0 * norm->hs;
-            if (bf16)
-                launch_gemv<true, true>(m, vec, a, st->stream);
-            else
-                launch_gemv<false, true>(m, vec, a, st->stream);
-        } else if (bf16) {
-            launch_gemv<true, false>(m, vec, a, st->stream);
-        } else {
-            launch_gemv<false, false>(m, vec, a, st->stream);
-        }
+        e = bf16 ? launch_gemv<true>(m, vec, a, st) : launch_gemv<false>(m, vec, a, st);
     }
+    return e;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -471,8 +443,8 @@ pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *
                             err);
     }
     if (M <= st->gemv_max_m) {
-        run_gemv(st, y, x, w, accumulate, NULL);
-        return pk_cuda_check_launch(ctx, op, err);
+        return pk_cuda_fail(ctx, op, "GEMV launch", run_gemv(st, y, x, w, accumulate),
+                            err);
     }
 
     bool bf16 = pk_is_bf16(w);
@@ -509,8 +481,8 @@ pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *
     if (plan == NULL)
         return PIO_ERR_DEVICE;
     if (!plan->has_algo) { /* odd strides or alignment cuBLASLt will not take */
-        run_gemv(st, y, x, w, accumulate, NULL);
-        return pk_cuda_check_launch(ctx, op, err);
+        return pk_cuda_fail(ctx, op, "GEMV launch", run_gemv(st, y, x, w, accumulate),
+                            err);
     }
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     cublasStatus_t cs = cublasLtMatmul(st->lt, st->lt_desc, &alpha, w->data, plan->a, b_data,
@@ -525,34 +497,5 @@ pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *
                              "failed: %s", op, (long long)M, (long long)N, (long long)K,
                              cublasLtGetStatusString(cs));
     }
-    return pk_cuda_check_launch(ctx, op, err);
-}
-
-/* h = RMSNorm(x); y = h·wᵀ. Decode-sized M: one GEMV that normalises on the fly (h written on
- * the side); otherwise the RMSNorm kernel, then the matmul. */
-pio_status pk_cuda_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
-                                  const pk_tensor *x, const pk_tensor *norm_weight, float eps,
-                                  const pk_tensor *w, pio_error *err)
-{
-    static const char op[] = "pk_rmsnorm_matmul";
-    pio_status status = pk_cuda_enter(ctx, op, err);
-    if (status != PIO_OK)
-        return status;
-    pk_cuda_state *st = pk_cuda_state_of(ctx);
-    /* h written by some blocks while others still read x: only for separate buffers */
-    bool fused = y->rows <= st->gemv_max_m && y->rows > 0 && y->cols > 0 && x->cols > 0 &&
-                 !(h->data == x->data);
-    if (!fused) {
-        if ((status = pk_cuda_rmsnorm(ctx, h, x, norm_weight, x->cols, eps, err)) != PIO_OK)
-            return status;
-        return pk_cuda_matmul(ctx, y, h, w, 0, err);
-    }
-    gemv_args norm = {};
-    norm.g = norm_weight->data;
-    norm.g_bf16 = pk_is_bf16(norm_weight);
-    norm.eps = eps;
-    norm.h = (float *)h->data;
-    norm.hs = h->stride;
-    run_gemv(st, y, x, w, 0, &norm);
     return pk_cuda_check_launch(ctx, op, err);
 }

@@ -31,6 +31,13 @@
  *      slot order, so a token's result does not depend on the other tokens of the batch (nor on
  *      the order in which pairs were placed under their expert, which uses atomics).
  *
+ * Expert parallelism (pk_moe_experts_slice): the same four launches over experts
+ * [first, first + n_local) of the router's E, whose weights are the slice's own rows (expert e
+ * at local index e - first). The route kernel counts and lists only the slice's experts (by
+ * local index, so the gate_up and down kernels are unchanged) while still checking every id
+ * against [0, E); the reduce kernel skips the pairs routed elsewhere and, without accumulate,
+ * starts from zero instead of out. The whole call is the slice (0, E, accumulate).
+ *
  * Scratch: the context's device workspace (pk_cuda_scratch), laid out as offsets, active list,
  * order, act [T·k, F] and pair_out [T·k, H] floats. It grows (cudaMalloc) only when a call needs
  * more than any earlier call of any op: a graph capture must be preceded by a warm-up call of
@@ -163,16 +170,18 @@ pio_status pk_cuda_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
 /* Experts                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-/* One block. meta[0] = n_active. Shared: counts [E + 1] then cursors [E]. */
+/* One block. meta[0] = n_active. Experts are counted by local index e - first, only those of
+ * the slice [first, first + n_local); every id is checked against [0, E). Shared: counts
+ * [n_local + 1] then cursors [n_local]. */
 __global__ void moe_route_kernel(const int32_t *__restrict__ ids, int64_t is, int64_t T, int k,
-                                 int E, int32_t *offsets, int32_t *active, int32_t *meta,
-                                 int32_t *order, long long *info)
+                                 int E, int first, int n_local, int32_t *offsets, int32_t *active,
+                                 int32_t *meta, int32_t *order, long long *info)
 {
     extern __shared__ int32_t moe_shared[];
-    int32_t *count = moe_shared;       /* count[e + 1]: pairs of expert e, then offsets */
-    int32_t *cursor = moe_shared + E + 1;
+    int32_t *count = moe_shared;       /* count[e + 1]: pairs of local expert e, then offsets */
+    int32_t *cursor = moe_shared + n_local + 1;
     int64_t n_pairs = T * k;
-    for (int e = threadIdx.x; e <= E; e += blockDim.x)
+    for (int e = threadIdx.x; e <= n_local; e += blockDim.x)
         count[e] = 0;
     __syncthreads();
     for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) {
@@ -180,13 +189,13 @@ __global__ void moe_route_kernel(const int32_t *__restrict__ ids, int64_t is, in
         int32_t e = ids[t * is + j];
         if (e < 0 || e >= E)
             pk_report(info, PK_CUDA_OP_MOE_EXPERTS, PK_CUDA_BAD_EXPERT_ID, t, j, e, E);
-        else
-            atomicAdd(&count[e + 1], 1);
+        else if (e >= first && e - first < n_local)
+            atomicAdd(&count[e - first + 1], 1);
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         int n = 0;
-        for (int e = 0; e < E; e++) {
+        for (int e = 0; e < n_local; e++) {
             if (count[e + 1] > 0)
                 active[n++] = e;
             count[e + 1] += count[e];
@@ -195,12 +204,12 @@ __global__ void moe_route_kernel(const int32_t *__restrict__ ids, int64_t is, in
         meta[0] = n;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e <= E; e += blockDim.x)
+    for (int e = threadIdx.x; e <= n_local; e += blockDim.x)
         offsets[e] = count[e];
     for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) {
         int32_t e = ids[(p / k) * is + p % k];
-        if (e >= 0 && e < E)
-            order[atomicAdd(&cursor[e], 1)] = (int32_t)p;
+        if (e >= first && e - first < n_local)
+            order[atomicAdd(&cursor[e - first], 1)] = (int32_t)p;
     }
 }
 
@@ -305,20 +314,21 @@ __global__ void moe_down_kernel(const float *__restrict__ act, const void *__res
     }
 }
 
-/* out[t] += Σ_j weights[t, j] · pair_out[t·k + j] in slot order; pairs with a bad id are
- * skipped (already reported by the route kernel). */
+/* out[t] (+)= Σ_j weights[t, j] · pair_out[t·k + j] in slot order over the pairs whose expert
+ * is in the slice [first, first + n_local) (the others, bad ids included, were not computed);
+ * without accumulate the sum starts from zero instead of out[t]. */
 __global__ void moe_reduce_kernel(float *out, int64_t os, const float *__restrict__ pair_out,
                                   const int32_t *__restrict__ ids, int64_t is,
                                   const float *__restrict__ weights, int64_t ws, int64_t T,
-                                  int k, int E, int64_t H)
+                                  int k, int first, int n_local, bool accumulate, int64_t H)
 {
     for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
         float *o = out + t * os;
         for (int64_t c = threadIdx.x; c < H; c += blockDim.x) {
-            float acc = o[c];
+            float acc = accumulate ? o[c] : 0.0f;
             for (int j = 0; j < k; j++) {
                 int32_t e = ids[t * is + j];
-                if (e >= 0 && e < E)
+                if (e >= first && e - first < n_local)
                     acc = fmaf(weights[t * ws + j], pair_out[(t * k + j) * H + c], acc);
             }
             o[c] = acc;
@@ -331,27 +341,27 @@ static size_t align_up(size_t n)
     return (n + 255) & ~(size_t)255;
 }
 
-pio_status pk_cuda_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
-                               const pk_tensor *gate_up, const pk_tensor *down,
-                               const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
-                               pio_error *err)
+/* The routed experts [first, first + n_local) of E (see the top of this file). */
+static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *out,
+                              const pk_tensor *x, const pk_tensor *gate_up, const pk_tensor *down,
+                              const pk_tensor *ids, const pk_tensor *weights, int64_t E,
+                              int64_t first, int64_t n_local, bool accumulate, pio_error *err)
 {
-    static const char op[] = "pk_moe_experts";
     pio_status status = pk_cuda_enter(ctx, op, err);
     if (status != PIO_OK || out->rows == 0 || out->cols == 0)
         return status;
-    int64_t T = out->rows, k = ids->cols, H = out->cols, F = down->cols, E = n_experts;
+    int64_t T = out->rows, k = ids->cols, H = out->cols, F = down->cols;
     int64_t n_pairs = T * k;
-    if (E > MOE_MAX_EXPERTS || n_pairs > INT32_MAX)
+    if (n_local > MOE_MAX_EXPERTS || n_pairs > INT32_MAX)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED,
                              "%s: the cuda backend handles up to %lld experts and 2^31 token "
                              "slots (got %lld experts, %lld slots)", op,
-                             (long long)MOE_MAX_EXPERTS, (long long)E, (long long)n_pairs);
+                             (long long)MOE_MAX_EXPERTS, (long long)n_local, (long long)n_pairs);
     pk_cuda_state *st = pk_cuda_state_of(ctx);
 
     size_t off_offsets = 0;
-    size_t off_active = off_offsets + align_up((size_t)(E + 1) * 4);
-    size_t off_meta = off_active + align_up((size_t)E * 4);
+    size_t off_active = off_offsets + align_up((size_t)(n_local + 1) * 4);
+    size_t off_meta = off_active + align_up((size_t)n_local * 4);
     size_t off_order = off_meta + align_up(4);
     size_t off_act = off_order + align_up((size_t)n_pairs * 4);
     size_t off_pair = off_act + align_up((size_t)n_pairs * (size_t)F * 4);
@@ -367,12 +377,12 @@ pio_status pk_cuda_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_t
     float *act = (float *)(base + off_act);
     float *pair_out = (float *)(base + off_pair);
 
-    size_t route_smem = (size_t)(2 * E + 1) * sizeof(int32_t);
+    size_t route_smem = (size_t)(2 * n_local + 1) * sizeof(int32_t);
     moe_route_kernel<<<1, 1024, route_smem, st->stream>>>(
-        (const int32_t *)ids->data, ids->stride, T, (int)k, (int)E, offsets, active, meta, order,
-        st->err_info_dev);
+        (const int32_t *)ids->data, ids->stride, T, (int)k, (int)E, (int)first, (int)n_local,
+        offsets, active, meta, order, st->err_info_dev);
 
-    unsigned slots = (unsigned)(E < n_pairs ? E : n_pairs);
+    unsigned slots = (unsigned)(n_local < n_pairs ? n_local : n_pairs);
     dim3 gu_grid(slots, pk_blocks_for(F, MOE_WARPS, GRID_CAP));
     moe_gate_up_kernel<<<gu_grid, MOE_WARPS * 32, 0, st->stream>>>(
         (const float *)x->data, x->stride, gate_up->data, gate_up->stride, pk_is_bf16(gate_up),
@@ -388,6 +398,26 @@ pio_status pk_cuda_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_t
         threads *= 2;
     moe_reduce_kernel<<<(unsigned)(T < (1 << 20) ? T : (1 << 20)), threads, 0, st->stream>>>(
         (float *)out->data, out->stride, pair_out, (const int32_t *)ids->data, ids->stride,
-        (const float *)weights->data, weights->stride, T, (int)k, (int)E, H);
+        (const float *)weights->data, weights->stride, T, (int)k, (int)first, (int)n_local,
+        accumulate, H);
     return pk_cuda_check_launch(ctx, op, err);
+}
+
+pio_status pk_cuda_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                               const pk_tensor *gate_up, const pk_tensor *down,
+                               const pk_tensor *ids, const pk_tensor *weights, int64_t n_experts,
+                               pio_error *err)
+{
+    return run_experts(ctx, "pk_moe_experts", out, x, gate_up, down, ids, weights, n_experts, 0,
+                       n_experts, true, err);
+}
+
+pio_status pk_cuda_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                     const pk_tensor *gate_up, const pk_tensor *down,
+                                     const pk_tensor *ids, const pk_tensor *weights,
+                                     int64_t n_experts, int64_t first, int64_t n_local,
+                                     int accumulate, pio_error *err)
+{
+    return run_experts(ctx, "pk_moe_experts_slice", out, x, gate_up, down, ids, weights,
+                       n_experts, first, n_local, accumulate != 0, err);
 }

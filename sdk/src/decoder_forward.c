@@ -42,7 +42,8 @@ static pio_status check_batch(const pio_decoder *m, const pio_textgen_batch *b, 
             return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "forward: token %zu has id %d, "
                                  "outside the vocabulary [0, %ld)", t, (int)b->tokens[t],
                                  m->config.vocab_size);
-    if (b->n_logits_rows > 0 && (b->logits_rows == NULL || b->logits == NULL))
+    if (b->n_logits_rows > 0 && (b->logits_rows == NULL ||
+                                 (b->logits == NULL && pio_decoder_batch_argmax(b) == NULL)))
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
                              "forward: logits rows asked for without arrays");
     for (size_t i = 0; i < b->n_logits_rows; i++)
@@ -51,6 +52,11 @@ static pio_status check_batch(const pio_decoder *m, const pio_textgen_batch *b, 
                                  "token %d of a batch of %zu", i, (int)b->logits_rows[i],
                                  b->n_tokens);
     return PIO_OK;
+}
+
+int32_t *pio_decoder_batch_argmax(const pio_textgen_batch *b)
+{
+    return PIO_HAS_FIELD(b, pio_textgen_batch, argmax) ? b->argmax : NULL;
 }
 
 pio_status pio_decoder_stage_ids(const pio_decoder *m, const pk_buffer *buf, const int32_t *host,
@@ -121,19 +127,33 @@ static pio_status logits_group(pio_decoder *m, const pio_textgen_batch *b, const
     pk_tensor hidden = pk_tensor_in(&m->ws.logits_hidden, 0, PIO_DTYPE_F32, g, c->hidden_size);
     pk_tensor logits = pk_tensor_in(&m->ws.logits, 0, PIO_DTYPE_F32, g, c->vocab_size);
     pio_status st;
+    /* The chunk's h is free by now: it takes the normalised rows (the op the recorded decode
+     * steps use, so both give the same bits). */
+    pk_tensor normed = pk_tensor_in(&m->ws.h, 0, PIO_DTYPE_F32, g, c->hidden_size);
     if ((st = pio_decoder_stage_ids(m, &m->ws.logits_ids, local_rows, g, &ids, err)) ||
         (st = pk_embedding(m->ctx, &hidden, x, &ids, err)) ||
-        (st = pk_rmsnorm(m->ctx, &hidden, &hidden, &m->final_norm,
-                         (float)c->rms_norm_eps, err)) ||
-        (st = pk_matmul(m->ctx, &logits, &hidden, &m->lm_head, err)))
+        (st = pk_rmsnorm_matmul(m->ctx, &logits, &normed, &hidden, &m->final_norm,
+                                (float)c->rms_norm_eps, &m->lm_head, err)))
         return st;
-    for (int64_t j = 0; j < g && st == PIO_OK; j++) {
+    for (int64_t j = 0; b->logits != NULL && j < g && st == PIO_OK; j++) {
         pk_tensor dst = pk_tensor_host(b->logits + out_rows[j] * (size_t)c->vocab_size,
                                        PIO_DTYPE_F32, 1, c->vocab_size);
         pk_tensor src = pk_tensor_rows(&logits, j, 1);
         st = pk_copy(m->ctx, &dst, &src, err);
     }
-    return st;
+    int32_t *argmax = pio_decoder_batch_argmax(b);
+    if (argmax == NULL || st != PIO_OK)
+        return st;
+    /* Rows found on the device; only their ids come back. */
+    int32_t found[PIO_DECODER_LOGITS_ROWS];
+    pk_tensor ids_out = pk_tensor_in(&m->ws.argmax, 0, PIO_DTYPE_I32, 1, g);
+    pk_tensor host = pk_tensor_host(found, PIO_DTYPE_I32, 1, g);
+    if ((st = pk_argmax(m->ctx, &ids_out, &logits, err)) ||
+        (st = pk_copy(m->ctx, &host, &ids_out, err)) || (st = pk_synchronize(m->ctx, err)))
+        return st;
+    for (int64_t j = 0; j < g; j++)
+        argmax[out_rows[j]] = found[j];
+    return PIO_OK;
 }
 
 /* The logits rows of the batch that fall in the chunk [first, first + n). */

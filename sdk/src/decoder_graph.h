@@ -19,6 +19,8 @@ int pio_decoder_graph_eligible(const pio_decoder *m, const pio_textgen_batch *b)
 pio_status pio_decoder_graph_step(pio_decoder *m, const pio_textgen_batch *b, pio_error *err);
 void pio_decoder_graphs_free(pio_decoder *m);
 
+/* decoder_forward.c: the batch's argmax output, NULL when absent or beyond its struct_size. */
+int32_t *pio_decoder_batch_argmax(const pio_textgen_batch *b);
 /* decoder_forward.c: host ids copied into a device buffer, as a [1, n] tensor. */
 pio_status pio_decoder_stage_ids(const pio_decoder *m, const pk_buffer *buf, const int32_t *host,
                                  int64_t n, pk_tensor *out, pio_error *err);

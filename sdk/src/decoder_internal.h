@@ -4,20 +4,30 @@
 
 #include "pio/decoder.h"
 
-/* decoder_tp.c: refuses a tensor-parallel size the model or the build cannot take, before any
- * weight is read (errors name the YAML key, the config.json key and the numbers). */
+/* decoder_tp.c: whether the options run the model as rank decoders: a tensor-parallel size
+ * above 1, or parallel.force_ranks. */
+int pio_decoder_uses_ranks(const pio_decoder_load_options *o);
+/* decoder_tp.c: a warning in the host's log when parallel.devices is set but not read (a cpu
+ * device, or one GPU without parallel.force_ranks). */
+void pio_decoder_note_unused_devices(const pio_decoder *d, const pio_decoder_load_options *o);
+/* decoder_tp.c: refuses a tensor-parallel size or a rank-to-GPU map the model, the build or the
+ * machine cannot take, before any weight is read (errors name the YAML key, the config.json
+ * key and the numbers). */
 pio_status pio_decoder_check_tp(const pio_decoder *d, const pio_decoder_load_options *o, int tp,
                                 pio_error *err);
-/* decoder_tp.c: the rank decoders of d (whose full weights are loaded) and their
- * communicators; d->pool becomes rank 0's. */
+/* decoder_tp.c: the rank decoders of d (whose full weights are loaded in host memory), their
+ * communicators and their persistent threads; d->pool becomes rank 0's. */
 pio_status pio_decoder_build_ranks(pio_decoder *d, const pio_decoder_load_options *o, int tp,
                                    pio_error *err);
+/* decoder_tp.c: ends and joins the rank threads (before the ranks are freed); no-op without. */
+void pio_decoder_stop_ranks(pio_decoder *d);
 /* decoder_tp.c: one sequence id opened on every rank's pool (the same id on each). */
 pio_status pio_decoder_tp_seq_open(pio_decoder *d, int32_t *seq, pio_error *err);
-/* decoder_tp.c: a checked batch through every rank, one thread each. */
+/* decoder_tp.c: a checked batch through every rank, each on its own thread. */
 pio_status pio_decoder_tp_forward(pio_decoder *d, const pio_textgen_batch *b, pio_error *err);
 
-/* decoder_model.c: one rank (see pio_decoder_shard). */
+/* decoder_model.c: one rank (see pio_decoder_shard) on o->device, GPU o->device_index: its
+ * weights are views of full's slices, copied to the GPU when the device is not host memory. */
 pio_status pio_decoder_rank_create(const pio_decoder *full, const pio_decoder_shard *shard,
                                    const pio_decoder_load_options *o, int n_threads,
                                    pio_decoder **out, pio_error *err);

@@ -152,6 +152,34 @@ static pio_status place_weights(pio_decoder *d, pio_error *err)
     return status;
 }
 
+/* A rank on a device that is not host memory: its slices of the full weights (views so far:
+ * rows of column-parallel projections are contiguous, columns of row-parallel ones strided,
+ * copied row by row) in one device buffer of its own, reserved on its GPU. Only rank 0 computes
+ * logits, so an untied lm_head goes to rank 0's GPU alone (the others keep the host view they
+ * never read); a tied head is the uploaded embedding again. */
+static pio_status upload_rank_weights(pio_decoder *d, pio_error *err)
+{
+    size_t n = 0, kept = 0;
+    pio_weight_slot *slots = list_slots(d, 0, &n, err);
+    if (slots == NULL)
+        return err->status;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (d->shard.rank > 0 && slots[i].tensor == &d->lm_head)
+            continue;
+        bytes += (uint64_t)pk_tensor_numel(slots[i].tensor) *
+                 pio_dtype_size(slots[i].tensor->dtype);
+        slots[kept++] = slots[i];
+    }
+    pio_status status = reserve(d, bytes, "weights", &d->reserved_weights, err);
+    if (status == PIO_OK)
+        status = pio_weights_upload(d->ctx, slots, kept, &d->device_copy, err);
+    free(slots);
+    if (status == PIO_OK && d->config.tie_word_embeddings)
+        d->lm_head = d->embed;
+    return status;
+}
+
 static pio_status load_weights(pio_decoder *d, const pio_decoder_load_options *o,
                                pio_error *err)
 {
@@ -236,7 +264,7 @@ static pio_status create_workspace(pio_decoder *d, pio_error *err)
     pio_decoder_buffer plan[] = {
         {&ws->x, C * H * f}, {&ws->h, C * H * f}, {&ws->qkv, C * (q + 2 * kv) * f},
         {&ws->attn, C * q * f}, {&ws->ids, C * 4},
-        {&ws->positions, C * 4}, {&ws->seq_rows, C * 4}, {&ws->logits_ids, R * 4},
+        {&ws->positions, C * 4}, {&ws->seq_rows, C * 4}, {&ws->logits_ids, R * 4}, {&ws->argmax, R * 4},
         {&ws->logits_hidden, R * H * f}, {&ws->logits, R * (uint64_t)c->vocab_size * f},
     };
     size_t n = sizeof plan / sizeof plan[0];
@@ -259,7 +287,7 @@ static void free_workspace(pio_decoder *d)
     pio_decoder_workspace *ws = &d->ws;
     pk_buffer *buffers[] = {&ws->x, &ws->h, &ws->qkv, &ws->attn, &ws->ids,
                             &ws->positions, &ws->seq_rows, &ws->block_tables, &ws->logits_ids,
-                            &ws->logits_hidden, &ws->logits};
+                            &ws->argmax, &ws->logits_hidden, &ws->logits};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++)
         pk_buffer_free(d->ctx, buffers[i]);
     for (size_t i = 0; d->plugin_buffers != NULL && i < d->n_plugin_buffers; i++)
@@ -278,7 +306,7 @@ static void describe_ops(pio_decoder *d)
         .struct_size = sizeof d->ops, .self = d, .vocab_size = (size_t)d->config.vocab_size,
         .context_length = d->context_length, .seq_open = pio_decoder_seq_open,
         .seq_close = pio_decoder_seq_close, .seq_length = pio_decoder_seq_length,
-        .forward = pio_decoder_forward,
+        .forward = pio_decoder_forward, .features = PIO_TEXTGEN_FEATURE_ARGMAX,
     };
 }
 
@@ -287,16 +315,22 @@ static pio_status build(pio_decoder *d, const pio_decoder_load_options *o, pio_e
     pk_context_options ctx_options = {.n_threads = o->n_threads,
                                       .device_index = o->device_index};
     int tp = o->tensor_parallel_size > 1 ? o->tensor_parallel_size : 1;
+    int ranks = pio_decoder_uses_ranks(o);
+    /* With ranks this decoder holds only the config and the full weights, in host memory (the
+     * mapped files or the dummy copy): its context is the CPU's, so nothing is uploaded here;
+     * each rank copies its own slices to its GPU. */
+    pk_device_kind device = ranks ? PK_DEVICE_CPU : o->device;
     pio_status status;
     if ((status = load_config(d, o, err)))
         return status;
     d->shard = (pio_decoder_shard){.rank = 0, .size = 1, .n_heads = d->config.n_heads,
                                    .n_kv_heads = d->config.n_kv_heads};
-    if ((tp > 1 && (status = pio_decoder_check_tp(d, o, tp, err))) ||
-        (status = pk_context_create(o->device, &ctx_options, &d->ctx, err)) ||
+    pio_decoder_note_unused_devices(d, o);
+    if ((ranks && (status = pio_decoder_check_tp(d, o, tp, err))) ||
+        (status = pk_context_create(device, &ctx_options, &d->ctx, err)) ||
         (status = load_weights(d, o, err)))
         return status;
-    if (tp > 1)
+    if (ranks)
         status = pio_decoder_build_ranks(d, o, tp, err);
     else if ((status = create_kv_pool(d, err)) == PIO_OK)
         status = create_workspace(d, err);
@@ -322,7 +356,9 @@ pio_status pio_decoder_load(const pio_decoder_spec *spec, const pio_host_service
     d->spec = spec;
     d->services = services;
     d->host = host;
-    d->device = options->device == PK_DEVICE_CPU ? -1 : options->device_index;
+    /* With ranks the full weights stay in host memory: the ranks reserve their GPUs' share. */
+    d->device = options->device == PK_DEVICE_CPU || pio_decoder_uses_ranks(options)
+                    ? -1 : options->device_index;
     pio_status status = build(d, options, err);
     if (status != PIO_OK) {
         pio_decoder_free(d);
@@ -332,8 +368,8 @@ pio_status pio_decoder_load(const pio_decoder_spec *spec, const pio_host_service
     return PIO_OK;
 }
 
-/* One rank of tensor parallelism: its own context, weight views, KV pool shard and workspace;
- * full's config and weights (see pio_decoder_shard). */
+/* One rank of tensor parallelism: its own context, weights (views of its slices of full's, or
+ * their copies on its GPU), KV pool shard and workspace; full's config (see pio_decoder_shard). */
 pio_status pio_decoder_rank_create(const pio_decoder *full, const pio_decoder_shard *shard,
                                    const pio_decoder_load_options *o, int n_threads,
                                    pio_decoder **out, pio_error *err)
@@ -349,7 +385,7 @@ pio_status pio_decoder_rank_create(const pio_decoder *full, const pio_decoder_sh
     d->spec = full->spec;
     d->services = full->services;
     d->host = full->host;
-    d->device = full->device;
+    d->device = o->device == PK_DEVICE_CPU ? -1 : o->device_index;
     d->config = full->config;
     d->shard = *shard;
     d->embed = full->embed;
@@ -374,6 +410,8 @@ pio_status pio_decoder_rank_create(const pio_decoder *full, const pio_decoder_sh
     }
     if (status == PIO_OK)
         status = d->spec->shard(d->model, d, full->model, full, err);
+    if (status == PIO_OK && o->device != PK_DEVICE_CPU)
+        status = upload_rank_weights(d, err);
     if (status == PIO_OK && (status = create_kv_pool(d, err)) == PIO_OK &&
         (status = create_workspace(d, err)) == PIO_OK)
         set_context_length(d, o->max_context);
@@ -389,6 +427,7 @@ void pio_decoder_free(pio_decoder *d)
 {
     if (d == NULL)
         return;
+    pio_decoder_stop_ranks(d); /* before the ranks its threads drive are freed */
     if (d->ranks != NULL) {
         d->pool = NULL; /* rank 0's */
         for (int r = 0; r < d->shard.size; r++)

@@ -4,7 +4,8 @@
  * (pio/textgen.h) in the spec's chat format.
  *
  * Config keys read (configs/README.md): model.seed, runtime.threads, runtime.max_context,
- * parallel.tensor_parallel_size, kv_cache.block_size / max_tokens / memory_gb / dtype, generation.*.
+ * parallel.tensor_parallel_size / devices / force_ranks, kv_cache.block_size / max_tokens /
+ * memory_gb / dtype, generation.*.
  * Extension: PIO_TEXTGEN_MODEL_EXTENSION gives the batched forward over KV sequences.
  */
 #include "pio/decoder.h"
@@ -100,6 +101,49 @@ static pio_status parse_device(const char *text, pio_decoder_load_options *o, pi
     return pio_error_set(err, PIO_ERR_CONFIG, "device: '%s' is not cpu, cuda or cuda:N", text);
 }
 
+/* Item i of parallel.devices as a CUDA ordinal. */
+static pio_status read_device_ordinal(pio_instance *inst, size_t i, int *out, pio_error *err)
+{
+    const char *text = NULL;
+    pio_status status = inst->services->config_get_list_str(inst->host, "parallel.devices", i,
+                                                             &text);
+    if (status != PIO_OK)
+        return PIO_IS_ERROR(status) ? status : PIO_ERR_INTERNAL;
+    char *end = NULL;
+    long value = strtol(text, &end, 10);
+    if (end == text || *end != '\0' || value < 0 || value > INT_MAX)
+        return pio_error_set(err, PIO_ERR_CONFIG, "parallel.devices[%zu]: '%s' is not a CUDA "
+                             "ordinal (an integer >= 0)", i, text);
+    *out = (int)value;
+    return PIO_OK;
+}
+
+/* parallel.devices (one CUDA ordinal per rank; unset leaves n_devices 0) and
+ * parallel.force_ranks. Whether they fit the size and the machine is the decoder's check. */
+static pio_status read_parallel_options(pio_instance *inst, pio_decoder_load_options *o,
+                                        pio_error *err)
+{
+    const pio_host_services *sv = inst->services;
+    int force = 0;
+    pio_status status = sv->config_get_bool(inst->host, "parallel.force_ranks", &force);
+    if (PIO_IS_ERROR(status))
+        return status;
+    o->force_ranks = force != 0;
+    size_t count = 0;
+    if (!PIO_HAS_FIELD(sv, pio_host_services, config_get_list_str) ||
+        (status = sv->config_get_list_size(inst->host, "parallel.devices", &count)) != PIO_OK)
+        return PIO_IS_ERROR(status) ? status : PIO_OK; /* unset */
+    if (count == 0 || count > PK_COMM_MAX_RANKS)
+        return pio_error_set(err, PIO_ERR_CONFIG, "parallel.devices lists %zu GPUs: give one CUDA "
+                             "ordinal per rank (1 to %d of them), or leave the key out", count,
+                             PK_COMM_MAX_RANKS);
+    for (size_t i = 0; i < count; i++)
+        if ((status = read_device_ordinal(inst, i, &o->devices[i], err)) != PIO_OK)
+            return status;
+    o->n_devices = (int)count;
+    return PIO_OK;
+}
+
 static pio_status read_load_options(pio_instance *inst, const pio_load_params *p,
                                     pio_decoder_load_options *o, pio_error *err)
 {
@@ -125,6 +169,8 @@ static pio_status read_load_options(pio_instance *inst, const pio_load_params *p
     o->n_threads = threads > 4096 ? 4096 : (int)(threads > 0 ? threads : 0);
     o->max_context = max_context;
     o->tensor_parallel_size = tp > PK_COMM_MAX_RANKS ? PK_COMM_MAX_RANKS : (int)(tp > 1 ? tp : 1);
+    if ((status = read_parallel_options(inst, o, err)) != PIO_OK)
+        return status;
     return parse_device(p->device, o, err);
 }
 
@@ -169,13 +215,18 @@ static int vocab_only(const pio_load_params *p)
 static void log_summary(const pio_instance *inst)
 {
     const pio_decoder *m = inst->model;
-    char message[PATH_MAX + 320];
+    char ranks[96] = "";
+    if (m->ranks != NULL) /* the KV cache and the threads are then per rank */
+        snprintf(ranks, sizeof ranks, " per rank, %d tensor-parallel ranks on %s",
+                 m->shard.size, pk_context_backend_name(m->ranks[0]->ctx));
+    char message[PATH_MAX + 400];
     snprintf(message, sizeof message,
              "%s: %ld layers, %.4g M parameters (%.4g MiB), KV cache %lld tokens in blocks of "
-             "%d, context %zu, %d threads%s", m->config.source, m->config.n_layers,
+             "%d, context %zu, %d threads%s%s", m->config.source, m->config.n_layers,
              (double)m->weights.n_parameters * 1e-6, (double)m->weights.bytes / 1048576.0,
              (long long)(pk_kv_pool_n_blocks(m->pool) * pk_kv_pool_block_size(m->pool)),
-             (int)pk_kv_pool_block_size(m->pool), m->context_length, pk_context_threads(m->ctx),
+             (int)pk_kv_pool_block_size(m->pool), m->context_length,
+             pk_context_threads(m->ranks != NULL ? m->ranks[0]->ctx : m->ctx), ranks,
              pio_textgen_tokenizer(inst->textgen) ? "" : ", no tokenizer");
     inst->services->log(inst->host, PIO_LOG_INFO, message);
 }
@@ -219,8 +270,8 @@ pio_status pio_decoder_plugin_get_model_info(pio_instance *inst, pio_model_info 
         info->n_parameters = m->weights.n_parameters;
         info->weight_bytes = m->weights.bytes;
     }
-    if (PIO_HAS_FIELD(info, pio_model_info, backend))
-        info->backend = pk_context_backend_name(m->ctx);
+    if (PIO_HAS_FIELD(info, pio_model_info, backend)) /* with ranks: theirs, not the host's */
+        info->backend = pk_context_backend_name(m->ranks != NULL ? m->ranks[0]->ctx : m->ctx);
     if (PIO_HAS_FIELD(info, pio_model_info, kv_bytes_per_token)) {
         uint64_t skipped = inst->spec->skipped_weight_bytes != NULL
                                ? inst->spec->skipped_weight_bytes(m->model, m) : 0;

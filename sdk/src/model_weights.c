@@ -147,12 +147,18 @@ pio_status pio_weights_generate(const pio_weight_slot *slots, size_t n, uint64_t
 /* Placement                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
+/* A tensor's bytes once contiguous: a strided view (a column slice) packs its rows. */
+static uint64_t packed_bytes(const pk_tensor *t)
+{
+    return (uint64_t)pk_tensor_numel(t) * pio_dtype_size(t->dtype);
+}
+
 pio_status pio_weights_upload(pk_context *ctx, const pio_weight_slot *slots, size_t n,
                               pk_buffer *device_copy, pio_error *err)
 {
     uint64_t bytes = 0;
     for (size_t i = 0; i < n; i++)
-        bytes += padded(pk_tensor_span_bytes(slots[i].tensor));
+        bytes += padded(packed_bytes(slots[i].tensor));
     pio_status status = pk_buffer_alloc(ctx, bytes, device_copy, err);
     size_t offset = 0;
     for (size_t i = 0; status == PIO_OK && i < n; i++) {
@@ -160,7 +166,7 @@ pio_status pio_weights_upload(pk_context *ctx, const pio_weight_slot *slots, siz
         pk_tensor device = pk_tensor_in(device_copy, offset, host.dtype, host.rows, host.cols);
         status = pk_copy(ctx, &device, &host, err);
         *slots[i].tensor = device;
-        offset += padded(pk_tensor_span_bytes(&host));
+        offset += padded(packed_bytes(&host));
     }
     return status == PIO_OK ? pk_synchronize(ctx, err) : status;
 }

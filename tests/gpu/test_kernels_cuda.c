@@ -12,9 +12,10 @@
  *   TOL_F32     2e-5  fp32 math on both sides, differing only in summation order and 1-2 ulp of
  *                     expf/sinf/cosf (matmul GEMV and fp32 GEMM, norms, rope, softmax, swiglu,
  *                     attention over BF16 or F32 caches: both backends round the cache alike)
- *   TOL_BF16_X  4e-3  cuBLASLt with BF16 weights (every M on lt_ctx, M > 8 on gemv_ctx): x is
+ *   TOL_BF16_X  1e-2  cuBLASLt with BF16 weights (every M on lt_ctx, M > 8 on gemv_ctx): x is
  *                     rounded to bf16 first, a relative error of about 2^-9/sqrt(3) = 1.1e-3
- *                     per product
+ *                     per product; up to 2^-9 for a single product (K = 1), more relative to a
+ *                     sum that cancels against the accumulated y (seen: 5.1e-3 at [1 x 1 x 1])
  *   TOL_BF16_TC 1e-4  the same product against the CPU fed the bf16-rounded x: what is left is
  *                     the tensor cores' fp32 accumulation order (a wrong layout or transpose
  *                     gives errors of order 1)
@@ -43,7 +44,7 @@
 #include "kernels/ops.h"
 
 #define TOL_F32 2e-5
-#define TOL_BF16_X 4e-3
+#define TOL_BF16_X 1e-2
 #define TOL_BF16_TC 1e-4
 #define PK_TEST_GEMV_MAX_M 2 /* gpu_ctx's default (PK_CUDA_GEMV_MAX_M_DEFAULT) */
 

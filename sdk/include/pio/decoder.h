@@ -140,6 +140,7 @@ typedef struct pio_decoder_workspace {
     pk_buffer ids, positions, seq_rows;       /* [1, chunk] I32 */
     pk_buffer block_tables;                   /* grows with the batch */
     pk_buffer logits_ids, logits_hidden, logits; /* [1, R] I32, [R, H], [R, V] F32 */
+    pk_buffer argmax;                         /* [1, R] I32: ids found on the device */
     uint64_t bytes;
 } pio_decoder_workspace;
 
@@ -174,6 +175,8 @@ struct pio_decoder {
     pk_comm *comm;                        /* a rank decoder's communicator; NULL without TP */
     pio_decoder **ranks;                  /* TP > 1, the outer decoder: its shard.size ranks */
     struct pio_decoder_graphs *graphs;    /* recorded decode steps (decoder_graph.c), or NULL */
+    struct pio_decoder_workers *workers;  /* the outer decoder with ranks: the persistent rank
+                                             threads (decoder_tp.c), or NULL */
 };
 
 typedef struct pio_decoder_load_options {
@@ -185,6 +188,14 @@ typedef struct pio_decoder_load_options {
     pk_device_kind device;
     int device_index;       /* GPU ordinal for a GPU device */
     int tensor_parallel_size; /* parallel.tensor_parallel_size; 0 or 1 = none (CPU only so far) */
+    /* parallel.devices: rank r's CUDA ordinal is devices[r] (n_devices ranks); n_devices 0: the
+     * key is unset and rank r takes device_index + r. Read for the cuda device only. */
+    int n_devices;
+    int devices[PK_COMM_MAX_RANKS];
+    /* parallel.force_ranks: a tensor_parallel_size of 1 runs through the rank machinery too
+     * (one rank thread, a communicator of one rank: NCCL on cuda), to check it against the
+     * plain path. */
+    int force_ranks;
 } pio_decoder_load_options;
 
 /* Reads the config, binds or generates the weights, creates the KV pool and the workspace.

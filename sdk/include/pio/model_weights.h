@@ -59,7 +59,8 @@ pio_status pio_weights_generate(const pio_weight_slot *slots, size_t n, uint64_t
                                 int n_threads, void *memory, const pio_host_services *services,
                                 void *host, pio_weight_totals *totals, pio_error *err);
 
-/* Copies every slot's tensor into one new device buffer of ctx and points the slot there. */
+/* Copies every slot's tensor into one new device buffer of ctx and points the slot there; a
+ * strided view (a column slice of a bigger matrix) becomes a contiguous device tensor. */
 pio_status pio_weights_upload(pk_context *ctx, const pio_weight_slot *slots, size_t n,
                               pk_buffer *device_copy, pio_error *err);
 

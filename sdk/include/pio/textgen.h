@@ -65,7 +65,12 @@ typedef struct pio_textgen_batch {
     const int32_t *seq_ids;     /* n_tokens sequence ids (from seq_open) */
     size_t n_logits_rows;
     const int32_t *logits_rows; /* n_logits_rows indices into tokens */
-    float *logits;              /* n_logits_rows * vocab_size floats, caller-owned */
+    float *logits;              /* n_logits_rows * vocab_size floats, caller-owned; may be NULL
+                                   when argmax is given (models with PIO_TEXTGEN_FEATURE_ARGMAX) */
+    /* Optional (NULL: not wanted): n_logits_rows ids, the largest logit of each row (lowest id
+     * among ties, NaN never chosen), found where the logits are (the GPU), so greedy decoding
+     * need not copy whole rows back. Check the model's features before relying on it. */
+    int32_t *argmax;
 } pio_textgen_batch;
 
 /*
@@ -94,7 +99,11 @@ typedef struct pio_textgen_model {
      * was before the call.
      */
     pio_status (*forward)(void *self, const pio_textgen_batch *batch, pio_error *err);
+    uint32_t features; /* PIO_TEXTGEN_FEATURE_* bits (check with PIO_HAS_FIELD) */
 } pio_textgen_model;
+
+/* forward fills pio_textgen_batch.argmax, and takes logits NULL with it. */
+#define PIO_TEXTGEN_FEATURE_ARGMAX 1u
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sampling defaults                                                                          */

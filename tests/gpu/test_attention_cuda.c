@@ -1,0 +1,1073 @@
+/*
+ * pk_attention on the CUDA backend against the CPU backend, kernel by kernel: the split-KV
+ * decode kernel (fp32; batches up to 64 tokens, and every F32 cache), the tensor-core prefill
+ * kernel (BF16 caches, more than 64 tokens, head_dim 64/128) with its per-token fallback for
+ * mixed tiles, and the general kernel (absorbed MLA, unaligned or very wide heads). Run by
+ * `make test-gpu` on a machine with a GPU; not part of `make test`.
+ *
+ * Each check fills paged caches with random K/V behind shuffled (non-contiguous) block tables,
+ * leaves every slot nobody stored as NaN (a read past a token's position shows up in its
+ * output), runs pk_attention on a CPU context over host tensors and on the CUDA context over
+ * device copies of the same bytes, and compares. Outputs start as NaN inside the view and as a
+ * sentinel in the gaps between rows, so an element the GPU did not write, or one written
+ * outside the view, fails.
+ *
+ * Error measure: ‖gpu − cpu‖₂ / ‖cpu‖₂ over the output, and every element must be finite where
+ * the CPU's is (NaN where a bad token's is expected). Thresholds:
+ *   TOL_F32 2e-5  split-KV and general kernels: fp32 on both sides (BF16 caches are widened
+ *                 exactly), differing in summation order and exp2f vs expf only.
+ *   TOL_TC  1e-2  tensor-core prefill: q and the softmax weights P are rounded to bf16 before
+ *                 the tensor cores multiply them (what a bf16 model does); each rounding is a
+ *                 relative error of at most 2^-9 (about 1.1e-3 rms for uniform rounding), and
+ *                 the output, a P-weighted mean of V rows, keeps that order: measured in
+ *                 emulation at 1-2e-3. 1e-2 leaves room for unlucky seeds while a wrong
+ *                 fragment layout, mask or key tile still gives errors of order 1.
+ *   exact         the cache planes after the op stored k_new/v_new (bit for bit).
+ *
+ * Seeds: PIO_GPU_TEST_SEED=N repeats a run (the seed is printed); otherwise the clock picks one.
+ * PIO_GPU_TEST_SANITIZER=1 (under compute-sanitizer) drops the deepest and longest shapes.
+ * PIO_KERNELS_BENCH=1 also times decode (depths 512/4096/16384) and prefill (512/2048 tokens)
+ * at Qwen3-4B's heads.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/ops.h"
+
+#define TOL_F32 2e-5
+#define TOL_TC 1e-2
+
+/* The kernel choice the tests aim at (kernels/cuda/cuda_attention.cu): more tokens than this
+ * take the tensor-core kernel when the caches are BF16. */
+#define DECODE_MAX_TOKENS 64
+
+static pk_context *cpu_ctx, *gpu_ctx;
+static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Random numbers                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+static uint64_t rng_state;
+
+static uint64_t next_random(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+static float uniform(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((next_random() >> 40) * 0x1.0p-24);
+}
+
+static int64_t random_int(int64_t lo, int64_t hi) /* [lo, hi] */
+{
+    return lo + (int64_t)(next_random() % (uint64_t)(hi - lo + 1));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Host/device tensor pairs (as in test_kernels_cuda.c)                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+static const float SENTINEL = 12345.5f;
+
+enum { MAX_ALLOCS = 1024 };
+static void *host_allocs[MAX_ALLOCS];
+static int n_host_allocs;
+static pk_buffer dev_allocs[MAX_ALLOCS];
+static int n_dev_allocs;
+
+static void *host_alloc(size_t bytes)
+{
+    assert_true(n_host_allocs < MAX_ALLOCS);
+    void *p = calloc(1, bytes > 0 ? bytes : 1);
+    assert_non_null(p);
+    host_allocs[n_host_allocs++] = p;
+    return p;
+}
+
+static void *dev_alloc(size_t bytes)
+{
+    assert_true(n_dev_allocs < MAX_ALLOCS);
+    pio_error err;
+    pk_buffer *b = &dev_allocs[n_dev_allocs];
+    pio_status st = pk_buffer_alloc(gpu_ctx, bytes > 0 ? bytes : 1, b, &err);
+    if (st != PIO_OK)
+        print_error("pk_buffer_alloc(%zu): %s\n", bytes, err.message);
+    assert_int_equal(st, PIO_OK);
+    n_dev_allocs++;
+    return b->data;
+}
+
+static int release_all(void **state)
+{
+    (void)state;
+    for (int i = 0; i < n_host_allocs; i++)
+        free(host_allocs[i]);
+    n_host_allocs = 0;
+    for (int i = 0; i < n_dev_allocs; i++)
+        pk_buffer_free(gpu_ctx, &dev_allocs[i]);
+    n_dev_allocs = 0;
+    return 0;
+}
+
+static void expect_ok(pio_status st, const pio_error *err, const char *what)
+{
+    if (st != PIO_OK)
+        print_error("%s: %s (%s)\n", what, err->message, pio_status_str(st));
+    assert_int_equal(st, PIO_OK);
+}
+
+static void sync_gpu(const char *what)
+{
+    pio_error err;
+    expect_ok(pk_synchronize(gpu_ctx, &err), &err, what);
+}
+
+/* A [rows, cols] tensor with `pad` extra elements after each row, on the host (h) and on the
+ * GPU (d, same bytes), plus a host buffer for what comes back (got). */
+typedef struct pair {
+    pk_tensor h, d;
+    void *got;
+    size_t span_bytes;
+} pair;
+
+typedef enum fill_kind { FILL_UNIFORM, FILL_NAN, FILL_ZERO } fill_kind;
+
+static void store_value(void *base, pio_dtype dt, int64_t i, float v)
+{
+    if (dt == PIO_DTYPE_BF16)
+        ((uint16_t *)base)[i] = pio_f32_to_bf16(v);
+    else
+        ((float *)base)[i] = v;
+}
+
+static float load_value(const void *base, pio_dtype dt, int64_t i)
+{
+    return dt == PIO_DTYPE_BF16 ? pio_bf16_to_f32(((const uint16_t *)base)[i])
+                                : ((const float *)base)[i];
+}
+
+static void upload(pair *p)
+{
+    pio_error err;
+    int64_t n = (int64_t)(p->span_bytes / pio_dtype_size(p->h.dtype));
+    if (n == 0)
+        return;
+    pk_tensor src = pk_tensor_host(p->h.data, p->h.dtype, 1, n);
+    pk_tensor dst = pk_tensor_make(p->d.data, p->d.dtype, PK_DEVICE_CUDA, 1, n);
+    expect_ok(pk_copy(gpu_ctx, &dst, &src, &err), &err, "upload");
+}
+
+static void download(pair *p)
+{
+    pio_error err;
+    int64_t n = (int64_t)(p->span_bytes / pio_dtype_size(p->h.dtype));
+    if (n > 0) {
+        pk_tensor dst = pk_tensor_host(p->got, p->h.dtype, 1, n);
+        pk_tensor src = pk_tensor_make(p->d.data, p->d.dtype, PK_DEVICE_CUDA, 1, n);
+        expect_ok(pk_copy(gpu_ctx, &dst, &src, &err), &err, "download");
+    }
+    sync_gpu("download");
+}
+
+static pair make_pair(pio_dtype dt, int64_t rows, int64_t cols, int64_t pad, fill_kind fill)
+{
+    pair p;
+    int64_t stride = cols + pad;
+    int64_t n = rows > 0 ? (rows - 1) * stride + cols : 0;
+    p.span_bytes = (size_t)n * pio_dtype_size(dt);
+    void *h = host_alloc(p.span_bytes);
+    for (int64_t i = 0; i < n; i++) {
+        int in_view = i % stride < cols;
+        if (dt == PIO_DTYPE_I32)
+            ((int32_t *)h)[i] = in_view ? 0 : -7;
+        else if (!in_view)
+            store_value(h, dt, i, SENTINEL);
+        else
+            store_value(h, dt, i, fill == FILL_NAN ? NAN : fill == FILL_ZERO ? 0.0f
+                                                                             : uniform(-1, 1));
+    }
+    p.h = pk_tensor_host(h, dt, rows, cols);
+    p.h.stride = stride;
+    p.d = pk_tensor_make(dev_alloc(p.span_bytes), dt, PK_DEVICE_CUDA, rows, cols);
+    p.d.stride = stride;
+    p.got = host_alloc(p.span_bytes);
+    upload(&p);
+    return p;
+}
+
+/* A [1, n] I32 pair holding `values`. */
+static pair int_pair(const int32_t *values, int64_t n)
+{
+    pair p = make_pair(PIO_DTYPE_I32, 1, n, 0, FILL_ZERO);
+    memcpy(p.h.data, values, (size_t)n * 4);
+    upload(&p);
+    return p;
+}
+
+static void *snapshot(const pair *p)
+{
+    void *copy = host_alloc(p->span_bytes);
+    memcpy(copy, p->h.data, p->span_bytes);
+    return copy;
+}
+
+/*
+ * Downloads p and compares it with the CPU's result in p->h: normalised L2 error within tol
+ * (0: bit for bit), every element finite where the CPU's is, and the gaps between rows unchanged
+ * from `before` (NULL: skip). Rows with nan_rows[r] set must be NaN throughout instead (a bad
+ * token; the CPU's values there come from a good run and are ignored). want_finite: the CPU's
+ * values must be finite (an attention output; a NaN there would be a fixture that reads an
+ * unwritten slot, which a NaN on both sides would hide).
+ */
+static double check_out(const char *what, pair *p, double tol, const void *before,
+                        const unsigned char *nan_rows, int want_finite)
+{
+    download(p);
+    pio_dtype dt = p->h.dtype;
+    const pk_tensor *v = &p->h;
+    double diff2 = 0.0, ref2 = 0.0;
+    for (int64_t r = 0; r < v->rows; r++)
+        for (int64_t c = 0; c < v->cols; c++) {
+            int64_t i = r * v->stride + c;
+            float g = load_value(p->got, dt, i), w = load_value(p->h.data, dt, i);
+            if (nan_rows != NULL && nan_rows[r]) {
+                if (!isnan(g)) {
+                    print_error("%s[%lld, %lld]: got %.9g, want NaN (bad token)\n", what,
+                                (long long)r, (long long)c, g);
+                    fail();
+                }
+                continue;
+            }
+            if (want_finite && !isfinite(w)) {
+                print_error("%s[%lld, %lld]: the cpu's value is %.9g\n", what, (long long)r,
+                            (long long)c, w);
+                fail();
+            }
+            if (isnan(w) != isnan(g) || (isfinite(w) && !isfinite(g)) ||
+                (tol == 0.0 && !isnan(w) && g != w)) {
+                print_error("%s[%lld, %lld]: got %.9g, want %.9g\n", what, (long long)r,
+                            (long long)c, g, w);
+                fail();
+            }
+            if (isfinite(w)) {
+                diff2 += ((double)g - w) * ((double)g - w);
+                ref2 += (double)w * w;
+            }
+        }
+    double rel = sqrt(diff2) / (ref2 > 0.0 ? sqrt(ref2) : 1.0);
+    if (rel > tol) {
+        print_error("%s: normalised error %.3g > %.3g\n", what, rel, tol);
+        fail();
+    }
+    if (before != NULL) {
+        size_t elem = pio_dtype_size(dt);
+        int64_t n = (int64_t)(p->span_bytes / elem);
+        for (int64_t i = 0; i < n; i++)
+            if (i % v->stride >= v->cols &&
+                memcmp((const char *)p->got + i * elem, (const char *)before + i * elem, elem) != 0) {
+                print_error("%s: element %lld outside the view was written\n", what,
+                            (long long)i);
+                fail();
+            }
+    }
+    return rel;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Setup                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *seed = getenv("PIO_GPU_TEST_SEED");
+    rng_state = seed != NULL ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL) * 2654435761u;
+    if (rng_state == 0)
+        rng_state = 1;
+    printf("test_attention_cuda: seed %llu (PIO_GPU_TEST_SEED repeats it)\n",
+           (unsigned long long)rng_state);
+    const char *san = getenv("PIO_GPU_TEST_SANITIZER");
+    sanitizer = san != NULL && atoi(san) != 0;
+    pio_error err;
+    if (pk_context_create(PK_DEVICE_CPU, NULL, &cpu_ctx, &err) != PIO_OK) {
+        fprintf(stderr, "cpu context: %s\n", err.message);
+        return -1;
+    }
+    pio_status st = pk_context_create(PK_DEVICE_CUDA, NULL, &gpu_ctx, &err);
+    if (st != PIO_OK) {
+        fprintf(stderr, "cuda context: %s (%s)\n", err.message, pio_status_str(st));
+        pk_context_destroy(cpu_ctx);
+        cpu_ctx = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    pk_context_destroy(gpu_ctx);
+    pk_context_destroy(cpu_ctx);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Paged caches                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct shape {
+    int32_t n_q, n_kv, head_dim, v_head_dim, block_size;
+    pio_dtype dtype;
+    int latent;    /* one plane; values are its first v_head_dim columns (absorbed MLA) */
+    int pad;       /* extra elements per cache row (1 misaligns bf16 rows: general kernel) */
+} shape;
+
+enum { MAX_SEQS = 96, MAX_TOKENS = 2600 };
+
+/*
+ * Sequences 0..n_seqs-1 with room for len[s] positions each, blocks handed out from a shuffled
+ * list (so a sequence's blocks are scattered) plus spare blocks nobody uses; table entries past
+ * a sequence's blocks are -1. Planes start as NaN.
+ */
+typedef struct world {
+    shape s;
+    int n_seqs;
+    int32_t len[MAX_SEQS];
+    int64_t width, n_blocks;
+    int32_t kw, vw, qw, ow;
+    pair tables, k_plane, v_plane;
+    pk_tensor k_cache_h, k_cache_d, v_cache_h, v_cache_d;
+} world;
+
+static int32_t *table_row(world *w, int seq)
+{
+    return (int32_t *)w->tables.h.data + (int64_t)seq * w->width;
+}
+
+static void world_make(world *w, const shape *s, int n_seqs, const int32_t *len)
+{
+    memset(w, 0, sizeof *w);
+    assert_true(n_seqs <= MAX_SEQS);
+    w->s = *s;
+    w->n_seqs = n_seqs;
+    w->kw = s->n_kv * s->head_dim;
+    w->vw = s->n_kv * s->v_head_dim;
+    w->qw = s->n_q * s->head_dim;
+    w->ow = s->n_q * s->v_head_dim;
+    int64_t total = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        w->len[i] = len[i];
+        int64_t need = (len[i] + s->block_size - 1) / s->block_size;
+        total += need;
+        if (need + 1 > w->width)
+            w->width = need + 1;
+    }
+    w->n_blocks = total + 3;
+    int32_t *ids = host_alloc((size_t)w->n_blocks * 4);
+    for (int64_t i = 0; i < w->n_blocks; i++)
+        ids[i] = (int32_t)i;
+    for (int64_t i = w->n_blocks - 1; i > 0; i--) {
+        int64_t j = random_int(0, i);
+        int32_t t = ids[i];
+        ids[i] = ids[j];
+        ids[j] = t;
+    }
+    w->tables = make_pair(PIO_DTYPE_I32, n_seqs, w->width, 0, FILL_ZERO);
+    int64_t next = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        int64_t need = (len[i] + s->block_size - 1) / s->block_size;
+        for (int64_t j = 0; j < w->width; j++)
+            table_row(w, i)[j] = j < need ? ids[next++] : -1;
+    }
+    upload(&w->tables);
+    int64_t slots = w->n_blocks * s->block_size;
+    w->k_plane = make_pair(s->dtype, slots, w->kw, s->pad, FILL_NAN);
+    w->k_cache_h = w->k_plane.h;
+    w->k_cache_d = w->k_plane.d;
+    if (s->latent) {
+        w->v_cache_h = pk_tensor_cols(&w->k_plane.h, 0, s->v_head_dim);
+        w->v_cache_d = pk_tensor_cols(&w->k_plane.d, 0, s->v_head_dim);
+    } else {
+        w->v_plane = make_pair(s->dtype, slots, w->vw, s->pad, FILL_NAN);
+        w->v_cache_h = w->v_plane.h;
+        w->v_cache_d = w->v_plane.d;
+    }
+}
+
+/* Random K/V for positions [0, upto) of sequence seq, written into the host planes (then
+ * world_upload): the "already cached" part of a sequence. */
+static void world_fill(world *w, int seq, int32_t upto)
+{
+    assert_true(upto <= w->len[seq]);
+    int32_t bs = w->s.block_size;
+    for (int32_t p = 0; p < upto; p++) {
+        int64_t slot = (int64_t)table_row(w, seq)[p / bs] * bs + p % bs;
+        for (int32_t c = 0; c < w->kw; c++)
+            store_value(w->k_plane.h.data, w->s.dtype, slot * w->k_plane.h.stride + c,
+                        uniform(-1, 1));
+        if (!w->s.latent)
+            for (int32_t c = 0; c < w->vw; c++)
+                store_value(w->v_plane.h.data, w->s.dtype, slot * w->v_plane.h.stride + c,
+                            uniform(-1, 1));
+    }
+}
+
+static void world_upload(world *w)
+{
+    upload(&w->k_plane);
+    if (!w->s.latent)
+        upload(&w->v_plane);
+    upload(&w->tables);
+}
+
+static pk_attention_params params_of(const shape *s)
+{
+    pk_attention_params p = {s->n_q, s->n_kv, s->head_dim, s->v_head_dim,
+                             1.0f / sqrtf((float)s->head_dim)};
+    return p;
+}
+
+/* Tokens of a flattened batch, in order. */
+typedef struct tokens {
+    int32_t seq[MAX_TOKENS], pos[MAX_TOKENS];
+    int n;
+} tokens;
+
+static void add_token(tokens *tl, int seq, int32_t pos)
+{
+    assert_true(tl->n < MAX_TOKENS);
+    tl->seq[tl->n] = seq;
+    tl->pos[tl->n++] = pos;
+}
+
+static void add_run(tokens *tl, int seq, int32_t first, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++)
+        add_token(tl, seq, first + i);
+}
+
+typedef struct batch {
+    pair positions, rows;
+    pk_token_batch h, d;
+} batch;
+
+static batch make_batch(world *w, const tokens *tl)
+{
+    batch b;
+    b.positions = int_pair(tl->pos, tl->n);
+    b.rows = int_pair(tl->seq, tl->n);
+    b.h = (pk_token_batch){b.positions.h, b.rows.h, w->tables.h, w->s.block_size};
+    b.d = (pk_token_batch){b.positions.d, b.rows.d, w->tables.d, w->s.block_size};
+    return b;
+}
+
+/* The tolerance of the kernel a batch of n tokens over this shape takes. */
+static double tolerance_for(const shape *s, int n)
+{
+    int group = s->n_q / s->n_kv;
+    int tensor_cores = n > DECODE_MAX_TOKENS && s->dtype == PIO_DTYPE_BF16 && !s->latent &&
+                       s->pad == 0 && s->head_dim == s->v_head_dim &&
+                       (s->head_dim == 64 || s->head_dim == 128) && 64 % group == 0;
+    return tensor_cores ? TOL_TC : TOL_F32;
+}
+
+/*
+ * Runs the batch on both backends and compares. store: the tokens' K/V are new (random k_new,
+ * v_new stored by the op itself, as a prefill does) and the planes are compared afterwards bit
+ * for bit; otherwise they must be in the planes already (world_fill). Returns the error.
+ */
+static double run_batch(world *w, const tokens *tl, int store, const char *what)
+{
+    char name[256];
+    pk_attention_params p = params_of(&w->s);
+    pio_error err;
+    batch b = make_batch(w, tl);
+    pair q = make_pair(PIO_DTYPE_F32, tl->n, w->qw, 3, FILL_UNIFORM);
+    pair out = make_pair(PIO_DTYPE_F32, tl->n, w->ow, 1, FILL_NAN);
+    void *before = snapshot(&out);
+    pair k_new, v_new;
+    const pk_tensor *kn_h = NULL, *kn_d = NULL, *vn_h = NULL, *vn_d = NULL;
+    if (store) {
+        k_new = make_pair(PIO_DTYPE_F32, tl->n, w->kw, 0, FILL_UNIFORM);
+        kn_h = &k_new.h;
+        kn_d = &k_new.d;
+        if (!w->s.latent) {
+            v_new = make_pair(PIO_DTYPE_F32, tl->n, w->vw, 0, FILL_UNIFORM);
+            vn_h = &v_new.h;
+            vn_d = &v_new.d;
+        }
+    }
+    snprintf(name, sizeof name, "%s (gpu)", what);
+    expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, kn_d, vn_d, &w->k_cache_d, &w->v_cache_d, &b.d,
+                           &p, &err), &err, name);
+    snprintf(name, sizeof name, "%s (cpu)", what);
+    expect_ok(pk_attention(cpu_ctx, &out.h, &q.h, kn_h, vn_h, &w->k_cache_h, &w->v_cache_h, &b.h,
+                           &p, &err), &err, name);
+    double rel = check_out(what, &out, tolerance_for(&w->s, tl->n), before, NULL, 1);
+    if (store) {
+        snprintf(name, sizeof name, "%s: k plane", what);
+        check_out(name, &w->k_plane, 0.0, NULL, NULL, 0);
+        if (!w->s.latent) {
+            snprintf(name, sizeof name, "%s: v plane", what);
+            check_out(name, &w->v_plane, 0.0, NULL, NULL, 0);
+        }
+    }
+    return rel;
+}
+
+static void describe(char *buf, size_t size, const shape *s, const char *what)
+{
+    snprintf(buf, size, "%s: n_q %d n_kv %d hd %d vhd %d bs %d %s%s%s", what, s->n_q, s->n_kv,
+             s->head_dim, s->v_head_dim, s->block_size, pio_dtype_name(s->dtype),
+             s->latent ? " latent" : "", s->pad ? " padded" : "");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Decode                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* T tokens, each the next position of its own sequence, at the given depths (keys seen). */
+static void run_decode(const shape *s, int t, const int32_t *depths, const char *what)
+{
+    world w;
+    world_make(&w, s, t, depths);
+    tokens tl = {.n = 0};
+    for (int i = 0; i < t; i++) {
+        world_fill(&w, i, depths[i]);
+        add_token(&tl, i, depths[i] - 1);
+    }
+    world_upload(&w);
+    char name[256];
+    describe(name, sizeof name, s, what);
+    double rel = run_batch(&w, &tl, 0, name);
+    print_message("%-80s T=%-3d err %.2e\n", name, t, rel);
+    release_all(NULL);
+}
+
+static const shape QWEN3 = {32, 8, 128, 128, 16, PIO_DTYPE_BF16, 0, 0};
+
+static void test_decode_depths(void **state)
+{
+    (void)state;
+    static const int32_t depths[] = {1, 17, 500, 4096, 16384};
+    int n = sanitizer ? 3 : 5;
+    for (int i = 0; i < n; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "decode depth %d", depths[i]);
+        run_decode(&QWEN3, 1, &depths[i], what);
+        shape f32 = {8, 2, 64, 64, 3, PIO_DTYPE_F32, 0, 0};
+        if (depths[i] <= 4096)
+            run_decode(&f32, 1, &depths[i], what);
+    }
+    /* Qwen3-4B at batch 8, mixed depths. */
+    int32_t d8[8];
+    for (int i = 0; i < 8; i++)
+        d8[i] = (int32_t)random_int(1, sanitizer ? 300 : 3000);
+    run_decode(&QWEN3, 8, d8, "decode batch 8");
+}
+
+static void test_decode_batches(void **state)
+{
+    (void)state;
+    static const int batch_sizes[] = {2, 7, 33, 64};
+    static const int groups[] = {1, 4, 8};
+    static const int32_t block_sizes[] = {16, 3};
+    static const pio_dtype dtypes[] = {PIO_DTYPE_BF16, PIO_DTYPE_F32};
+    int32_t depths[64];
+    for (int g = 0; g < 3; g++)
+        for (int b = 0; b < 2; b++)
+            for (int d = 0; d < 2; d++) {
+                shape s = {2 * groups[g], 2, 64, 64, block_sizes[b], dtypes[d], 0, 0};
+                for (int i = 0; i < 4; i++) {
+                    int t = batch_sizes[i];
+                    if (sanitizer && t > 7)
+                        continue;
+                    for (int k = 0; k < t; k++)
+                        depths[k] = (int32_t)random_int(1, 700);
+                    depths[0] = sanitizer ? 300 : 2500; /* one deep sequence */
+                    char what[64];
+                    snprintf(what, sizeof what, "decode batch %d", t);
+                    run_decode(&s, t, depths, what);
+                }
+            }
+}
+
+/* Head shapes: every lane/chunk/heads-per-block variant of the split kernel, then shapes that
+ * take the general kernel. */
+static void test_decode_head_shapes(void **state)
+{
+    (void)state;
+    static const shape shapes[] = {
+        {16, 2, 256, 256, 16, PIO_DTYPE_BF16, 0, 0}, /* 32 lanes per key, 8 heads per block */
+        {8, 2, 64, 32, 16, PIO_DTYPE_BF16, 0, 0},    /* values narrower than keys */
+        {4, 2, 32, 64, 4, PIO_DTYPE_F32, 0, 0},      /* values wider than keys */
+        {12, 2, 256, 256, 16, PIO_DTYPE_F32, 0, 0},  /* 2 chunks per lane, group 6 in 2 blocks */
+        {4, 1, 512, 512, 16, PIO_DTYPE_BF16, 0, 0},  /* 2 chunks per lane */
+        {32, 2, 80, 80, 16, PIO_DTYPE_BF16, 0, 0},   /* group 16: two blocks of 8 heads */
+        {6, 3, 40, 40, 5, PIO_DTYPE_BF16, 0, 0},     /* 5 chunks, idle lanes */
+        {4, 4, 13, 13, 3, PIO_DTYPE_F32, 0, 0},      /* general: unaligned heads */
+        {8, 2, 64, 64, 16, PIO_DTYPE_BF16, 0, 1},    /* general: unaligned rows */
+        {4, 2, 640, 640, 16, PIO_DTYPE_F32, 0, 0},   /* general: too wide for the registers */
+        {16, 1, 576, 512, 16, PIO_DTYPE_BF16, 1, 0}, /* general: absorbed MLA latent */
+        {5, 1, 40, 32, 3, PIO_DTYPE_F32, 1, 0},      /* general: latent, odd sizes */
+    };
+    int32_t depths[5];
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        for (int k = 0; k < 5; k++)
+            depths[k] = (int32_t)random_int(1, 300);
+        run_decode(&shapes[i], 5, depths, "decode shapes");
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Prefill                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* n tokens of one sequence at positions start..start+n-1, positions before start cached; the
+ * op stores the new tokens' K/V itself. */
+static void run_prefill(const shape *s, int32_t n, int32_t start)
+{
+    world w;
+    int32_t len = start + n;
+    world_make(&w, s, 1, &len);
+    world_fill(&w, 0, start);
+    world_upload(&w);
+    tokens *tl = host_alloc(sizeof *tl);
+    add_run(tl, 0, start, n);
+    char name[256], what[64];
+    snprintf(what, sizeof what, "prefill %d from %d", n, start);
+    describe(name, sizeof name, s, what);
+    double rel = run_batch(&w, tl, 1, name);
+    print_message("%-80s err %.2e\n", name, rel);
+    release_all(NULL);
+}
+
+static void test_prefill_lengths(void **state)
+{
+    (void)state;
+    static const int32_t lengths[] = {1, 63, 64, 65, 512, 2048};
+    static const int32_t starts[] = {0, 300};
+    const shape g4 = {8, 2, 128, 128, 16, PIO_DTYPE_BF16, 0, 0};
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 2; j++)
+            if (!sanitizer || lengths[i] <= 128)
+                run_prefill(&g4, lengths[i], starts[j]);
+    /* fp32 caches: the split kernel at every length */
+    const shape f32 = {8, 2, 128, 128, 16, PIO_DTYPE_F32, 0, 0};
+    run_prefill(&f32, 65, 0);
+    run_prefill(&f32, sanitizer ? 100 : 300, 50);
+}
+
+/* Under the sanitizers: no longer than 96 tokens (still more than DECODE_MAX_TOKENS). */
+static int32_t shorter(int32_t n)
+{
+    return sanitizer && n > 96 ? 96 : n;
+}
+
+static void test_prefill_groups_and_heads(void **state)
+{
+    (void)state;
+    const shape g1 = {4, 4, 64, 64, 16, PIO_DTYPE_BF16, 0, 0};
+    run_prefill(&g1, 65, 0);
+    run_prefill(&g1, shorter(200), 37);
+    const shape g8 = {8, 1, 64, 64, 3, PIO_DTYPE_BF16, 0, 0}; /* odd block size */
+    run_prefill(&g8, 100, 70);
+    const shape g16 = {32, 2, 128, 128, 16, PIO_DTYPE_BF16, 0, 0};
+    run_prefill(&g16, shorter(150), 0);
+    const shape g2_64 = {4, 2, 64, 64, 1, PIO_DTYPE_BF16, 0, 0}; /* a block per token */
+    run_prefill(&g2_64, shorter(129), 5);
+    /* Not for the tensor cores (group 3, v_head_dim != head_dim): the split kernel, fp32. */
+    const shape g3 = {6, 2, 64, 64, 16, PIO_DTYPE_BF16, 0, 0};
+    run_prefill(&g3, 100, 10);
+    const shape narrow_v = {8, 2, 128, 64, 16, PIO_DTYPE_BF16, 0, 0};
+    run_prefill(&narrow_v, 100, 10);
+    if (!sanitizer)
+        run_prefill(&QWEN3, 512, 0);
+    run_prefill(&QWEN3, sanitizer ? 70 : 300, 1000);
+}
+
+/* A prefill chunk in the middle of decode tokens of other sequences (tiles mixing sequences go
+ * to the per-token fallback), and two prefill chunks back to back. */
+static void test_mixed_batches(void **state)
+{
+    (void)state;
+    static const pio_dtype dtypes[] = {PIO_DTYPE_BF16, PIO_DTYPE_F32};
+    for (int d = 0; d < 2; d++) {
+        shape s = {8, 2, 128, 128, 16, dtypes[d], 0, 0};
+        enum { DECODES = 20 };
+        int32_t len[DECODES + 1];
+        len[0] = 250; /* chunk of 200 after 50 cached */
+        for (int i = 1; i <= DECODES; i++)
+            len[i] = (int32_t)random_int(1, sanitizer ? 200 : 1500);
+        world w;
+        world_make(&w, &s, DECODES + 1, len);
+        world_fill(&w, 0, 50);
+        for (int i = 1; i <= DECODES; i++)
+            world_fill(&w, i, len[i] - 1); /* the decode token brings its own entry */
+        world_upload(&w);
+        tokens *tl = host_alloc(sizeof *tl);
+        for (int i = 1; i <= 7; i++)
+            add_token(tl, i, len[i] - 1);
+        add_run(tl, 0, 50, 200);
+        for (int i = 8; i <= DECODES; i++)
+            add_token(tl, i, len[i] - 1);
+        char name[256];
+        describe(name, sizeof name, &s, "mixed batch: 7 decodes, chunk of 200, 13 decodes");
+        double rel = run_batch(&w, tl, 1, name);
+        print_message("%-80s err %.2e\n", name, rel);
+        release_all(NULL);
+
+        /* Two chunks back to back (one tile holds both), after three decode tokens. */
+        int32_t len2[5] = {90, 90, 30, 700, 5};
+        world_make(&w, &s, 5, len2);
+        world_fill(&w, 1, 20);
+        for (int i = 2; i < 5; i++)
+            world_fill(&w, i, len2[i] - 1);
+        world_upload(&w);
+        tl = host_alloc(sizeof *tl); /* release_all freed the first list */
+        for (int i = 2; i < 5; i++)
+            add_token(tl, i, len2[i] - 1);
+        add_run(tl, 0, 0, 90);
+        add_run(tl, 1, 20, 70);
+        describe(name, sizeof name, &s, "mixed batch: 3 decodes, chunks of 90 and 70");
+        rel = run_batch(&w, tl, 1, name);
+        print_message("%-80s err %.2e\n", name, rel);
+        release_all(NULL);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Bad tokens                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum corruption {
+    BAD_BLOCK_OF_DECODE, /* a block id before a decode token's own block */
+    BAD_BLOCK_IN_CHUNK,  /* a block in the middle of the prefill chunk */
+    BAD_POSITION,        /* a negative position */
+    BAD_SEQ_ROW,         /* a table row that does not exist */
+    BAD_TABLE_SPAN,      /* a position past the table's width */
+} corruption;
+
+/*
+ * The CPU computes the good batch; the GPU gets the batch with one corruption and must report
+ * it by pk_synchronize, write NaN for the affected tokens and the CPU's values for the others.
+ * prefill: a chunk of 150 tokens of sequence 0 from position 40 plus decode tokens of sequences
+ * 1..3 (the tensor-core path and its fallback); otherwise three decode tokens (split-KV with
+ * several splits).
+ */
+static void run_bad(corruption kind, int prefill, const char *want)
+{
+    shape s = {8, 2, 128, 128, 16, PIO_DTYPE_BF16, 0, 0};
+    int32_t len[4] = {190, 900, 40, 2000};
+    world w;
+    world_make(&w, &s, 4, len);
+    for (int i = 0; i < 4; i++) /* the chunk's own K/V included: attention only */
+        world_fill(&w, i, len[i]);
+    world_upload(&w);
+    tokens *tl = host_alloc(sizeof *tl);
+    for (int i = 1; i < 4; i++)
+        add_token(tl, i, len[i] - 1);
+    if (prefill)
+        add_run(tl, 0, 40, 150);
+    pk_attention_params p = params_of(&s);
+    pio_error err;
+    batch good = make_batch(&w, tl);
+    pair q = make_pair(PIO_DTYPE_F32, tl->n, w.qw, 0, FILL_UNIFORM);
+    pair out = make_pair(PIO_DTYPE_F32, tl->n, w.ow, 0, FILL_NAN);
+    expect_ok(pk_attention(cpu_ctx, &out.h, &q.h, NULL, NULL, &w.k_cache_h, &w.v_cache_h,
+                           &good.h, &p, &err), &err, "bad tokens: cpu reference");
+
+    unsigned char *nan_rows = host_alloc((size_t)tl->n);
+    tokens *bad = host_alloc(sizeof *bad);
+    *bad = *tl;
+    switch (kind) {
+    case BAD_BLOCK_OF_DECODE: /* sequence 3 (depth 2000): block 5 of 125 */
+        table_row(&w, 3)[5] = (int32_t)w.n_blocks + 3;
+        nan_rows[2] = 1;
+        break;
+    case BAD_BLOCK_IN_CHUNK: /* sequence 0: block 6 holds positions 96..111 */
+        table_row(&w, 0)[6] = -2;
+        for (int i = 0; i < tl->n; i++)
+            nan_rows[i] = tl->seq[i] == 0 && tl->pos[i] >= 96;
+        break;
+    case BAD_POSITION:
+        bad->pos[1] = -1;
+        nan_rows[1] = 1;
+        break;
+    case BAD_SEQ_ROW:
+        bad->seq[0] = 4;
+        nan_rows[0] = 1;
+        break;
+    case BAD_TABLE_SPAN: /* sequence 2 has 3 blocks of room, a table row 126 wide */
+        bad->pos[1] = (int32_t)(w.width * s.block_size);
+        nan_rows[1] = 1;
+        break;
+    }
+    upload(&w.tables);
+    batch b = make_batch(&w, bad);
+    expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d, &b.d,
+                           &p, &err), &err, "bad tokens: gpu");
+    assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
+    if (strstr(err.message, "pk_attention") == NULL || strstr(err.message, want) == NULL) {
+        print_error("bad tokens (%d, %s): message \"%s\" lacks \"%s\"\n", (int)kind,
+                    prefill ? "prefill" : "decode", err.message, want);
+        fail();
+    }
+    sync_gpu("after the reported error");
+    char name[96];
+    snprintf(name, sizeof name, "bad tokens (%d, %s)", (int)kind, prefill ? "prefill" : "decode");
+    check_out(name, &out, prefill ? TOL_TC : TOL_F32, NULL, nan_rows, 1);
+    release_all(NULL);
+}
+
+static void test_bad_tokens_are_reported(void **state)
+{
+    (void)state;
+    for (int prefill = 0; prefill < 2; prefill++) {
+        run_bad(BAD_BLOCK_OF_DECODE, prefill, "uses block id");
+        run_bad(BAD_POSITION, prefill, "has position");
+        run_bad(BAD_SEQ_ROW, prefill, "names block table row");
+        run_bad(BAD_TABLE_SPAN, prefill, "needs block");
+    }
+    run_bad(BAD_BLOCK_IN_CHUNK, 1, "uses block id");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Graph replay                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * The split count comes from host-known numbers only and the workspace is sized for every
+ * decode batch at the first call, so a recorded decode attention stays right when replayed at
+ * other positions, also after other batch sizes ran directly.
+ */
+static void test_graph_replay_at_new_positions(void **state)
+{
+    (void)state;
+    if (!pk_graph_supported(gpu_ctx)) {
+        print_message("(skipped: no graphs)\n");
+        return;
+    }
+    int32_t len[2] = {3000, 64};
+    world w;
+    world_make(&w, &QWEN3, 2, len);
+    world_fill(&w, 0, len[0]);
+    world_fill(&w, 1, len[1]);
+    world_upload(&w);
+    pk_attention_params p = params_of(&QWEN3);
+    pio_error err;
+    tokens tl = {.n = 0};
+    add_token(&tl, 0, 9);
+    add_token(&tl, 1, 40);
+    batch b = make_batch(&w, &tl);
+    pair q = make_pair(PIO_DTYPE_F32, 2, w.qw, 0, FILL_UNIFORM);
+    pair out = make_pair(PIO_DTYPE_F32, 2, w.ow, 0, FILL_NAN);
+    expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d, &b.d, &p,
+                           &err), &err, "graph warm-up");
+    sync_gpu("graph warm-up");
+    pk_graph *graph = NULL;
+    expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "pk_graph_begin");
+    expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d, &b.d, &p,
+                           &err), &err, "recorded attention");
+    expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "pk_graph_end");
+
+    static const int32_t positions[][2] = {{2999, 63}, {0, 0}, {1234, 17}};
+    for (int r = 0; r < 3; r++) {
+        /* Another batch size directly in between (must not move the workspace). */
+        if (r == 1) {
+            tokens many = {.n = 0};
+            for (int i = 0; i < DECODE_MAX_TOKENS; i++)
+                add_token(&many, i % 2, (int32_t)random_int(0, 63));
+            batch mb = make_batch(&w, &many);
+            pair mq = make_pair(PIO_DTYPE_F32, many.n, w.qw, 0, FILL_UNIFORM);
+            pair mo = make_pair(PIO_DTYPE_F32, many.n, w.ow, 0, FILL_NAN);
+            expect_ok(pk_attention(gpu_ctx, &mo.d, &mq.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d,
+                                   &mb.d, &p, &err), &err, "other batch size");
+            sync_gpu("other batch size");
+        }
+        memcpy(b.positions.h.data, positions[r], sizeof positions[r]);
+        upload(&b.positions);
+        memset(out.h.data, 0xff, out.span_bytes); /* NaN */
+        upload(&out);
+        expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "pk_graph_launch");
+        expect_ok(pk_attention(cpu_ctx, &out.h, &q.h, NULL, NULL, &w.k_cache_h, &w.v_cache_h, &b.h,
+                               &p, &err), &err, "cpu");
+        char name[64];
+        snprintf(name, sizeof name, "graph replay at positions %d, %d", positions[r][0],
+                 positions[r][1]);
+        check_out(name, &out, TOL_F32, NULL, NULL, 1);
+    }
+    pk_graph_destroy(gpu_ctx, graph);
+    release_all(NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Timings                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/*
+ * Decode: B sequences at depth D in planes rotated among enough copies to exceed the L2
+ * cache, so K/V come from HBM; REPS calls recorded into one graph (when the backend records)
+ * and replayed, so launch overhead is out of the time as in the decoder's graphs. GB/s = K/V
+ * bytes (B·D·n_kv·(hd + vhd)·2) per call / time.
+ *
+ * Timing is the host clock around the replays or calls, with pk_synchronize on both sides, as
+ * in test_kernels_cuda.c: the context's stream is private to the backend (cudaEvents recorded
+ * on another stream would not order with it), and the test is plain C without CUDA headers.
+ */
+static void bench_decode(int b_seqs, int32_t depth, int general)
+{
+    enum { REPS = 80 };
+    shape s = QWEN3;
+    s.pad = general; /* misaligned rows: the general kernel, for comparison */
+    double seq_bytes = (double)depth * s.n_kv * (s.head_dim + s.v_head_dim) * 2;
+    int sets = (int)ceil(160e6 / (seq_bytes * b_seqs));
+    if (sets < 1)
+        sets = 1;
+    if (sets > REPS)
+        sets = REPS;
+    int n_seqs = sets * b_seqs;
+    assert_true(n_seqs <= MAX_SEQS);
+    int32_t len[MAX_SEQS];
+    for (int i = 0; i < n_seqs; i++)
+        len[i] = depth;
+    world w;
+    world_make(&w, &s, n_seqs, len);
+    for (int i = 0; i < n_seqs; i++)
+        world_fill(&w, i, depth);
+    world_upload(&w);
+    pk_attention_params p = params_of(&s);
+    pio_error err;
+    pair q = make_pair(PIO_DTYPE_F32, b_seqs, w.qw, 0, FILL_UNIFORM);
+    pair out = make_pair(PIO_DTYPE_F32, b_seqs, w.ow, 0, FILL_NAN);
+    batch bt[REPS];
+    for (int r = 0; r < sets; r++) {
+        tokens tl = {.n = 0};
+        for (int i = 0; i < b_seqs; i++)
+            add_token(&tl, r * b_seqs + i, depth - 1);
+        bt[r] = make_batch(&w, &tl);
+    }
+    for (int r = 0; r < sets; r++) /* warm-up: workspace */
+        expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d,
+                               &bt[r].d, &p, &err), &err, "bench decode");
+    sync_gpu("bench decode warm-up");
+    pk_graph *graph = NULL;
+    int graphs = pk_graph_supported(gpu_ctx) && !general;
+    if (graphs) {
+        expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "bench graph");
+        for (int r = 0; r < REPS; r++)
+            expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d,
+                                   &bt[r % sets].d, &p, &err), &err, "bench decode");
+        expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "bench graph");
+        expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "bench graph"); /* warm */
+        sync_gpu("bench graph warm-up");
+    }
+    int rounds = general ? 1 : 4;
+    double t0 = seconds_now();
+    for (int k = 0; k < rounds; k++) {
+        if (graphs)
+            expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "bench graph");
+        else
+            for (int r = 0; r < REPS; r++)
+                expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d,
+                                       &w.v_cache_d, &bt[r % sets].d, &p, &err), &err, "bench");
+    }
+    sync_gpu("bench decode");
+    double per = (seconds_now() - t0) / (rounds * REPS);
+    if (graph != NULL)
+        pk_graph_destroy(gpu_ctx, graph);
+    print_message("attention decode  %-7s B=%d depth %-6d %9.1f us  %7.1f GB/s of K/V%s\n",
+                  general ? "general" : "split", b_seqs, depth, per * 1e6,
+                  seq_bytes * b_seqs / per * 1e-9, graphs ? " (graph)" : "");
+    release_all(NULL);
+}
+
+/* Prefill of n tokens from position 0 (K/V already stored); TFLOP/s counts the causal work,
+ * 2·Σ_t (t + 1)·n_q·(hd + vhd). */
+static void bench_prefill(int32_t n, int general)
+{
+    shape s = QWEN3;
+    s.pad = general;
+    world w;
+    world_make(&w, &s, 1, &n);
+    world_fill(&w, 0, n);
+    world_upload(&w);
+    tokens *tl = host_alloc(sizeof *tl);
+    add_run(tl, 0, 0, n);
+    batch b = make_batch(&w, tl);
+    pk_attention_params p = params_of(&s);
+    pio_error err;
+    pair q = make_pair(PIO_DTYPE_F32, n, w.qw, 0, FILL_UNIFORM);
+    pair out = make_pair(PIO_DTYPE_F32, n, w.ow, 0, FILL_NAN);
+    expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d, &b.d, &p,
+                           &err), &err, "bench prefill");
+    sync_gpu("bench prefill warm-up");
+    int reps = general ? 2 : 10;
+    double t0 = seconds_now();
+    for (int r = 0; r < reps; r++)
+        expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d,
+                               &b.d, &p, &err), &err, "bench prefill");
+    sync_gpu("bench prefill");
+    double per = (seconds_now() - t0) / reps;
+    double flops = 2.0 * ((double)n * (n + 1) / 2) * s.n_q * (s.head_dim + s.v_head_dim);
+    print_message("attention prefill %-7s T=%-5d from 0   %9.1f us  %7.1f TFLOP/s\n",
+                  general ? "general" : "tc", n, per * 1e6, flops / per * 1e-12);
+    release_all(NULL);
+}
+
+static void test_attention_benchmark(void **state)
+{
+    (void)state;
+    const char *env = getenv("PIO_KERNELS_BENCH");
+    if (env == NULL || atoi(env) == 0) {
+        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+        return;
+    }
+    static const int32_t depths[] = {512, 4096, 16384};
+    for (int i = 0; i < 3; i++) {
+        bench_decode(1, depths[i], 0);
+        bench_decode(8, depths[i], 0);
+    }
+    bench_decode(1, 4096, 1);
+    bench_prefill(512, 0);
+    bench_prefill(2048, 0);
+    bench_prefill(512, 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_decode_depths, release_all),
+        cmocka_unit_test_teardown(test_decode_batches, release_all),
+        cmocka_unit_test_teardown(test_decode_head_shapes, release_all),
+        cmocka_unit_test_teardown(test_prefill_lengths, release_all),
+        cmocka_unit_test_teardown(test_prefill_groups_and_heads, release_all),
+        cmocka_unit_test_teardown(test_mixed_batches, release_all),
+        cmocka_unit_test_teardown(test_bad_tokens_are_reported, release_all),
+        cmocka_unit_test_teardown(test_graph_replay_at_new_positions, release_all),
+        cmocka_unit_test_teardown(test_attention_benchmark, release_all),
+    };
+    return cmocka_run_group_tests_name("cuda attention vs cpu attention", tests, group_setup,
+                                       group_teardown);
+}
