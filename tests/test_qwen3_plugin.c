@@ -16,6 +16,7 @@
 #define PLUGIN_SO PLUGIN_DIR "/qwen3_4b_instruct_2507.so"
 #define SCRATCH_TEMPLATE "/tmp/pio-qwen3-XXXXXX"
 #include "plugin_reference.h"
+#include "pio/decoder.h" /* PIO_DECODER_CHUNK_TOKENS */
 #define PIO PIO_TEST_BUILD_DIR "/bin/pio"
 #define FIXTURE "tests/fixtures/models/qwen3_tiny"
 
@@ -91,6 +92,54 @@ static void argmax_output_equals_argmax_of_the_logits(void **state)
     }
     free(owners);
     free(logits);
+    close_session(&s);
+}
+
+/* A flattened batch longer than one chunk (PIO_DECODER_CHUNK_TOKENS): six sequences of 400
+ * tokens in one forward run as two chunks, the second reading the keys the first stored; every
+ * last-token row equals the sequence forwarded alone. */
+static void batch_longer_than_a_chunk_equals_one_sequence_at_a_time(void **state)
+{
+    (void)state;
+    enum { SEQS = 6, LEN = 400 };
+    assert_true(SEQS * LEN > PIO_DECODER_CHUNK_TOKENS);
+    session s;
+    open_ok(&s, "kv_cache: {dtype: f32, max_tokens: 4096}\n", ref.dir, NULL);
+    size_t vocab = s.model->vocab_size;
+    int32_t *tokens = malloc(SEQS * LEN * sizeof *tokens), *owners = malloc(SEQS * LEN * 4);
+    float *together = malloc(SEQS * vocab * sizeof(float)), *alone = malloc(vocab * 4);
+    int32_t seq[SEQS], rows[SEQS];
+    pio_error err;
+    for (int q = 0; q < SEQS; q++) {
+        assert_int_equal(s.model->seq_open(s.model->self, &seq[q], &err), PIO_OK);
+        for (int i = 0; i < LEN; i++) {
+            tokens[q * LEN + i] = (int32_t)((7 + 131 * q + 17 * i) % (int)vocab);
+            owners[q * LEN + i] = seq[q];
+        }
+        rows[q] = q * LEN + LEN - 1;
+    }
+    pio_textgen_batch b = {.struct_size = sizeof b, .n_tokens = SEQS * LEN, .tokens = tokens,
+                           .seq_ids = owners, .n_logits_rows = SEQS, .logits_rows = rows,
+                           .logits = together};
+    assert_int_equal(s.model->forward(s.model->self, &b, &err), PIO_OK);
+    for (int q = 0; q < SEQS; q++) {
+        s.model->seq_close(s.model->self, seq[q]);
+        int32_t one, last = LEN - 1, own[LEN];
+        assert_int_equal(s.model->seq_open(s.model->self, &one, &err), PIO_OK);
+        for (int i = 0; i < LEN; i++)
+            own[i] = one;
+        pio_textgen_batch a = {.struct_size = sizeof a, .n_tokens = LEN,
+                               .tokens = tokens + q * LEN, .seq_ids = own, .n_logits_rows = 1,
+                               .logits_rows = &last, .logits = alone};
+        assert_int_equal(s.model->forward(s.model->self, &a, &err), PIO_OK);
+        assert_true(relative_error(together + (size_t)q * vocab, alone, vocab) <=
+                    SAME_MATH_TOLERANCE);
+        s.model->seq_close(s.model->self, one);
+    }
+    free(tokens);
+    free(owners);
+    free(together);
+    free(alone);
     close_session(&s);
 }
 
@@ -489,6 +538,7 @@ int main(void)
         cmocka_unit_test(greedy_continuations_match_the_reference),
         cmocka_unit_test(chat_reply_matches_the_reference),
         cmocka_unit_test(argmax_output_equals_argmax_of_the_logits),
+        cmocka_unit_test(batch_longer_than_a_chunk_equals_one_sequence_at_a_time),
         cmocka_unit_test(sampling_is_reproducible_and_stop_tokens_end_generation),
         cmocka_unit_test(yaml_stop_strings_end_generation),
         cmocka_unit_test(prompts_that_cannot_run_are_clear_errors),

@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 /* Tokens run through the layers together; bounds the activation workspace. */
-#define PIO_DECODER_CHUNK_TOKENS 512
+#define PIO_DECODER_CHUNK_TOKENS 2048
 /* Logits rows computed together; bounds the [rows, vocab] logits workspace. */
 #define PIO_DECODER_LOGITS_ROWS 64
 /* KV capacity when kv_cache.max_tokens and kv_cache.memory_gb are both unset. */
