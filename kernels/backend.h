@@ -68,6 +68,8 @@ struct pk_backend {
     pio_status (*argmax)(pk_context *ctx, const pk_tensor *ids, const pk_tensor *x,
                          pio_error *err);
     pio_status (*cast)(pk_context *ctx, const pk_tensor *out, const pk_tensor *x, pio_error *err);
+    pio_status (*fill_dummy)(pk_context *ctx, const pk_tensor *out, uint64_t seed,
+                             uint64_t tensor_id, float scale, float offset, pio_error *err);
     /* v_new and v_cache are NULL together when only keys are stored. */
     pio_status (*kv_store)(pk_context *ctx, const pk_tensor *k_cache, const pk_tensor *v_cache,
                            const pk_tensor *k_new, const pk_tensor *v_new,

@@ -106,6 +106,8 @@ pio_status pk_cpu_argmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor 
                          pio_error *err);
 pio_status pk_cpu_cast(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
                        pio_error *err);
+pio_status pk_cpu_fill_dummy(pk_context *ctx, const pk_tensor *out, uint64_t seed,
+                             uint64_t tensor_id, float scale, float offset, pio_error *err);
 pio_status pk_cpu_kv_store(pk_context *ctx, const pk_tensor *k_cache, const pk_tensor *v_cache,
                            const pk_tensor *k_new, const pk_tensor *v_new,
                            const pk_token_batch *batch, const pk_attention_params *params,

@@ -353,6 +353,18 @@ pio_status pk_argmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor *x, 
     return ctx->backend->argmax(ctx, ids, x, err);
 }
 
+pio_status pk_fill_dummy(pk_context *ctx, const pk_tensor *out, uint64_t seed,
+                         uint64_t tensor_id, float scale, float offset, pio_error *err)
+{
+    static const char op[] = "pk_fill_dummy";
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = check_operand(ctx, op, "out", out, DT_WEIGHT, err)))
+        return st;
+    if (!isfinite(scale) || !isfinite(offset))
+        return invalid(err, op, "scale and offset must be finite");
+    return ctx->backend->fill_dummy(ctx, out, seed, tensor_id, scale, offset, err);
+}
+
 pio_status pk_cast(pk_context *ctx, const pk_tensor *out, const pk_tensor *x, pio_error *err)
 {
     static const char op[] = "pk_cast";

@@ -142,6 +142,13 @@ pio_status pk_softmax(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
  * never chosen unless the whole row is NaN). ids [1, T] I32, x [T, N] F32. */
 pio_status pk_argmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor *x, pio_error *err);
 
+/* Seeded stand-in weights (load_format: dummy): out[r, c] = offset + scale · u, u in [-1, 1)
+ * a hash of (seed, tensor_id, r·cols + c) (kernels/dummy_values.h), rounded to out's dtype
+ * (BF16|F32). The same values on every backend; written where the tensor lives, so a model's
+ * dummy weights need no host copy. */
+pio_status pk_fill_dummy(pk_context *ctx, const pk_tensor *out, uint64_t seed,
+                         uint64_t tensor_id, float scale, float offset, pio_error *err);
+
 /* out = x converted element by element between F32 and BF16 (round to nearest even); same
  * dtypes copy. Same shape; no aliasing. */
 pio_status pk_cast(pk_context *ctx, const pk_tensor *out, const pk_tensor *x, pio_error *err);

@@ -161,6 +161,7 @@ const pk_backend pk_cpu_backend = {
     .softmax = pk_cpu_softmax,
     .argmax = pk_cpu_argmax,
     .cast = pk_cpu_cast,
+    .fill_dummy = pk_cpu_fill_dummy,
     .kv_store = pk_cpu_kv_store,
     .attention = pk_cpu_attention,
     .moe_topk_softmax = pk_cpu_moe_topk_softmax,

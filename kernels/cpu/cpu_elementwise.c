@@ -7,6 +7,8 @@
 
 #include <math.h>
 #include <omp.h>
+
+#include "kernels/dummy_values.h"
 #include <string.h>
 
 enum { PARALLEL_MIN_ELEMENTS = 1 << 15 };
@@ -236,5 +238,26 @@ pio_status pk_cpu_cast(pk_context *ctx, const pk_tensor *out, const pk_tensor *x
 #pragma omp parallel for num_threads(state->n_threads) if (worth_threads(out))
     for (int64_t r = 0; r < out->rows; r++)
         cast_row(pk_cpu_row(out, r), out->dtype, pk_cpu_row(x, r), x->dtype, out->cols);
+    return PIO_OK;
+}
+
+pio_status pk_cpu_fill_dummy(pk_context *ctx, const pk_tensor *out, uint64_t seed,
+                             uint64_t tensor_id, float scale, float offset, pio_error *err)
+{
+    (void)err;
+    pk_cpu_state *state = pk_cpu_state_of(ctx);
+    int bf16 = out->dtype == PIO_DTYPE_BF16;
+#pragma omp parallel for num_threads(state->n_threads) if (worth_threads(out))
+    for (int64_t r = 0; r < out->rows; r++) {
+        void *row = pk_cpu_row(out, r);
+        for (int64_t c = 0; c < out->cols; c++) {
+            float v = offset + scale * pk_dummy_uniform(seed, tensor_id,
+                                                        (uint64_t)(r * out->cols + c));
+            if (bf16)
+                ((uint16_t *)row)[c] = pio_f32_to_bf16(v);
+            else
+                ((float *)row)[c] = v;
+        }
+    }
     return PIO_OK;
 }

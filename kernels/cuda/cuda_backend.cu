@@ -410,6 +410,7 @@ static constexpr pk_backend make_cuda_backend()
     b.softmax = pk_cuda_softmax;
     b.argmax = pk_cuda_argmax;
     b.cast = pk_cuda_cast;
+    b.fill_dummy = pk_cuda_fill_dummy;
     b.kv_store = pk_cuda_kv_store;
     b.attention = pk_cuda_attention;
     b.moe_topk_softmax = pk_cuda_moe_topk_softmax;

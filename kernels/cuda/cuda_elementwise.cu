@@ -9,6 +9,7 @@
  * use a 2-D grid: x over columns, y over rows.
  */
 #include "kernels/cuda/cuda_internal.h"
+#include "kernels/dummy_values.h"
 
 #include <math.h>
 #include <string.h>
@@ -633,5 +634,34 @@ pio_status pk_cuda_argmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor
                                         (int)parts);
     argmax_finish_kernel<<<(unsigned)x->rows, 32, 0, st->stream>>>((int32_t *)ids->data, pairs,
                                                                     (int)parts);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Dummy weights                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+__global__ void fill_dummy_kernel(void *out, int64_t os, bool bf16, int64_t rows, int64_t cols,
+                                  uint64_t seed, uint64_t tensor_id, float scale, float offset)
+{
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols;
+             c += (int64_t)gridDim.x * blockDim.x) {
+            float v = offset + scale * pk_dummy_uniform(seed, tensor_id, (uint64_t)(r * cols + c));
+            pk_store((char *)out + (size_t)(r * os) * (bf16 ? 2 : 4), bf16, c, v);
+        }
+}
+
+pio_status pk_cuda_fill_dummy(pk_context *ctx, const pk_tensor *out, uint64_t seed,
+                              uint64_t tensor_id, float scale, float offset, pio_error *err)
+{
+    static const char op[] = "pk_fill_dummy";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || out->rows == 0 || out->cols == 0)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    fill_dummy_kernel<<<grid_2d(out->rows, out->cols, 256), 256, 0, st->stream>>>(
+        out->data, out->stride, pk_is_bf16(out), out->rows, out->cols, seed, tensor_id, scale,
+        offset);
     return pk_cuda_check_launch(ctx, op, err);
 }

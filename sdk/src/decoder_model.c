@@ -128,26 +128,27 @@ static pio_status generate_weights(pio_decoder *d, uint64_t seed, pio_error *err
         return err->status;
     uint64_t bytes = pio_weights_generated_bytes(slots, n);
     pio_status status = reserve(d, bytes, "weights", &d->reserved_weights, err);
-    if (status == PIO_OK && (d->host_copy = aligned_alloc(64, bytes)) == NULL)
-        status = pio_error_set(err, PIO_ERR_OUT_OF_MEMORY, "dummy weights: out of memory for "
-                               "%llu bytes", (unsigned long long)bytes);
     if (status == PIO_OK)
-        status = pio_weights_generate(slots, n, seed, pk_context_threads(d->ctx), d->host_copy,
-                                      d->services, d->host, &d->weights, err);
+        status = pk_buffer_alloc(d->ctx, bytes, &d->device_copy, err);
+    if (status == PIO_OK)
+        status = pio_weights_generate(d->ctx, slots, n, seed, &d->device_copy, d->services,
+                                      d->host, &d->weights, err);
     free(slots);
     return status;
 }
 
-/* Copies the weights into device memory when the context's device is not host memory. */
+/* Copies the weights into device memory when the context's device is not host memory (dummy
+ * weights are made there already). */
 static pio_status place_weights(pio_decoder *d, pio_error *err)
 {
-    if (pk_context_device(d->ctx) == PK_DEVICE_CPU)
+    if (pk_context_device(d->ctx) == PK_DEVICE_CPU || d->device_copy.data != NULL)
         return PIO_OK; /* host memory is the CPU backend's device memory: used in place */
     size_t n = 0;
     pio_weight_slot *slots = list_slots(d, 0, &n, err);
     if (slots == NULL)
         return err->status;
-    pio_status status = pio_weights_upload(d->ctx, slots, n, &d->device_copy, err);
+    pio_status status = pio_weights_upload(d->ctx, slots, n, &d->device_copy, d->services,
+                                           d->host, err);
     free(slots);
     return status;
 }
@@ -173,7 +174,8 @@ static pio_status upload_rank_weights(pio_decoder *d, pio_error *err)
     }
     pio_status status = reserve(d, bytes, "weights", &d->reserved_weights, err);
     if (status == PIO_OK)
-        status = pio_weights_upload(d->ctx, slots, kept, &d->device_copy, err);
+        status = pio_weights_upload(d->ctx, slots, kept, &d->device_copy, d->services,
+                                    d->host, err);
     free(slots);
     if (status == PIO_OK && d->config.tie_word_embeddings)
         d->lm_head = d->embed;
@@ -448,7 +450,6 @@ void pio_decoder_free(pio_decoder *d)
         pk_context_destroy(d->ctx);
     }
     pio_safetensors_close(d->checkpoint);
-    free(d->host_copy);
     free(d->layers);
     uint64_t held[] = {d->reserved_weights, d->reserved_kv, d->reserved_workspace};
     const char *tags[] = {"weights", "kv_cache", "workspace"};

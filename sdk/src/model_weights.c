@@ -103,44 +103,29 @@ uint64_t pio_weights_generated_bytes(const pio_weight_slot *slots, size_t n)
     return bytes;
 }
 
-/* A value in [-1, 1) that depends only on (seed, tensor, element): the same weights for any
- * number of threads. */
-static float dummy_uniform(uint64_t seed, uint64_t tensor, uint64_t element)
-{
-    uint64_t z = seed ^ (tensor * 0x9e3779b97f4a7c15ull) ^ (element * 0xd1b54a32d192ed03ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (float)((double)(z >> 11) * 0x1.0p-52 - 1.0);
-}
-
 /* Norm weights near 1, matrices with the spread of initializer_range 0.02 (uniform of the
- * same standard deviation). */
-static void fill_dummy(uint16_t *data, int64_t count, uint64_t seed, uint64_t tensor,
-                       int is_norm, int n_threads)
+ * same standard deviation); values by pk_fill_dummy, where ctx keeps its memory. */
+pio_status pio_weights_generate(pk_context *ctx, const pio_weight_slot *slots, size_t n,
+                                uint64_t seed, const pk_buffer *buffer,
+                                const pio_host_services *services, void *host,
+                                pio_weight_totals *totals, pio_error *err)
 {
-    const float scale = is_norm ? 0.05f : 0.0346f, offset = is_norm ? 1.0f : 0.0f;
-#pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t i = 0; i < count; i++)
-        data[i] = pio_f32_to_bf16(offset + scale * dummy_uniform(seed, tensor, (uint64_t)i));
-}
-
-pio_status pio_weights_generate(const pio_weight_slot *slots, size_t n, uint64_t seed,
-                                int n_threads, void *memory, const pio_host_services *services,
-                                void *host, pio_weight_totals *totals, pio_error *err)
-{
-    uint16_t *next = memory;
+    size_t offset = 0;
     for (size_t i = 0; i < n; i++) {
         if (services->should_abort(host))
             return pio_error_set(err, PIO_ERR_CANCELLED, "loading was interrupted");
-        int64_t count = slots[i].rows * slots[i].cols;
-        fill_dummy(next, count, seed, i, slots[i].is_norm, n_threads);
-        *slots[i].tensor = pk_tensor_host(next, PIO_DTYPE_BF16, slots[i].rows, slots[i].cols);
-        account(totals, slots[i].tensor);
-        next += padded((uint64_t)count * 2) / 2;
+        int is_norm = slots[i].is_norm;
+        pk_tensor t = pk_tensor_in(buffer, offset, PIO_DTYPE_BF16, slots[i].rows, slots[i].cols);
+        pio_status status = pk_fill_dummy(ctx, &t, seed, i, is_norm ? 0.05f : 0.0346f,
+                                          is_norm ? 1.0f : 0.0f, err);
+        if (status != PIO_OK)
+            return status;
+        *slots[i].tensor = t;
+        account(totals, &t);
+        offset += padded((uint64_t)(slots[i].rows * slots[i].cols) * 2);
         services->progress(host, "weights", i + 1, n);
     }
-    return PIO_OK;
+    return pk_synchronize(ctx, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -153,20 +138,85 @@ static uint64_t packed_bytes(const pk_tensor *t)
     return (uint64_t)pk_tensor_numel(t) * pio_dtype_size(t->dtype);
 }
 
-pio_status pio_weights_upload(pk_context *ctx, const pio_weight_slot *slots, size_t n,
-                              pk_buffer *device_copy, pio_error *err)
+/* The weights go through two page-locked staging buffers: while the transfer of one chunk
+ * runs, the next is copied out of the mapped file (or the host view's rows) into the other. */
+#define UPLOAD_CHUNK_BYTES ((size_t)64 << 20)
+
+typedef struct upload_state {
+    pk_context *ctx;
+    void *staging[2];
+    int next;           /* the staging buffer the next chunk fills */
+    int in_flight;      /* a transfer was issued and not waited for */
+    uint64_t done, total;
+    const pio_host_services *services;
+    void *host;
+} upload_state;
+
+/* Rows [first, first + count) of host tensor src into device rows of dst, through staging. */
+static pio_status upload_rows(upload_state *u, const pk_tensor *dst, const pk_tensor *src,
+                              int64_t first, int64_t count, pio_error *err)
 {
+    size_t row_bytes = (size_t)src->cols * pio_dtype_size(src->dtype);
+    char *stage = u->staging[u->next];
+    for (int64_t r = 0; r < count; r++) /* overlaps the transfer issued before */
+        memcpy(stage + (size_t)r * row_bytes,
+               (const char *)src->data + (size_t)((first + r) * src->stride) *
+                                             pio_dtype_size(src->dtype),
+               row_bytes);
+    pio_status status = u->in_flight ? pk_synchronize(u->ctx, err) : PIO_OK;
+    pk_tensor from = pk_tensor_host(stage, src->dtype, count, src->cols);
+    pk_tensor to = pk_tensor_rows(dst, first, count);
+    if (status == PIO_OK)
+        status = pk_copy(u->ctx, &to, &from, err);
+    u->in_flight = status == PIO_OK;
+    u->next ^= 1;
+    u->done += (uint64_t)count * row_bytes;
+    u->services->progress(u->host, "upload (MB)", u->done >> 20, u->total >> 20);
+    return status;
+}
+
+static pio_status upload_tensor(upload_state *u, const pk_tensor *dst, const pk_tensor *src,
+                                pio_error *err)
+{
+    size_t row_bytes = (size_t)src->cols * pio_dtype_size(src->dtype);
+    int64_t rows_per_chunk = row_bytes > 0 ? (int64_t)(UPLOAD_CHUNK_BYTES / row_bytes) : 1;
+    if (rows_per_chunk < 1) /* one row larger than a chunk: send it as it is */
+        return pk_copy(u->ctx, dst, src, err);
+    pio_status status = PIO_OK;
+    for (int64_t r = 0; status == PIO_OK && r < src->rows; r += rows_per_chunk) {
+        int64_t count = src->rows - r < rows_per_chunk ? src->rows - r : rows_per_chunk;
+        status = upload_rows(u, dst, src, r, count, err);
+    }
+    return status;
+}
+
+pio_status pio_weights_upload(pk_context *ctx, const pio_weight_slot *slots, size_t n,
+                              pk_buffer *device_copy, const pio_host_services *services,
+                              void *host, pio_error *err)
+{
+    upload_state u = {.ctx = ctx, .services = services, .host = host};
     uint64_t bytes = 0;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         bytes += padded(packed_bytes(slots[i].tensor));
+        u.total += packed_bytes(slots[i].tensor);
+    }
     pio_status status = pk_buffer_alloc(ctx, bytes, device_copy, err);
+    for (int b = 0; status == PIO_OK && b < 2; b++)
+        status = pk_host_alloc(ctx, UPLOAD_CHUNK_BYTES, &u.staging[b], err);
     size_t offset = 0;
     for (size_t i = 0; status == PIO_OK && i < n; i++) {
-        pk_tensor host = *slots[i].tensor;
-        pk_tensor device = pk_tensor_in(device_copy, offset, host.dtype, host.rows, host.cols);
-        status = pk_copy(ctx, &device, &host, err);
+        if (services->should_abort(host)) {
+            status = pio_error_set(err, PIO_ERR_CANCELLED, "loading was interrupted");
+            break;
+        }
+        pk_tensor src = *slots[i].tensor;
+        pk_tensor device = pk_tensor_in(device_copy, offset, src.dtype, src.rows, src.cols);
+        status = upload_tensor(&u, &device, &src, err);
         *slots[i].tensor = device;
-        offset += padded(packed_bytes(&host));
+        offset += padded(packed_bytes(&src));
     }
-    return status == PIO_OK ? pk_synchronize(ctx, err) : status;
+    pio_status synced = pk_synchronize(ctx, err); /* before the staging is freed */
+    for (int b = 0; b < 2; b++)
+        pk_host_free(ctx, u.staging[b]);
+    return status == PIO_OK ? synced : status;
 }

@@ -157,8 +157,8 @@ struct pio_decoder {
     pk_tensor lm_head;                    /* [V, H]; the embedding itself when tied */
     pio_decoder_layer *layers;
     pio_safetensors *checkpoint;          /* the mapped files (load_format auto) */
-    void *host_copy;                      /* dummy weights in host memory */
-    pk_buffer device_copy;                /* the weights on a device that is not host memory */
+    pk_buffer device_copy;                /* the weights in the context's memory: dummy ones,
+                                             or a copy on a device that is not host memory */
     pio_weight_totals weights;
 
     pk_kv_pool *pool;

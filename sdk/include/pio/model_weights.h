@@ -52,17 +52,22 @@ void pio_weights_warn_unused(const pio_safetensors *checkpoint, const pio_weight
 /* Bytes pio_weights_generate needs for the slots (bf16 values, 64-byte aligned tensors). */
 uint64_t pio_weights_generated_bytes(const pio_weight_slot *slots, size_t n);
 
-/* Fills every slot with bf16 values drawn from `seed` (the same for any thread count): norm
- * weights near 1, matrices with the spread of initializer_range 0.02, in `memory` of
- * pio_weights_generated_bytes bytes, 64-byte aligned. */
-pio_status pio_weights_generate(const pio_weight_slot *slots, size_t n, uint64_t seed,
-                                int n_threads, void *memory, const pio_host_services *services,
-                                void *host, pio_weight_totals *totals, pio_error *err);
+/* Fills every slot with bf16 values drawn from `seed` (pk_fill_dummy: the same values on
+ * every backend and thread count): norm weights near 1, matrices with the spread of
+ * initializer_range 0.02, in `buffer` (pio_weights_generated_bytes bytes of ctx's memory,
+ * 64-byte aligned tensors), so a GPU's weights are made on the GPU, with no host copy. */
+pio_status pio_weights_generate(pk_context *ctx, const pio_weight_slot *slots, size_t n,
+                                uint64_t seed, const pk_buffer *buffer,
+                                const pio_host_services *services, void *host,
+                                pio_weight_totals *totals, pio_error *err);
 
-/* Copies every slot's tensor into one new device buffer of ctx and points the slot there; a
- * strided view (a column slice of a bigger matrix) becomes a contiguous device tensor. */
+/* Copies every slot's tensor (host memory: the mapped files or a host view, strided views
+ * packed) into one new device buffer of ctx and points the slot there: through two
+ * page-locked 64 MiB staging buffers, copying one chunk out of host memory while the previous
+ * one transfers, reporting progress under "upload (MB)". */
 pio_status pio_weights_upload(pk_context *ctx, const pio_weight_slot *slots, size_t n,
-                              pk_buffer *device_copy, pio_error *err);
+                              pk_buffer *device_copy, const pio_host_services *services,
+                              void *host, pio_error *err);
 
 #ifdef __cplusplus
 }

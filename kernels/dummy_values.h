@@ -1,0 +1,28 @@
+/*
+ * The seeded stand-in values of load_format: dummy (vLLM's dummy loader does the same job): a
+ * value in [-1, 1) that depends only on (seed, tensor, element), so every backend and thread
+ * count makes the same weights. Shared by the backends' pk_fill_dummy (C and CUDA).
+ */
+#ifndef PIO_KERNELS_DUMMY_VALUES_H
+#define PIO_KERNELS_DUMMY_VALUES_H
+
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#define PK_HOST_DEVICE __host__ __device__
+#else
+#define PK_HOST_DEVICE
+#endif
+
+/* splitmix64's finaliser over the three coordinates; 52 random bits scaled to [-1, 1). */
+static inline PK_HOST_DEVICE float pk_dummy_uniform(uint64_t seed, uint64_t tensor,
+                                                    uint64_t element)
+{
+    uint64_t z = seed ^ (tensor * 0x9e3779b97f4a7c15ull) ^ (element * 0xd1b54a32d192ed03ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (float)((double)(z >> 11) * 0x1.0p-52 - 1.0);
+}
+
+#endif
