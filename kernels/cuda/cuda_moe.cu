@@ -14,50 +14,65 @@
  * expf per token, negligible at E = 128, k = 8). Renormalisation is the CPU's: a float sum in
  * slot order by one lane, divided only when positive.
  *
- * Experts (correct-first version, four launches on the context's stream):
+ * Experts: four launches on the context's stream.
  *   1. moe_route_kernel, one block: counts the (token, slot) pairs of each expert in shared
  *      memory, prefix-sums them into offsets[E + 1], lists the experts with at least one pair
- *      (active[], n_active) and places each pair p = t·k + j under its expert (order[]). Ids
- *      outside [0, E) are reported through err_info (pk_synchronize turns them into
- *      PIO_ERR_INVALID_ARGUMENT) and their pairs are dropped.
- *   2. moe_gate_up_kernel, grid (min(E, T·k) expert slots) × (tiles of inner columns): block
- *      x-slot s works for the s-th active expert (slots past n_active exit at once, so the grid
- *      is sized without knowing n_active on the host); each warp takes one inner column c,
- *      reads expert e's gate row c and up row c once per group of up to MOE_NP pairs, and writes
- *      act[p, c] = silu(gate · x_t) · (up · x_t) for each pair. Only the selected experts'
- *      weights are read: for decode (T = 1) that is k experts.
- *   3. moe_down_kernel, the same grid over tiles of hidden rows: pair_out[p, r] = down_e[r] · act[p].
+ *      (active[], then -1 up to n_local) and places each pair p = t·k + j under its expert
+ *      (order[]). Ids outside [0, E) are reported through err_info (pk_synchronize turns them
+ *      into PIO_ERR_INVALID_ARGUMENT) and their pairs are dropped.
+ *   2. moe_gemv_kernel<G = 2> (gate_up): act[p, c] = silu(gate_e[c] · x_t) · (up_e[c] · x_t).
+ *   3. moe_gemv_kernel<G = 1> (down): pair_out[p, r] = down_e[r] · act[p].
  *   4. moe_reduce_kernel, one block per token: out[t] += Σ_j weights[t, j] · pair_out[t·k + j] in
  *      slot order, so a token's result does not depend on the other tokens of the batch (nor on
  *      the order in which pairs were placed under their expert, which uses atomics).
  *
+ * The expert GEMV (steps 2 and 3) is the matmul GEMV kernel's scheme applied to the selected
+ * experts only. Grid (min(n_local, T·k) expert slots) × (blocks of outputs), 8 warps a block:
+ * block x-slot s works for the s-th active expert (slots past the last exit at once, so the
+ * grid is sized without knowing their number on the host), so every selected expert's rows
+ * stream at the same time. A warp owns 4 weight rows (2 outputs of gate_up, each a gate and an
+ * up row, or 4 rows of down) and reads them with 16-byte loads (8 bf16 or 4 f32 a lane; not
+ * kept in L1, L2 fetching 256-byte groups), each input value loaded once for the 4 rows. When K
+ * is short for the number of warps (down: K = F = 768) `splits` warps share a row group,
+ * interleaving over K; their sums meet in shared memory and are added in split order. The pairs
+ * of an expert are taken in groups (up to 4, or one at a time in the one-pair variant used when
+ * T·k <= n_local), each group one pass over the rows: the weights come from HBM once per call,
+ * later passes hit L1/L2. Rows or inputs that are not 16-byte aligned use scalar loads; K % 8
+ * (bf16) or K % 4 (f32) tail elements are read one per lane.
+ *   Bytes: decode (T = 1) of Qwen3-Coder-30B-A3B (H 2048, F 768, k 8, bf16) reads 8 × 6.3 MB of
+ * gate_up and 8 × 3.1 MB of down; the inputs (8 KB of x, 24 KB of act) come from L2, and
+ * act/pair_out writes are under 100 KB. Limited by HBM bandwidth and by the four launches; the
+ * one-pair variant keeps 3 blocks (24 warps, 96 KB of weight loads) in flight per SM.
+ *   Determinism: a pair's dot is the same sequence of fp32 operations whatever pairs it is
+ * grouped with and whatever T is (splits depend on the shapes and min(n_local, k) only), so
+ * results are bit-identical between runs and between a token alone and in a batch.
+ *
  * Expert parallelism (pk_moe_experts_slice): the same four launches over experts
  * [first, first + n_local) of the router's E, whose weights are the slice's own rows (expert e
  * at local index e - first). The route kernel counts and lists only the slice's experts (by
- * local index, so the gate_up and down kernels are unchanged) while still checking every id
- * against [0, E); the reduce kernel skips the pairs routed elsewhere and, without accumulate,
- * starts from zero instead of out. The whole call is the slice (0, E, accumulate).
+ * local index, so the GEMV launches are unchanged) while still checking every id against
+ * [0, E); the reduce kernel skips the pairs routed elsewhere and, without accumulate, starts
+ * from zero instead of out. The whole call is the slice (0, E, accumulate).
  *
  * Scratch: the context's device workspace (pk_cuda_scratch), laid out as offsets, active list,
- * order, act [T·k, F] and pair_out [T·k, H] floats. It grows (cudaMalloc) only when a call needs
- * more than any earlier call of any op: a graph capture must be preceded by a warm-up call of
- * the largest shape, as for matmul. Steady state allocates nothing.
+ * order, act [T·k, F rounded up to 4] and pair_out [T·k, H] floats. It grows (cudaMalloc) only
+ * when a call needs more than any earlier call of any op: a graph capture must be preceded by a
+ * warm-up call of the largest shape, as for matmul. Steady state allocates nothing.
  *
- * The fast version (prefill and batched decode) would change steps 2-3 only: a grouped GEMM
- * (tensor cores, BF16 weights, tiles of 64-128 tokens of one expert through shared memory, or
- * cuBLASLt grouped GEMM over the per-expert offsets) in place of one warp per weight row dotting
- * up to MOE_NP tokens at a time (which re-reads a weight row from L2 for every MOE_NP tokens of
- * the expert), the activation fused into the gate_up GEMM's epilogue, and the pair buffer kept
- * in bf16 or the T·k rows processed in chunks to bound the scratch. Decode would vectorise the
- * weight loads (16-byte bf16 loads) and split H across more warps per row. The routing and the
+ * Prefill and large batches run the same kernels (correct, not fast: each group of 4 tokens of
+ * an expert re-reads its rows from L2). The fast version would be a grouped GEMM on the tensor
+ * cores (tiles of 64-128 tokens of one expert, the activation fused into the gate_up epilogue,
+ * the pair buffer in bf16 or the T·k rows in chunks to bound the scratch); the routing and the
  * slot-order reduction stay as they are.
  */
 #include "kernels/cuda/cuda_internal.h"
 
 #include <math.h>
 
-static constexpr int MOE_NP = 4;                /* pairs one warp dots a weight row with */
-static constexpr int MOE_WARPS = 8;             /* warps (weight rows) per block */
+static constexpr int MOE_NP = 4;    /* pairs one pass of a warp dots its weight rows with */
+static constexpr int MOE_ROWS = 4;  /* weight rows per warp (2 outputs of gate_up, 4 of down) */
+static constexpr int MOE_WARPS = 8; /* warps per block of the expert GEMV */
+static constexpr int MOE_WARPS_PER_SM = 48; /* warps in all the split choice aims for, per SM */
 static constexpr int64_t MOE_MAX_EXPERTS = 4096; /* shared counters of the route kernel */
 static constexpr int64_t GRID_CAP = 65535;
 
@@ -170,12 +185,13 @@ pio_status pk_cuda_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
 /* Experts                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-/* One block. meta[0] = n_active. Experts are counted by local index e - first, only those of
- * the slice [first, first + n_local); every id is checked against [0, E). Shared: counts
- * [n_local + 1] then cursors [n_local]. */
+/* One block. active[0 .. n_active) lists the experts with pairs, active[n_active .. n_local) is
+ * -1. Experts are counted by local index e - first, only those of the slice
+ * [first, first + n_local); every id is checked against [0, E). Shared: counts [n_local + 1]
+ * then cursors [n_local]. */
 __global__ void moe_route_kernel(const int32_t *__restrict__ ids, int64_t is, int64_t T, int k,
                                  int E, int first, int n_local, int32_t *offsets, int32_t *active,
-                                 int32_t *meta, int32_t *order, long long *info)
+                                 int32_t *order, long long *info)
 {
     extern __shared__ int32_t moe_shared[];
     int32_t *count = moe_shared;       /* count[e + 1]: pairs of local expert e, then offsets */
@@ -201,7 +217,8 @@ __global__ void moe_route_kernel(const int32_t *__restrict__ ids, int64_t is, in
             count[e + 1] += count[e];
             cursor[e] = count[e];
         }
-        meta[0] = n;
+        for (int s = n; s < n_local; s++)
+            active[s] = -1;
     }
     __syncthreads();
     for (int e = threadIdx.x; e <= n_local; e += blockDim.x)
@@ -213,103 +230,254 @@ __global__ void moe_route_kernel(const int32_t *__restrict__ ids, int64_t is, in
     }
 }
 
-__device__ __forceinline__ const void *moe_row(const void *base, bool bf16, int64_t stride,
-                                               int64_t r)
+/* ---- Expert GEMV: the gate_up and down launches ---------------------------------------- */
+
+/* Operands of one expert GEMV launch (see the top of this file). For gate_up: rows of 2F per
+ * expert, an output's up row F rows after its gate row, n_out = F, K = H, the input row of pair
+ * p is x row p / k, the outputs go to act. For down: rows of H per expert, n_out = H, K = F,
+ * input act row p, outputs to pair_out. */
+struct moe_gemv_args {
+    const void *w;
+    int64_t ws;          /* weight row stride (elements) */
+    int64_t expert_rows; /* rows of one expert's block of w */
+    int64_t up_offset;   /* G = 2: rows from an output's gate row to its up row */
+    int64_t n_out;       /* outputs per pair */
+    int64_t K;
+    const float *in;
+    int64_t in_stride;
+    int in_div; /* pair p reads input row p / in_div */
+    float *out;
+    int64_t out_stride; /* pair p writes output row p */
+    const int32_t *offsets, *active, *order;
+    int splits; /* warps sharing each row group, splitting K (1, 2, 4 or 8) */
+};
+
+/* 16 bytes of weights. Read once in this call (once): not kept in L1, and L2 asked to fetch the
+ * whole 256-byte group around it; read again for the next pairs of the expert: kept in L1. */
+__device__ __forceinline__ uint4 moe_load_weights(const char *p, bool once)
 {
-    return (const char *)base + (size_t)(r * stride) * (bf16 ? 2u : 4u);
+    uint4 v;
+    if (once)
+        asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+            : "l"(p));
+    else
+        asm("ld.global.nc.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+            : "l"(p));
+    return v;
 }
 
-/* act[p, c] = silu(gate_e[c] · x_t) · (up_e[c] · x_t) for every pair p = t·k + j of expert e. */
-__global__ void moe_gate_up_kernel(const float *__restrict__ x, int64_t xs,
-                                   const void *__restrict__ w, int64_t wstride, bool bf16,
-                                   const int32_t *__restrict__ offsets,
-                                   const int32_t *__restrict__ active,
-                                   const int32_t *__restrict__ meta,
-                                   const int32_t *__restrict__ order, int k, int64_t H,
-                                   int64_t F, float *act)
+/* The elements of one 16-byte load (8 bf16 or 4 f32) as floats. */
+template <bool BF16> struct moe_vec { float v[BF16 ? 8 : 4]; };
+
+template <bool BF16> __device__ __forceinline__ moe_vec<BF16> moe_unpack(uint4 q)
 {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    int n_active = meta[0];
-    for (int slot = blockIdx.x; slot < n_active; slot += gridDim.x) {
-        int e = active[slot], begin = offsets[e], end = offsets[e + 1];
-        for (int64_t c = (int64_t)blockIdx.y * warps + warp; c < F;
-             c += (int64_t)gridDim.y * warps) {
-            const void *wg = moe_row(w, bf16, wstride, (int64_t)e * 2 * F + c);
-            const void *wu = moe_row(w, bf16, wstride, (int64_t)e * 2 * F + F + c);
-            for (int i0 = begin; i0 < end; i0 += MOE_NP) {
-                int n = end - i0 < MOE_NP ? end - i0 : MOE_NP;
-                int32_t pr[MOE_NP];
-                const float *xr[MOE_NP];
-                float g[MOE_NP], u[MOE_NP];
+    moe_vec<BF16> r;
+    uint32_t w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-                for (int q = 0; q < MOE_NP; q++) {
-                    pr[q] = order[i0 + (q < n ? q : n - 1)];
-                    xr[q] = x + (int64_t)(pr[q] / k) * xs;
-                    g[q] = u[q] = 0.0f;
-                }
-                for (int64_t h = lane; h < H; h += 32) {
-                    float a = pk_load(wg, bf16, h), b = pk_load(wu, bf16, h);
+    for (int i = 0; i < 4; i++) {
+        if constexpr (BF16) {
+            r.v[2 * i] = __uint_as_float(w[i] << 16);
+            r.v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        } else {
+            r.v[i] = __uint_as_float(w[i]);
+        }
+    }
+    return r;
+}
+
+/* in[k .. k + 8 or 4) (16-byte aligned floats). */
+template <bool BF16> __device__ __forceinline__ moe_vec<BF16> moe_load_input(const float *in)
+{
+    moe_vec<BF16> r;
 #pragma unroll
-                    for (int q = 0; q < MOE_NP; q++) {
-                        float xv = xr[q][h];
-                        g[q] = fmaf(a, xv, g[q]);
-                        u[q] = fmaf(b, xv, u[q]);
+    for (int i = 0; i < (BF16 ? 8 : 4); i += 4) {
+        float4 a = __ldg((const float4 *)(in + i));
+        r.v[i] = a.x;
+        r.v[i + 1] = a.y;
+        r.v[i + 2] = a.z;
+        r.v[i + 3] = a.w;
+    }
+    return r;
+}
+
+/* Weight rows of the warp whose outputs are o0 .. o0 + R - 1 of expert e: row j = g·R + i is
+ * output o0 + i's gate (g = 0) or up (g = 1) row. Outputs past n_out use output 0's rows (read
+ * by nobody: such warps skip the dot). */
+template <bool BF16, int G>
+__device__ __forceinline__ void moe_warp_rows(const moe_gemv_args &a, int e, int64_t o0,
+                                              const char *rows[MOE_ROWS])
+{
+    constexpr int R = MOE_ROWS / G;
+    const size_t welem = BF16 ? 2 : 4;
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            int64_t o = o0 + i < a.n_out ? o0 + i : 0;
+            int64_t r = (int64_t)e * a.expert_rows + g * a.up_offset + o;
+            rows[g * R + i] = (const char *)a.w + (size_t)(r * a.ws) * welem;
+        }
+}
+
+/*
+ * This warp's share of the dots of its MOE_ROWS weight rows with the inputs of the NP pairs
+ * order[i0 .. i0 + NP): lane l of split s reads elements [(s·32 + l)·EL, +EL) of every
+ * splits·32·EL-element step of each row with one 16-byte load (VEC), a loop iteration issuing
+ * U steps × MOE_ROWS loads before it uses them; each input value is loaded once for all rows.
+ * The K % EL tail (all of K without VEC) is read one element per lane. The warp's sums go to
+ * partial[q][j].
+ */
+template <bool BF16, bool VEC, int NP>
+__device__ __forceinline__ void moe_dot_group(const moe_gemv_args &a,
+                                              const char *const rows[MOE_ROWS], bool live,
+                                              bool once, int split, int lane, int i0,
+                                              float partial[MOE_NP][MOE_ROWS])
+{
+    constexpr int EL = BF16 ? 8 : 4, U = NP == 1 ? 2 : 1; /* registers: NP · U · MOE_ROWS */
+    const size_t welem = BF16 ? 2 : 4;
+    const float *in[NP];
+    float acc[NP][MOE_ROWS];
+#pragma unroll
+    for (int q = 0; q < NP; q++) {
+        in[q] = a.in + (int64_t)(a.order[i0 + q] / a.in_div) * a.in_stride;
+#pragma unroll
+        for (int j = 0; j < MOE_ROWS; j++)
+            acc[q][j] = 0.0f;
+    }
+    const int64_t step = (int64_t)a.splits * 32 * EL;
+    int64_t tail = 0;
+    if (VEC) {
+        const int64_t kvec = a.K / EL * EL;
+        for (int64_t k0 = ((int64_t)split * 32 + lane) * EL; live && k0 < kvec; k0 += U * step) {
+            uint4 wq[U][MOE_ROWS];
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int j = 0; j < MOE_ROWS; j++)
+                    if (k0 + u * step < kvec)
+                        wq[u][j] = moe_load_weights(rows[j] + (size_t)(k0 + u * step) * welem,
+                                                    once);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int64_t k = k0 + u * step;
+                if (k >= kvec)
+                    break;
+#pragma unroll
+                for (int q = 0; q < NP; q++) {
+                    moe_vec<BF16> x = moe_load_input<BF16>(in[q] + k);
+#pragma unroll
+                    for (int j = 0; j < MOE_ROWS; j++) {
+                        moe_vec<BF16> w = moe_unpack<BF16>(wq[u][j]);
+                        float dot[2] = {0.0f, 0.0f}; /* two chains: FMAs need not wait */
+#pragma unroll
+                        for (int i = 0; i < EL; i++)
+                            dot[i & 1] = fmaf(w.v[i], x.v[i], dot[i & 1]);
+                        acc[q][j] += dot[0] + dot[1];
                     }
                 }
-#pragma unroll
-                for (int q = 0; q < MOE_NP; q++) {
-                    if (q >= n) /* n is the same on every lane */
-                        break;
-                    float gs = pk_warp_sum(g[q]), us = pk_warp_sum(u[q]);
-                    if (lane == 0)
-                        act[(int64_t)pr[q] * F + c] = gs / (1.0f + expf(-gs)) * us;
-                }
             }
+        }
+        tail = kvec;
+    }
+    for (int64_t k = tail + (int64_t)split * 32 + lane; live && k < a.K;
+         k += (int64_t)a.splits * 32) {
+#pragma unroll
+        for (int q = 0; q < NP; q++) {
+            float xi = __ldg(in[q] + k);
+#pragma unroll
+            for (int j = 0; j < MOE_ROWS; j++)
+                acc[q][j] = fmaf(pk_load(rows[j], BF16, k), xi, acc[q][j]);
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < NP; q++)
+#pragma unroll
+        for (int j = 0; j < MOE_ROWS; j++) {
+            float v = pk_warp_sum(acc[q][j]);
+            if (lane == 0)
+                partial[q][j] = v;
+        }
+}
+
+/* moe_dot_group for the n (1 .. NPMAX) pairs of a group: no work for absent pairs. */
+template <bool BF16, bool VEC, int NPMAX>
+__device__ __forceinline__ void moe_dot_pairs(int n, const moe_gemv_args &a,
+                                              const char *const rows[MOE_ROWS], bool live,
+                                              bool once, int split, int lane, int i0,
+                                              float partial[MOE_NP][MOE_ROWS])
+{
+    static_assert(MOE_NP == 4 && (NPMAX == 1 || NPMAX == MOE_NP), "one case per group size");
+    if constexpr (NPMAX == 1) {
+        (void)n;
+        moe_dot_group<BF16, VEC, 1>(a, rows, live, once, split, lane, i0, partial);
+    } else {
+        switch (n) {
+        case 1: moe_dot_group<BF16, VEC, 1>(a, rows, live, once, split, lane, i0, partial); break;
+        case 2: moe_dot_group<BF16, VEC, 2>(a, rows, live, once, split, lane, i0, partial); break;
+        case 3: moe_dot_group<BF16, VEC, 3>(a, rows, live, once, split, lane, i0, partial); break;
+        default: moe_dot_group<BF16, VEC, 4>(a, rows, live, once, split, lane, i0, partial);
         }
     }
 }
 
-/* pair_out[p, r] = down_e[r] · act[p] for every pair p of expert e. */
-__global__ void moe_down_kernel(const float *__restrict__ act, const void *__restrict__ w,
-                                int64_t wstride, bool bf16, const int32_t *__restrict__ offsets,
-                                const int32_t *__restrict__ active,
-                                const int32_t *__restrict__ meta,
-                                const int32_t *__restrict__ order, int64_t H, int64_t F,
-                                float *pair_out)
+/* Lane i of a row group's split-0 warp: output o0 + i of the n pairs of the group, its split
+ * sums added in split order; G = 2 applies SwiGLU to the gate and up sums. */
+template <int G>
+__device__ __forceinline__ void moe_finish_group(const moe_gemv_args &a,
+                                                 const float (*partial)[MOE_NP][MOE_ROWS],
+                                                 int warp, int i, int i0, int n, int64_t o0)
 {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    int n_active = meta[0];
-    for (int slot = blockIdx.x; slot < n_active; slot += gridDim.x) {
-        int e = active[slot], begin = offsets[e], end = offsets[e + 1];
-        for (int64_t r = (int64_t)blockIdx.y * warps + warp; r < H;
-             r += (int64_t)gridDim.y * warps) {
-            const void *wr = moe_row(w, bf16, wstride, (int64_t)e * H + r);
-            for (int i0 = begin; i0 < end; i0 += MOE_NP) {
-                int n = end - i0 < MOE_NP ? end - i0 : MOE_NP;
-                int32_t pr[MOE_NP];
-                const float *ar[MOE_NP];
-                float s[MOE_NP];
+    constexpr int R = MOE_ROWS / G;
+    for (int q = 0; q < n; q++) {
+        float sum[G];
 #pragma unroll
-                for (int q = 0; q < MOE_NP; q++) {
-                    pr[q] = order[i0 + (q < n ? q : n - 1)];
-                    ar[q] = act + (int64_t)pr[q] * F;
-                    s[q] = 0.0f;
-                }
-                for (int64_t i = lane; i < F; i += 32) {
-                    float a = pk_load(wr, bf16, i);
-#pragma unroll
-                    for (int q = 0; q < MOE_NP; q++)
-                        s[q] = fmaf(a, ar[q][i], s[q]);
-                }
-#pragma unroll
-                for (int q = 0; q < MOE_NP; q++) {
-                    if (q >= n)
-                        break;
-                    float v = pk_warp_sum(s[q]);
-                    if (lane == 0)
-                        pair_out[(int64_t)pr[q] * H + r] = v;
-                }
-            }
+        for (int g = 0; g < G; g++) {
+            sum[g] = 0.0f;
+            for (int s = 0; s < a.splits; s++)
+                sum[g] += partial[warp + s][q][g * R + i];
+        }
+        float v = G == 2 ? sum[0] / (1.0f + expf(-sum[0])) * sum[G - 1] : sum[0];
+        a.out[(int64_t)a.order[i0 + q] * a.out_stride + o0 + i] = v;
+    }
+}
+
+/*
+ * Grid (expert slots) × (blocks of outputs), MOE_WARPS warps. Block x-slot s works for the s-th
+ * active expert (slots past n_active, active[s] = -1, exit at once: the weight loads wait on two
+ * dependent reads only, active[s] then offsets[e]); within a block, warp w is split w % splits
+ * of row group w / splits, which owns R = MOE_ROWS / G consecutive outputs. The expert's pairs
+ * are taken NPMAX at a time; every pass streams the warp's weight rows once (from HBM on the
+ * first pass, from L1/L2 on later ones). All threads of a block take the same branches around
+ * the __syncthreads (slot, pair groups and output blocks depend on the block only).
+ */
+template <bool BF16, bool VEC, int G, int NPMAX>
+__global__ void __launch_bounds__(MOE_WARPS * 32, NPMAX == 1 ? 3 : 2)
+    moe_gemv_kernel(moe_gemv_args a)
+{
+    constexpr int R = MOE_ROWS / G;
+    __shared__ float partial[MOE_WARPS][MOE_NP][MOE_ROWS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, split = warp % a.splits;
+    const int64_t per_block = (int64_t)(MOE_WARPS / a.splits) * R;
+    const int e = a.active[blockIdx.x]; /* gridDim.x <= n_local entries of active */
+    if (e < 0)
+        return; /* the whole block */
+    const int begin = a.offsets[e], end = a.offsets[e + 1];
+    const bool once = end - begin <= NPMAX;
+    for (int64_t b = blockIdx.y; b * per_block < a.n_out; b += gridDim.y) {
+        const int64_t o0 = b * per_block + (int64_t)(warp / a.splits) * R;
+        const bool live = o0 < a.n_out;
+        const char *rows[MOE_ROWS];
+        moe_warp_rows<BF16, G>(a, e, o0, rows);
+        for (int i0 = begin; i0 < end; i0 += NPMAX) {
+            const int n = end - i0 < NPMAX ? end - i0 : NPMAX;
+            moe_dot_pairs<BF16, VEC, NPMAX>(n, a, rows, live, once, split, lane, i0,
+                                            partial[warp]);
+            __syncthreads();
+            if (split == 0 && lane < R && o0 + lane < a.n_out)
+                moe_finish_group<G>(a, partial, warp, lane, i0, n, o0);
+            __syncthreads(); /* partial is rewritten by the next group */
         }
     }
 }
@@ -341,6 +509,58 @@ static size_t align_up(size_t n)
     return (n + 255) & ~(size_t)255;
 }
 
+static bool aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15u) == 0;
+}
+
+/* Warps per row group, as the GEMV kernel chooses them: enough warps in all for
+ * MOE_WARPS_PER_SM per SM, as long as every split keeps at least two 16-byte steps of each row.
+ * Counted for min(n_local, k) experts (a decode step's) whatever T is: a function of the shapes
+ * only, so a token's sums are added in the same order in any batch. */
+static int moe_splits(int64_t experts, int64_t n_out, int64_t K, int outputs_per_warp,
+                      bool bf16, int sm_count)
+{
+    int64_t per_step = 32 * (bf16 ? 8 : 4);
+    int64_t groups = experts * ((n_out + outputs_per_warp - 1) / outputs_per_warp);
+    int s = 1;
+    while (s < MOE_WARPS && groups * s < (int64_t)sm_count * MOE_WARPS_PER_SM &&
+           K >= 2 * s * per_step)
+        s *= 2;
+    return s;
+}
+
+template <int G, int NPMAX>
+static void launch_moe_gemv_variant(const moe_gemv_args &a, bool bf16, bool vec, dim3 grid,
+                                    cudaStream_t stream)
+{
+    dim3 block(MOE_WARPS * 32);
+    if (bf16 && vec)
+        moe_gemv_kernel<true, true, G, NPMAX><<<grid, block, 0, stream>>>(a);
+    else if (bf16)
+        moe_gemv_kernel<true, false, G, NPMAX><<<grid, block, 0, stream>>>(a);
+    else if (vec)
+        moe_gemv_kernel<false, true, G, NPMAX><<<grid, block, 0, stream>>>(a);
+    else
+        moe_gemv_kernel<false, false, G, NPMAX><<<grid, block, 0, stream>>>(a);
+}
+
+/* One expert GEMV launch (G = 2: gate_up with SwiGLU, G = 1: down) over `slots` expert slots;
+ * vec: weight rows and input rows are 16-byte aligned; one_pair: the pairs of an expert are
+ * taken one at a time (launch errors: pk_cuda_check_launch). */
+template <int G>
+static void launch_moe_gemv(moe_gemv_args a, bool bf16, bool vec, bool one_pair,
+                            unsigned slots, int64_t experts, const pk_cuda_state *st)
+{
+    constexpr int R = MOE_ROWS / G;
+    a.splits = moe_splits(experts, a.n_out, a.K, R, bf16, st->sm_count);
+    dim3 grid(slots, pk_blocks_for(a.n_out, (MOE_WARPS / a.splits) * R, GRID_CAP));
+    if (one_pair)
+        launch_moe_gemv_variant<G, 1>(a, bf16, vec, grid, st->stream);
+    else
+        launch_moe_gemv_variant<G, MOE_NP>(a, bf16, vec, grid, st->stream);
+}
+
 /* The routed experts [first, first + n_local) of E (see the top of this file). */
 static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *out,
                               const pk_tensor *x, const pk_tensor *gate_up, const pk_tensor *down,
@@ -361,10 +581,10 @@ static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *
 
     size_t off_offsets = 0;
     size_t off_active = off_offsets + align_up((size_t)(n_local + 1) * 4);
-    size_t off_meta = off_active + align_up((size_t)n_local * 4);
-    size_t off_order = off_meta + align_up(4);
+    size_t off_order = off_active + align_up((size_t)n_local * 4);
     size_t off_act = off_order + align_up((size_t)n_pairs * 4);
-    size_t off_pair = off_act + align_up((size_t)n_pairs * (size_t)F * 4);
+    int64_t act_stride = (F + 3) / 4 * 4; /* 16-byte rows for the down GEMV's input loads */
+    size_t off_pair = off_act + align_up((size_t)n_pairs * (size_t)act_stride * 4);
     size_t total = off_pair + align_up((size_t)n_pairs * (size_t)H * 4);
     void *scratch = NULL;
     if ((status = pk_cuda_scratch(ctx, total, op, &scratch, err)) != PIO_OK)
@@ -372,7 +592,6 @@ static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *
     char *base = (char *)scratch;
     int32_t *offsets = (int32_t *)(base + off_offsets);
     int32_t *active = (int32_t *)(base + off_active);
-    int32_t *meta = (int32_t *)(base + off_meta);
     int32_t *order = (int32_t *)(base + off_order);
     float *act = (float *)(base + off_act);
     float *pair_out = (float *)(base + off_pair);
@@ -380,18 +599,49 @@ static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *
     size_t route_smem = (size_t)(2 * n_local + 1) * sizeof(int32_t);
     moe_route_kernel<<<1, 1024, route_smem, st->stream>>>(
         (const int32_t *)ids->data, ids->stride, T, (int)k, (int)E, (int)first, (int)n_local,
-        offsets, active, meta, order, st->err_info_dev);
+        offsets, active, order, st->err_info_dev);
 
     unsigned slots = (unsigned)(n_local < n_pairs ? n_local : n_pairs);
-    dim3 gu_grid(slots, pk_blocks_for(F, MOE_WARPS, GRID_CAP));
-    moe_gate_up_kernel<<<gu_grid, MOE_WARPS * 32, 0, st->stream>>>(
-        (const float *)x->data, x->stride, gate_up->data, gate_up->stride, pk_is_bf16(gate_up),
-        offsets, active, meta, order, (int)k, H, F, act);
+    int64_t experts = n_local < k ? n_local : k; /* a decode step's, for the split choice */
+    bool gu_bf16 = pk_is_bf16(gate_up), down_bf16 = pk_is_bf16(down);
+    /* About one pair per active expert (decode: T·k <= n_local, e.g. T <= 16 at E = 128, k = 8):
+     * the kernel built for one pair at a time, with registers for more weight loads in flight.
+     * The choice changes no result: a pair's sums do not depend on the pairs beside it. */
+    bool one_pair = n_pairs <= n_local;
 
-    dim3 down_grid(slots, pk_blocks_for(H, MOE_WARPS, GRID_CAP));
-    moe_down_kernel<<<down_grid, MOE_WARPS * 32, 0, st->stream>>>(
-        act, down->data, down->stride, pk_is_bf16(down), offsets, active, meta, order, H, F,
-        pair_out);
+    moe_gemv_args gu = {};
+    gu.w = gate_up->data;
+    gu.ws = gate_up->stride;
+    gu.expert_rows = 2 * F;
+    gu.up_offset = F;
+    gu.n_out = F;
+    gu.K = H;
+    gu.in = (const float *)x->data;
+    gu.in_stride = x->stride;
+    gu.in_div = (int)k;
+    gu.out = act;
+    gu.out_stride = act_stride;
+    gu.offsets = offsets;
+    gu.active = active;
+    gu.order = order;
+    bool gu_vec = aligned16(gate_up->data) && gate_up->stride % (gu_bf16 ? 8 : 4) == 0 &&
+                  aligned16(x->data) && x->stride % 4 == 0;
+    launch_moe_gemv<2>(gu, gu_bf16, gu_vec, one_pair, slots, experts, st);
+
+    moe_gemv_args dn = gu;
+    dn.w = down->data;
+    dn.ws = down->stride;
+    dn.expert_rows = H;
+    dn.up_offset = 0;
+    dn.n_out = H;
+    dn.K = F;
+    dn.in = act;
+    dn.in_stride = act_stride;
+    dn.in_div = 1;
+    dn.out = pair_out;
+    dn.out_stride = H;
+    bool down_vec = aligned16(down->data) && down->stride % (down_bf16 ? 8 : 4) == 0;
+    launch_moe_gemv<1>(dn, down_bf16, down_vec, one_pair, slots, experts, st);
 
     int threads = 32;
     while (threads < 1024 && threads * 4 < H)

@@ -846,6 +846,26 @@ static void test_argmax(void **state)
     }
 }
 
+/* pk_fill_dummy: the same values bit for bit on both backends (dummy weights made on the GPU
+ * equal the CPU's), rows of a strided view only. */
+static void test_fill_dummy(void **state)
+{
+    (void)state;
+    pio_error err;
+    static const int64_t shapes[][2] = {{1, 1}, {7, 33}, {130, 2560}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        for (int d = 0; d < 2; d++) {
+            pio_dtype dt = d ? PIO_DTYPE_BF16 : PIO_DTYPE_F32;
+            pair out = nan_pair(dt, shapes[i][0], shapes[i][1], 3);
+            void *before = snapshot(&out);
+            expect_ok(pk_fill_dummy(gpu_ctx, &out.d, 42, 7 + i, 0.0346f, 0.5f, &err), &err,
+                      "pk_fill_dummy");
+            expect_ok(pk_fill_dummy(cpu_ctx, &out.h, 42, 7 + i, 0.0346f, 0.5f, &err), &err,
+                      "pk_fill_dummy");
+            check_pair("pk_fill_dummy", &out, NULL, 0.0, before);
+        }
+}
+
 static void test_cast(void **state)
 {
     (void)state;
@@ -1444,6 +1464,47 @@ static void test_moe_experts(void **state)
                 }
 }
 
+/* Experts at shapes that take the 16-byte path: Qwen3-Coder-30B-A3B's widths (H 2048, F 768;
+ * 16 experts, top-8) and rows padded to a multiple of 8 elements with K % 8 tails (H 1030,
+ * F 300; 12 experts, top-3). T from 1 (one pair per expert) to 64 (groups of 4 pairs per
+ * expert, re-read rows); K split over 1 to 8 warps. Within TOL_F32 of the CPU. */
+static void test_moe_experts_vector_shapes(void **state)
+{
+    (void)state;
+    static const struct { int64_t h, f, e, k, pad_h, pad_f; } shapes[] = {
+        {2048, 768, 16, 8, 0, 0}, {1030, 300, 12, 3, 2, 4},
+    };
+    static const int64_t tokens[] = {1, 2, 16, 64};
+    pio_error err;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            int64_t h = shapes[si].h, f = shapes[si].f, e = shapes[si].e, k = shapes[si].k;
+            pio_dtype wdt = bf16 ? PIO_DTYPE_BF16 : PIO_DTYPE_F32;
+            pair gate_up = random_pair(wdt, e * 2 * f, h, shapes[si].pad_h);
+            pair down = random_pair(wdt, e * h, f, shapes[si].pad_f);
+            for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++) {
+                int64_t t = tokens[ti];
+                if (sanitizer && si == 0 && t > 16)
+                    continue;
+                pair x = random_pair(PIO_DTYPE_F32, t, h, shapes[si].pad_h);
+                pair ids = moe_random_ids(t, k, e);
+                pair weights = make_pair(PIO_DTYPE_F32, t, k, 1, FILL_UNIFORM, 0.0f, 1.0f);
+                pair out = make_pair(PIO_DTYPE_F32, t, h, 3, FILL_UNIFORM, -1.0f, 1.0f);
+                void *before = snapshot(&out);
+                expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids.d,
+                                         &weights.d, e, &err), &err, "moe_experts");
+                expect_ok(pk_moe_experts(cpu_ctx, &out.h, &x.h, &gate_up.h, &down.h, &ids.h,
+                                         &weights.h, e, &err), &err, "moe_experts");
+                char what[112];
+                snprintf(what, sizeof what, "pk_moe_experts T=%lld H=%lld F=%lld E=%lld k=%lld %s",
+                         (long long)t, (long long)h, (long long)f, (long long)e, (long long)k,
+                         bf16 ? "bf16" : "f32");
+                check_pair(what, &out, NULL, TOL_F32, before);
+            }
+            release_all(NULL);
+        }
+}
+
 /* Routing and experts chained on the device, then: a token's result does not depend on the
  * batch (bit for bit the same when run alone), and the chain matches the CPU's. */
 static void test_moe_chain_and_batch_independence(void **state)
@@ -1507,6 +1568,76 @@ static void test_moe_bad_expert_id_is_reported(void **state)
     sync_gpu("after the reported error"); /* reported once; the context still works */
 }
 
+/* Distinct experts among ids rows [first, first + count) (host side). */
+static int moe_distinct_experts(const pair *ids, int64_t first, int64_t count)
+{
+    char used[4096] = {0}; /* ids below 4096 */
+    int n = 0;
+    for (int64_t i = first; i < first + count; i++)
+        for (int64_t j = 0; j < ids->h.cols; j++) {
+            int32_t e = ((const int32_t *)ids->h.data)[i * ids->h.stride + j];
+            n += !used[e];
+            used[e] = 1;
+        }
+    return n;
+}
+
+/* Times pk_moe_experts at Qwen3-Coder-30B-A3B's shape (H 2048, F 768, 128 BF16 experts, top-8)
+ * (PIO_KERNELS_BENCH=1) for decode batches of T tokens: GB/s of the selected experts' weights
+ * (the distinct experts of a call × their gate_up and down bytes). Every call has its own random
+ * ids, so the weights come from HBM (1.2 GB of experts against a 50 MB L2). */
+static void test_moe_benchmark(void **state)
+{
+    (void)state;
+    const char *env = getenv("PIO_KERNELS_BENCH");
+    if (env == NULL || atoi(env) == 0) {
+        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+        return;
+    }
+    enum { H = 2048, F = 768, E = 128, K = 8, REPS = 50 };
+    static const int64_t tokens[] = {1, 16, 64};
+    pio_error err;
+    pair gate_up1 = random_pair(PIO_DTYPE_BF16, 2 * F, H, 0); /* one expert, copied E times */
+    pair down1 = random_pair(PIO_DTYPE_BF16, H, F, 0);
+    pk_tensor gate_up = pk_tensor_make(dev_alloc((size_t)E * 2 * F * H * 2), PIO_DTYPE_BF16,
+                                       PK_DEVICE_CUDA, E * 2 * F, H);
+    pk_tensor down = pk_tensor_make(dev_alloc((size_t)E * H * F * 2), PIO_DTYPE_BF16,
+                                    PK_DEVICE_CUDA, E * H, F);
+    for (int64_t e = 0; e < E; e++) {
+        pk_tensor g = pk_tensor_rows(&gate_up, e * 2 * F, 2 * F);
+        pk_tensor d = pk_tensor_rows(&down, e * H, H);
+        expect_ok(pk_copy(gpu_ctx, &g, &gate_up1.d, &err), &err, "bench copy");
+        expect_ok(pk_copy(gpu_ctx, &d, &down1.d, &err), &err, "bench copy");
+    }
+    for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++) {
+        int64_t t = tokens[ti];
+        pair ids = moe_random_ids(REPS * t, K, E);
+        pair weights = make_pair(PIO_DTYPE_F32, REPS * t, K, 0, FILL_UNIFORM, 0.0f, 1.0f);
+        pair x = random_pair(PIO_DTYPE_F32, t, H, 0);
+        pair out = make_pair(PIO_DTYPE_F32, t, H, 0, FILL_ZERO, 0.0f, 0.0f);
+        double experts = 0.0; /* distinct experts per call, on average */
+        for (int r = 0; r < REPS; r++)
+            experts += moe_distinct_experts(&ids, r * t, t) / (double)REPS;
+        pk_tensor ir = pk_tensor_rows(&ids.d, (REPS - 1) * t, t);
+        pk_tensor wr = pk_tensor_rows(&weights.d, (REPS - 1) * t, t);
+        expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up, &down, &ir, &wr, E, &err),
+                  &err, "bench moe_experts"); /* warm-up: the workspace */
+        sync_gpu("bench moe warm-up");
+        double t0 = seconds_now();
+        for (int r = 0; r < REPS; r++) {
+            ir = pk_tensor_rows(&ids.d, r * t, t);
+            wr = pk_tensor_rows(&weights.d, r * t, t);
+            expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up, &down, &ir, &wr, E, &err),
+                      &err, "bench moe_experts");
+        }
+        sync_gpu("bench moe");
+        double per = (seconds_now() - t0) / REPS, bytes = experts * (3.0 * F * H) * 2;
+        print_message("moe_experts decode T=%-3lld H=%d F=%d E=%d k=%d: %8.1f us  %7.1f GB/s of "
+                      "the selected experts' weights (%.1f experts a call)\n", (long long)t, H, F,
+                      E, K, per * 1e6, bytes / per * 1e-9, experts);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1524,12 +1655,14 @@ int main(void)
         cmocka_unit_test_teardown(test_softmax, release_all),
         cmocka_unit_test_teardown(test_argmax, release_all),
         cmocka_unit_test_teardown(test_cast, release_all),
+        cmocka_unit_test_teardown(test_fill_dummy, release_all),
         cmocka_unit_test_teardown(test_attention_gqa4, release_all),
         cmocka_unit_test_teardown(test_attention_gqa1, release_all),
         cmocka_unit_test_teardown(test_attention_value_width_and_latent, release_all),
         cmocka_unit_test_teardown(test_attention_bad_block_is_reported, release_all),
         cmocka_unit_test_teardown(test_moe_topk_softmax, release_all),
         cmocka_unit_test_teardown(test_moe_experts, release_all),
+        cmocka_unit_test_teardown(test_moe_experts_vector_shapes, release_all),
         cmocka_unit_test_teardown(test_moe_chain_and_batch_independence, release_all),
         cmocka_unit_test_teardown(test_moe_bad_expert_id_is_reported, release_all),
         cmocka_unit_test_teardown(test_rmsnorm_matmul, release_all),
@@ -1537,6 +1670,7 @@ int main(void)
         cmocka_unit_test_teardown(test_graph_replay, release_all),
         cmocka_unit_test_teardown(test_matmul_benchmark, release_all),
         cmocka_unit_test_teardown(test_attention_benchmark, release_all),
+        cmocka_unit_test_teardown(test_moe_benchmark, release_all),
     };
     return cmocka_run_group_tests_name("cuda backend vs cpu backend", tests, group_setup,
                                        group_teardown);
