@@ -25,4 +25,18 @@ static inline PK_HOST_DEVICE float pk_dummy_uniform(uint64_t seed, uint64_t tens
     return (float)((double)(z >> 11) * 0x1.0p-52 - 1.0);
 }
 
+/* offset + scale · u, multiplied and added as two roundings on every backend (no fused
+ * multiply-add), so an F32 dummy tensor is the same bits on the CPU and the GPU. */
+static inline PK_HOST_DEVICE float pk_dummy_value(uint64_t seed, uint64_t tensor,
+                                                  uint64_t element, float scale, float offset)
+{
+    float u = pk_dummy_uniform(seed, tensor, element);
+#ifdef __CUDA_ARCH__
+    return __fadd_rn(offset, __fmul_rn(scale, u));
+#else
+    float product = scale * u; /* C11 does not contract across statements */
+    return offset + product;
+#endif
+}
+
 #endif

@@ -251,8 +251,8 @@ pio_status pk_cpu_fill_dummy(pk_context *ctx, const pk_tensor *out, uint64_t see
     for (int64_t r = 0; r < out->rows; r++) {
         void *row = pk_cpu_row(out, r);
         for (int64_t c = 0; c < out->cols; c++) {
-            float v = offset + scale * pk_dummy_uniform(seed, tensor_id,
-                                                        (uint64_t)(r * out->cols + c));
+            float v = pk_dummy_value(seed, tensor_id, (uint64_t)(r * out->cols + c), scale,
+                                     offset);
             if (bf16)
                 ((uint16_t *)row)[c] = pio_f32_to_bf16(v);
             else

@@ -647,7 +647,7 @@ __global__ void fill_dummy_kernel(void *out, int64_t os, bool bf16, int64_t rows
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
         for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols;
              c += (int64_t)gridDim.x * blockDim.x) {
-            float v = offset + scale * pk_dummy_uniform(seed, tensor_id, (uint64_t)(r * cols + c));
+            float v = pk_dummy_value(seed, tensor_id, (uint64_t)(r * cols + c), scale, offset);
             pk_store((char *)out + (size_t)(r * os) * (bf16 ? 2 : 4), bf16, c, v);
         }
 }
