@@ -236,8 +236,7 @@ pio_status pio_decoder_run_batch(pio_decoder *m, const pio_textgen_batch *b, int
         return st;
     *ran = 1;
     if (pio_decoder_graph_eligible(m, b)) {
-        /* Ranks do not ask: they could disagree and leave the others in a collective. */
-        if (m->comm == NULL && m->services->should_abort(m->host))
+        if (m->services->should_abort(m->host))
             st = pio_error_set(err, PIO_ERR_CANCELLED, "forward: interrupted");
         else
             st = pio_decoder_graph_step(m, b, err);

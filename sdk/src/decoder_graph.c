@@ -43,9 +43,7 @@ static int64_t argmax_offset(const pio_decoder_graphs *g)
 
 int pio_decoder_graph_eligible(const pio_decoder *m, const pio_textgen_batch *b)
 {
-    /* Tensor parallelism: each rank records its own step, collectives included (NCCL
-     * operations can be captured); every rank sees the same batch, so all decide alike. */
-    if (m->ranks != NULL || !pk_graph_supported(m->ctx) ||
+    if (m->comm != NULL || m->ranks != NULL || !pk_graph_supported(m->ctx) ||
         (m->graphs != NULL && m->graphs->disabled) || b->n_tokens > PIO_DECODER_GRAPH_MAX_TOKENS ||
         b->n_logits_rows != b->n_tokens || m->kv_batch.n_seqs > (int64_t)b->n_tokens)
         return 0;
@@ -133,7 +131,7 @@ static pio_status step_ops(pio_decoder *m, int64_t n, pio_error *err)
                          .block_size = pk_kv_pool_block_size(m->pool)};
     pk_attention_activations a;
     pio_status st = pio_decoder_run_layers(m, &ids, &tb, n, &a, err);
-    if (st != PIO_OK || m->shard.rank != 0) /* rank 0 alone computes the logits */
+    if (st != PIO_OK)
         return st;
     pk_tensor hidden = pk_tensor_in(&m->ws.logits_hidden, 0, PIO_DTYPE_F32, n, c->hidden_size);
     pk_tensor logits = pk_tensor_in(&m->ws.logits, 0, PIO_DTYPE_F32, n, c->vocab_size);
@@ -176,8 +174,6 @@ static pio_status copy_results(pio_decoder *m, const pio_textgen_batch *b, int64
     pio_decoder_graphs *g = m->graphs;
     int32_t *argmax = pio_decoder_batch_argmax(b);
     pio_status st = PIO_OK;
-    if (m->shard.rank != 0)
-        return pk_synchronize(m->ctx, err);
     if (b->logits != NULL) {
         pk_tensor src = pk_tensor_in(&m->ws.logits, 0, PIO_DTYPE_F32, n, m->config.vocab_size);
         pk_tensor dst = pk_tensor_host(b->logits, PIO_DTYPE_F32, n, m->config.vocab_size);
