@@ -237,6 +237,71 @@ __device__ __forceinline__ void pk_store(void *row, bool is_bf16, int64_t i, flo
         ((float *)row)[i] = v;
 }
 
+/* ---- 16-byte loads of weight rows (the GEMV and MoE expert kernels) ---------------------- */
+
+/* 16 bytes of a weight row. `once`: read once in this call, so not kept in L1; otherwise (rows
+ * read again for more tokens) kept in L1. Either way L2 is asked to fetch the whole 256-byte
+ * group around it: fewer, larger DRAM transactions. */
+__device__ __forceinline__ uint4 pk_load_weights16(const void *p, bool once = true)
+{
+    uint4 v;
+    if (once)
+        asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+            : "l"(p));
+    else
+        asm("ld.global.nc.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+            : "l"(p));
+    return v;
+}
+
+/* The elements of one 16-byte load (8 bf16 or 4 f32) as floats. */
+template <bool BF16> struct pk_vec16 { float v[BF16 ? 8 : 4]; };
+
+template <bool BF16> __device__ __forceinline__ pk_vec16<BF16> pk_unpack16(uint4 q)
+{
+    pk_vec16<BF16> r;
+    uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if constexpr (BF16) {
+            r.v[2 * i] = __uint_as_float(w[i] << 16);
+            r.v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        } else {
+            r.v[i] = __uint_as_float(w[i]);
+        }
+    }
+    return r;
+}
+
+/* x[k .. k + 8 or 4) (16-byte aligned floats): the activations matching one weight load. */
+template <bool BF16> __device__ __forceinline__ pk_vec16<BF16> pk_load_x16(const float *x)
+{
+    pk_vec16<BF16> r;
+#pragma unroll
+    for (int i = 0; i < (BF16 ? 8 : 4); i += 4) {
+        float4 a = __ldg((const float4 *)(x + i));
+        r.v[i] = a.x;
+        r.v[i + 1] = a.y;
+        r.v[i + 2] = a.z;
+        r.v[i + 3] = a.w;
+    }
+    return r;
+}
+
+/* Σ w·x over the elements of one 16-byte load, in two chains (even and odd elements) so
+ * consecutive FMAs need not wait for each other. */
+template <bool BF16>
+__device__ __forceinline__ float pk_dot16(const pk_vec16<BF16> &w, const pk_vec16<BF16> &x)
+{
+    float dot[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < (BF16 ? 8 : 4); i++)
+        dot[i & 1] = fmaf(w.v[i], x.v[i], dot[i & 1]);
+    return dot[0] + dot[1];
+}
+
 /* Records the first data error of the context; later ones are dropped. */
 __device__ __forceinline__ void pk_report(long long *info, int op, int kind, long long a,
                                           long long b, long long c, long long d)

@@ -43,54 +43,6 @@ struct gemv_args {
     int splits; /* warps per row group (gemv_splits) */
 };
 
-/* 16 bytes of a weight row, which is read once per call: not kept in L1, and L2 asked to fetch
- * the whole 256-byte sector group around it (fewer, larger DRAM transactions). */
-__device__ __forceinline__ uint4 load_weights(const void *p)
-{
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
-/* E consecutive elements (8 bf16 or 4 f32 of a 16-byte load) as floats. */
-template <bool BF16> struct lanes { float v[BF16 ? 8 : 4]; };
-
-template <bool BF16> __device__ __forceinline__ lanes<BF16> unpack(uint4 q)
-{
-    lanes<BF16> r;
-    if constexpr (BF16) {
-        uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            r.v[2 * i] = __uint_as_float(w[i] << 16);
-            r.v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-        }
-    } else {
-        r.v[0] = __uint_as_float(q.x);
-        r.v[1] = __uint_as_float(q.y);
-        r.v[2] = __uint_as_float(q.z);
-        r.v[3] = __uint_as_float(q.w);
-    }
-    return r;
-}
-
-/* x[k..k+E) (16-byte aligned floats) as lanes. */
-template <bool BF16> __device__ __forceinline__ lanes<BF16> load_x(const float *x)
-{
-    lanes<BF16> r;
-#pragma unroll
-    for (int i = 0; i < (BF16 ? 8 : 4); i += 4) {
-        float4 a = __ldg((const float4 *)(x + i));
-        r.v[i] = a.x;
-        r.v[i + 1] = a.y;
-        r.v[i + 2] = a.z;
-        r.v[i + 3] = a.w;
-    }
-    return r;
-}
-
 /* Rows of W one warp dots: every x value a lane loads serves that many rows, which keeps the
  * load/store pipe (not DRAM) from being the limit; fewer for large M (registers). */
 template <int M> struct gemv_shape {
@@ -141,7 +93,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
 #pragma unroll
                 for (int r = 0; r < R; r++)
                     if (k0 + u * step < kvec)
-                        wq[u][r] = load_weights(wrow[r] + (size_t)(k0 + u * step) * welem);
+                        wq[u][r] = pk_load_weights16(wrow[r] + (size_t)(k0 + u * step) * welem);
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int64_t k = k0 + u * step;
@@ -149,15 +101,10 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
                     break;
 #pragma unroll
                 for (int m = 0; m < M; m++) {
-                    lanes<BF16> x = load_x<BF16>(a.x + m * a.xs + k);
+                    pk_vec16<BF16> x = pk_load_x16<BF16>(a.x + m * a.xs + k);
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        lanes<BF16> w = unpack<BF16>(wq[u][r]);
-                        float dot[2] = {0.0f, 0.0f}; /* two chains: FMAs need not wait */
-#pragma unroll
-                        for (int i = 0; i < E; i++)
-                            dot[i & 1] = fmaf(w.v[i], x.v[i], dot[i & 1]);
-                        acc[m][r] += dot[0] + dot[1];
+                        acc[m][r] += pk_dot16<BF16>(pk_unpack16<BF16>(wq[u][r]), x);
                     }
                 }
             }

@@ -252,56 +252,6 @@ struct moe_gemv_args {
     int splits; /* warps sharing each row group, splitting K (1, 2, 4 or 8) */
 };
 
-/* 16 bytes of weights. Read once in this call (once): not kept in L1, and L2 asked to fetch the
- * whole 256-byte group around it; read again for the next pairs of the expert: kept in L1. */
-__device__ __forceinline__ uint4 moe_load_weights(const char *p, bool once)
-{
-    uint4 v;
-    if (once)
-        asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-            : "l"(p));
-    else
-        asm("ld.global.nc.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-            : "l"(p));
-    return v;
-}
-
-/* The elements of one 16-byte load (8 bf16 or 4 f32) as floats. */
-template <bool BF16> struct moe_vec { float v[BF16 ? 8 : 4]; };
-
-template <bool BF16> __device__ __forceinline__ moe_vec<BF16> moe_unpack(uint4 q)
-{
-    moe_vec<BF16> r;
-    uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        if constexpr (BF16) {
-            r.v[2 * i] = __uint_as_float(w[i] << 16);
-            r.v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-        } else {
-            r.v[i] = __uint_as_float(w[i]);
-        }
-    }
-    return r;
-}
-
-/* in[k .. k + 8 or 4) (16-byte aligned floats). */
-template <bool BF16> __device__ __forceinline__ moe_vec<BF16> moe_load_input(const float *in)
-{
-    moe_vec<BF16> r;
-#pragma unroll
-    for (int i = 0; i < (BF16 ? 8 : 4); i += 4) {
-        float4 a = __ldg((const float4 *)(in + i));
-        r.v[i] = a.x;
-        r.v[i + 1] = a.y;
-        r.v[i + 2] = a.z;
-        r.v[i + 3] = a.w;
-    }
-    return r;
-}
-
 /* Weight rows of the warp whose outputs are o0 .. o0 + R - 1 of expert e: row j = g·R + i is
  * output o0 + i's gate (g = 0) or up (g = 1) row. Outputs past n_out use output 0's rows (read
  * by nobody: such warps skip the dot). */
@@ -357,7 +307,7 @@ __device__ __forceinline__ void moe_dot_group(const moe_gemv_args &a,
 #pragma unroll
                 for (int j = 0; j < MOE_ROWS; j++)
                     if (k0 + u * step < kvec)
-                        wq[u][j] = moe_load_weights(rows[j] + (size_t)(k0 + u * step) * welem,
+                        wq[u][j] = pk_load_weights16(rows[j] + (size_t)(k0 + u * step) * welem,
                                                     once);
 #pragma unroll
             for (int u = 0; u < U; u++) {
@@ -366,15 +316,10 @@ __device__ __forceinline__ void moe_dot_group(const moe_gemv_args &a,
                     break;
 #pragma unroll
                 for (int q = 0; q < NP; q++) {
-                    moe_vec<BF16> x = moe_load_input<BF16>(in[q] + k);
+                    pk_vec16<BF16> x = pk_load_x16<BF16>(in[q] + k);
 #pragma unroll
                     for (int j = 0; j < MOE_ROWS; j++) {
-                        moe_vec<BF16> w = moe_unpack<BF16>(wq[u][j]);
-                        float dot[2] = {0.0f, 0.0f}; /* two chains: FMAs need not wait */
-#pragma unroll
-                        for (int i = 0; i < EL; i++)
-                            dot[i & 1] = fmaf(w.v[i], x.v[i], dot[i & 1]);
-                        acc[q][j] += dot[0] + dot[1];
+                        acc[q][j] += pk_dot16<BF16>(pk_unpack16<BF16>(wq[u][j]), x);
                     }
                 }
             }
