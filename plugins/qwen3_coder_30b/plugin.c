@@ -26,5 +26,6 @@ static const pio_decoder_spec qwen3_moe_spec = {
 static const char *const qwen3_moe_architectures[] = {"Qwen3MoeForCausalLM", NULL};
 
 PIO_DECODER_PLUGIN_DEFINE("qwen3_coder_30b", "0.1.0", qwen3_moe_architectures,
-                          PIO_CAP_CPU | PIO_CAP_CHAT | PIO_CAP_TOOLS | PIO_CAP_STREAMING,
+                          PIO_CAP_CPU | PIO_CAP_CHAT | PIO_CAP_TOOLS | PIO_CAP_STREAMING |
+                              PIO_CAP_TENSOR_PARALLEL,
                           qwen3_moe_spec)

@@ -187,7 +187,7 @@ typedef struct pio_decoder_load_options {
     int64_t max_context;    /* runtime.max_context; 0 = unset */
     pk_device_kind device;
     int device_index;       /* GPU ordinal for a GPU device */
-    int tensor_parallel_size; /* parallel.tensor_parallel_size; 0 or 1 = none (CPU only so far) */
+    int tensor_parallel_size; /* parallel.tensor_parallel_size; 0 or 1 = none */
     /* parallel.devices: rank r's CUDA ordinal is devices[r] (n_devices ranks); n_devices 0: the
      * key is unset and rank r takes device_index + r. Read for the cuda device only. */
     int n_devices;
@@ -248,6 +248,14 @@ const void *pio_decoder_plugin_get_extension(pio_instance *inst, const char *nam
  *   PIO_DECODER_PLUGIN_DEFINE("my_model", "1.0.0", my_architectures,
  *                             PIO_CAP_CPU | PIO_CAP_CHAT, my_spec)
  */
+/* What the build adds to every decoder plugin's capabilities: the CUDA backend when the SDK's
+ * kernels were built with it. */
+#if defined(PIO_HAVE_CUDA) && PIO_HAVE_CUDA
+#define PIO_DECODER_BUILD_CAPS PIO_CAP_CUDA
+#else
+#define PIO_DECODER_BUILD_CAPS 0u
+#endif
+
 #define PIO_DECODER_PLUGIN_DEFINE(NAME, VERSION, ARCHITECTURES, CAPABILITIES, SPEC)        \
     static pio_status pio_decoder_initialize_(const pio_init_params *params,               \
                                               pio_instance **out)                          \
@@ -268,7 +276,8 @@ const void *pio_decoder_plugin_get_extension(pio_instance *inst, const char *nam
         .free_response = pio_decoder_plugin_free_response,                                 \
         .get_extension = pio_decoder_plugin_get_extension,                                 \
     };                                                                                     \
-    PIO_PLUGIN_DEFINE(NAME, VERSION, ARCHITECTURES, CAPABILITIES, pio_decoder_vtable_)
+    PIO_PLUGIN_DEFINE(NAME, VERSION, ARCHITECTURES, (CAPABILITIES) | PIO_DECODER_BUILD_CAPS,    \
+                      pio_decoder_vtable_)
 
 #ifdef __cplusplus
 }
