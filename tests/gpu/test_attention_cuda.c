@@ -50,180 +50,9 @@
  * take the tensor-core kernel when the caches are BF16. */
 #define DECODE_MAX_TOKENS 64
 
-static pk_context *cpu_ctx, *gpu_ctx;
 static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes */
 
-/* ------------------------------------------------------------------------------------------ */
-/* Random numbers                                                                             */
-/* ------------------------------------------------------------------------------------------ */
-
-static uint64_t rng_state;
-
-static uint64_t next_random(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-static float uniform(float lo, float hi)
-{
-    return lo + (hi - lo) * (float)((next_random() >> 40) * 0x1.0p-24);
-}
-
-static int64_t random_int(int64_t lo, int64_t hi) /* [lo, hi] */
-{
-    return lo + (int64_t)(next_random() % (uint64_t)(hi - lo + 1));
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Host/device tensor pairs (as in test_kernels_cuda.c)                                       */
-/* ------------------------------------------------------------------------------------------ */
-
-static const float SENTINEL = 12345.5f;
-
-enum { MAX_ALLOCS = 1024 };
-static void *host_allocs[MAX_ALLOCS];
-static int n_host_allocs;
-static pk_buffer dev_allocs[MAX_ALLOCS];
-static int n_dev_allocs;
-
-static void *host_alloc(size_t bytes)
-{
-    assert_true(n_host_allocs < MAX_ALLOCS);
-    void *p = calloc(1, bytes > 0 ? bytes : 1);
-    assert_non_null(p);
-    host_allocs[n_host_allocs++] = p;
-    return p;
-}
-
-static void *dev_alloc(size_t bytes)
-{
-    assert_true(n_dev_allocs < MAX_ALLOCS);
-    pio_error err;
-    pk_buffer *b = &dev_allocs[n_dev_allocs];
-    pio_status st = pk_buffer_alloc(gpu_ctx, bytes > 0 ? bytes : 1, b, &err);
-    if (st != PIO_OK)
-        print_error("pk_buffer_alloc(%zu): %s\n", bytes, err.message);
-    assert_int_equal(st, PIO_OK);
-    n_dev_allocs++;
-    return b->data;
-}
-
-static int release_all(void **state)
-{
-    (void)state;
-    for (int i = 0; i < n_host_allocs; i++)
-        free(host_allocs[i]);
-    n_host_allocs = 0;
-    for (int i = 0; i < n_dev_allocs; i++)
-        pk_buffer_free(gpu_ctx, &dev_allocs[i]);
-    n_dev_allocs = 0;
-    return 0;
-}
-
-static void expect_ok(pio_status st, const pio_error *err, const char *what)
-{
-    if (st != PIO_OK)
-        print_error("%s: %s (%s)\n", what, err->message, pio_status_str(st));
-    assert_int_equal(st, PIO_OK);
-}
-
-static void sync_gpu(const char *what)
-{
-    pio_error err;
-    expect_ok(pk_synchronize(gpu_ctx, &err), &err, what);
-}
-
-/* A [rows, cols] tensor with `pad` extra elements after each row, on the host (h) and on the
- * GPU (d, same bytes), plus a host buffer for what comes back (got). */
-typedef struct pair {
-    pk_tensor h, d;
-    void *got;
-    size_t span_bytes;
-} pair;
-
-typedef enum fill_kind { FILL_UNIFORM, FILL_NAN, FILL_ZERO } fill_kind;
-
-static void store_value(void *base, pio_dtype dt, int64_t i, float v)
-{
-    if (dt == PIO_DTYPE_BF16)
-        ((uint16_t *)base)[i] = pio_f32_to_bf16(v);
-    else
-        ((float *)base)[i] = v;
-}
-
-static float load_value(const void *base, pio_dtype dt, int64_t i)
-{
-    return dt == PIO_DTYPE_BF16 ? pio_bf16_to_f32(((const uint16_t *)base)[i])
-                                : ((const float *)base)[i];
-}
-
-static void upload(pair *p)
-{
-    pio_error err;
-    int64_t n = (int64_t)(p->span_bytes / pio_dtype_size(p->h.dtype));
-    if (n == 0)
-        return;
-    pk_tensor src = pk_tensor_host(p->h.data, p->h.dtype, 1, n);
-    pk_tensor dst = pk_tensor_make(p->d.data, p->d.dtype, PK_DEVICE_CUDA, 1, n);
-    expect_ok(pk_copy(gpu_ctx, &dst, &src, &err), &err, "upload");
-}
-
-static void download(pair *p)
-{
-    pio_error err;
-    int64_t n = (int64_t)(p->span_bytes / pio_dtype_size(p->h.dtype));
-    if (n > 0) {
-        pk_tensor dst = pk_tensor_host(p->got, p->h.dtype, 1, n);
-        pk_tensor src = pk_tensor_make(p->d.data, p->d.dtype, PK_DEVICE_CUDA, 1, n);
-        expect_ok(pk_copy(gpu_ctx, &dst, &src, &err), &err, "download");
-    }
-    sync_gpu("download");
-}
-
-static pair make_pair(pio_dtype dt, int64_t rows, int64_t cols, int64_t pad, fill_kind fill)
-{
-    pair p;
-    int64_t stride = cols + pad;
-    int64_t n = rows > 0 ? (rows - 1) * stride + cols : 0;
-    p.span_bytes = (size_t)n * pio_dtype_size(dt);
-    void *h = host_alloc(p.span_bytes);
-    for (int64_t i = 0; i < n; i++) {
-        int in_view = i % stride < cols;
-        if (dt == PIO_DTYPE_I32)
-            ((int32_t *)h)[i] = in_view ? 0 : -7;
-        else if (!in_view)
-            store_value(h, dt, i, SENTINEL);
-        else
-            store_value(h, dt, i, fill == FILL_NAN ? NAN : fill == FILL_ZERO ? 0.0f
-                                                                             : uniform(-1, 1));
-    }
-    p.h = pk_tensor_host(h, dt, rows, cols);
-    p.h.stride = stride;
-    p.d = pk_tensor_make(dev_alloc(p.span_bytes), dt, PK_DEVICE_CUDA, rows, cols);
-    p.d.stride = stride;
-    p.got = host_alloc(p.span_bytes);
-    upload(&p);
-    return p;
-}
-
-/* A [1, n] I32 pair holding `values`. */
-static pair int_pair(const int32_t *values, int64_t n)
-{
-    pair p = make_pair(PIO_DTYPE_I32, 1, n, 0, FILL_ZERO);
-    memcpy(p.h.data, values, (size_t)n * 4);
-    upload(&p);
-    return p;
-}
-
-static void *snapshot(const pair *p)
-{
-    void *copy = host_alloc(p->span_bytes);
-    memcpy(copy, p->h.data, p->span_bytes);
-    return copy;
-}
+#include "tests/gpu/gpu_test.h"
 
 /*
  * Downloads p and compares it with the CPU's result in p->h: normalised L2 error within tol
@@ -386,7 +215,7 @@ static void world_make(world *w, const shape *s, int n_seqs, const int32_t *len)
         ids[i] = ids[j];
         ids[j] = t;
     }
-    w->tables = make_pair(PIO_DTYPE_I32, n_seqs, w->width, 0, FILL_ZERO);
+    w->tables = make_pair(PIO_DTYPE_I32, n_seqs, w->width, 0, FILL_ZERO, 0, 0);
     int64_t next = 0;
     for (int i = 0; i < n_seqs; i++) {
         int64_t need = (len[i] + s->block_size - 1) / s->block_size;
@@ -395,14 +224,14 @@ static void world_make(world *w, const shape *s, int n_seqs, const int32_t *len)
     }
     upload(&w->tables);
     int64_t slots = w->n_blocks * s->block_size;
-    w->k_plane = make_pair(s->dtype, slots, w->kw, s->pad, FILL_NAN);
+    w->k_plane = make_pair(s->dtype, slots, w->kw, s->pad, FILL_NAN, 0, 0);
     w->k_cache_h = w->k_plane.h;
     w->k_cache_d = w->k_plane.d;
     if (s->latent) {
         w->v_cache_h = pk_tensor_cols(&w->k_plane.h, 0, s->v_head_dim);
         w->v_cache_d = pk_tensor_cols(&w->k_plane.d, 0, s->v_head_dim);
     } else {
-        w->v_plane = make_pair(s->dtype, slots, w->vw, s->pad, FILL_NAN);
+        w->v_plane = make_pair(s->dtype, slots, w->vw, s->pad, FILL_NAN, 0, 0);
         w->v_cache_h = w->v_plane.h;
         w->v_cache_d = w->v_plane.d;
     }
@@ -496,17 +325,17 @@ static double run_batch(world *w, const tokens *tl, int store, const char *what)
     pk_attention_params p = params_of(&w->s);
     pio_error err;
     batch b = make_batch(w, tl);
-    pair q = make_pair(PIO_DTYPE_F32, tl->n, w->qw, 3, FILL_UNIFORM);
-    pair out = make_pair(PIO_DTYPE_F32, tl->n, w->ow, 1, FILL_NAN);
+    pair q = make_pair(PIO_DTYPE_F32, tl->n, w->qw, 3, FILL_UNIFORM, -1, 1);
+    pair out = make_pair(PIO_DTYPE_F32, tl->n, w->ow, 1, FILL_NAN, 0, 0);
     void *before = snapshot(&out);
     pair k_new, v_new;
     const pk_tensor *kn_h = NULL, *kn_d = NULL, *vn_h = NULL, *vn_d = NULL;
     if (store) {
-        k_new = make_pair(PIO_DTYPE_F32, tl->n, w->kw, 0, FILL_UNIFORM);
+        k_new = make_pair(PIO_DTYPE_F32, tl->n, w->kw, 0, FILL_UNIFORM, -1, 1);
         kn_h = &k_new.h;
         kn_d = &k_new.d;
         if (!w->s.latent) {
-            v_new = make_pair(PIO_DTYPE_F32, tl->n, w->vw, 0, FILL_UNIFORM);
+            v_new = make_pair(PIO_DTYPE_F32, tl->n, w->vw, 0, FILL_UNIFORM, -1, 1);
             vn_h = &v_new.h;
             vn_d = &v_new.d;
         }
@@ -786,8 +615,8 @@ static void run_bad(corruption kind, int prefill, const char *want)
     pk_attention_params p = params_of(&s);
     pio_error err;
     batch good = make_batch(&w, tl);
-    pair q = make_pair(PIO_DTYPE_F32, tl->n, w.qw, 0, FILL_UNIFORM);
-    pair out = make_pair(PIO_DTYPE_F32, tl->n, w.ow, 0, FILL_NAN);
+    pair q = make_pair(PIO_DTYPE_F32, tl->n, w.qw, 0, FILL_UNIFORM, -1, 1);
+    pair out = make_pair(PIO_DTYPE_F32, tl->n, w.ow, 0, FILL_NAN, 0, 0);
     expect_ok(pk_attention(cpu_ctx, &out.h, &q.h, NULL, NULL, &w.k_cache_h, &w.v_cache_h,
                            &good.h, &p, &err), &err, "bad tokens: cpu reference");
 
@@ -874,8 +703,8 @@ static void test_graph_replay_at_new_positions(void **state)
     add_token(&tl, 0, 9);
     add_token(&tl, 1, 40);
     batch b = make_batch(&w, &tl);
-    pair q = make_pair(PIO_DTYPE_F32, 2, w.qw, 0, FILL_UNIFORM);
-    pair out = make_pair(PIO_DTYPE_F32, 2, w.ow, 0, FILL_NAN);
+    pair q = make_pair(PIO_DTYPE_F32, 2, w.qw, 0, FILL_UNIFORM, -1, 1);
+    pair out = make_pair(PIO_DTYPE_F32, 2, w.ow, 0, FILL_NAN, 0, 0);
     expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d, &b.d, &p,
                            &err), &err, "graph warm-up");
     sync_gpu("graph warm-up");
@@ -893,8 +722,8 @@ static void test_graph_replay_at_new_positions(void **state)
             for (int i = 0; i < DECODE_MAX_TOKENS; i++)
                 add_token(&many, i % 2, (int32_t)random_int(0, 63));
             batch mb = make_batch(&w, &many);
-            pair mq = make_pair(PIO_DTYPE_F32, many.n, w.qw, 0, FILL_UNIFORM);
-            pair mo = make_pair(PIO_DTYPE_F32, many.n, w.ow, 0, FILL_NAN);
+            pair mq = make_pair(PIO_DTYPE_F32, many.n, w.qw, 0, FILL_UNIFORM, -1, 1);
+            pair mo = make_pair(PIO_DTYPE_F32, many.n, w.ow, 0, FILL_NAN, 0, 0);
             expect_ok(pk_attention(gpu_ctx, &mo.d, &mq.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d,
                                    &mb.d, &p, &err), &err, "other batch size");
             sync_gpu("other batch size");
@@ -959,8 +788,8 @@ static void bench_decode(int b_seqs, int32_t depth, int general)
     world_upload(&w);
     pk_attention_params p = params_of(&s);
     pio_error err;
-    pair q = make_pair(PIO_DTYPE_F32, b_seqs, w.qw, 0, FILL_UNIFORM);
-    pair out = make_pair(PIO_DTYPE_F32, b_seqs, w.ow, 0, FILL_NAN);
+    pair q = make_pair(PIO_DTYPE_F32, b_seqs, w.qw, 0, FILL_UNIFORM, -1, 1);
+    pair out = make_pair(PIO_DTYPE_F32, b_seqs, w.ow, 0, FILL_NAN, 0, 0);
     batch bt[REPS];
     for (int r = 0; r < sets; r++) {
         tokens tl = {.n = 0};
@@ -1018,8 +847,8 @@ static void bench_prefill(int32_t n, int general)
     batch b = make_batch(&w, tl);
     pk_attention_params p = params_of(&s);
     pio_error err;
-    pair q = make_pair(PIO_DTYPE_F32, n, w.qw, 0, FILL_UNIFORM);
-    pair out = make_pair(PIO_DTYPE_F32, n, w.ow, 0, FILL_NAN);
+    pair q = make_pair(PIO_DTYPE_F32, n, w.qw, 0, FILL_UNIFORM, -1, 1);
+    pair out = make_pair(PIO_DTYPE_F32, n, w.ow, 0, FILL_NAN, 0, 0);
     expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d, &b.d, &p,
                            &err), &err, "bench prefill");
     sync_gpu("bench prefill warm-up");
