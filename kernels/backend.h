@@ -97,9 +97,6 @@ struct pk_backend {
                                     int accumulate, pio_error *err);
 
     /* Fused ops (ops.h); NULL: ops.c runs the unfused ops instead. Arguments are checked. */
-    pio_status (*rmsnorm_matmul)(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
-                                 const pk_tensor *x, const pk_tensor *norm_weight, float eps,
-                                 const pk_tensor *w, pio_error *err);
     pio_status (*qk_norm_rope_store)(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
                                      const pk_tensor *v, const pk_tensor *q_norm,
                                      const pk_tensor *k_norm, float eps,

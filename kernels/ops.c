@@ -647,8 +647,6 @@ pio_status pk_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tenso
         (st = check_no_overlap(op, "y", y, "x", x, 0, err)) ||
         (st = check_no_overlap(op, "y", y, "norm_weight", norm_weight, 0, err)))
         return st;
-    if (ctx->backend->rmsnorm_matmul != NULL)
-        return ctx->backend->rmsnorm_matmul(ctx, y, h, x, norm_weight, eps, w, err);
     if ((st = ctx->backend->rmsnorm(ctx, h, x, norm_weight, h->cols, eps, err)))
         return st;
     return ctx->backend->matmul(ctx, y, h, w, 0, err);

@@ -251,9 +251,9 @@ pio_status pk_attention(pk_context *ctx, const pk_tensor *out, const pk_tensor *
 
 /*
  * h = RMSNorm(x) · norm_weight (as pk_rmsnorm), then y = h · wᵀ (as pk_matmul): the pre-norm
- * of a block and its first projection. h [T, H] and x [T, H] F32 (may alias); y [T, N] F32;
- * w [N, H] BF16|F32. h holds the normalised rows afterwards on every backend. A backend
- * without a fused kernel runs the two ops.
+ * of a block and its first projection, checked once and run as the two ops (a GEMV that
+ * normalised on the fly was measured slower on the GPU: docs/KERNELS.md). h [T, H] and x [T, H]
+ * F32 (may alias); y [T, N] F32; w [N, H] BF16|F32.
  */
 pio_status pk_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
                              const pk_tensor *x, const pk_tensor *norm_weight, float eps,
