@@ -52,6 +52,7 @@
 
 static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes */
 
+#include "tests/gpu/gpu_setup.h"
 #include "tests/gpu/gpu_test.h"
 
 /*
@@ -123,35 +124,15 @@ static double check_out(const char *what, pair *p, double tol, const void *befor
 static int group_setup(void **state)
 {
     (void)state;
-    const char *seed = getenv("PIO_GPU_TEST_SEED");
-    rng_state = seed != NULL ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL) * 2654435761u;
-    if (rng_state == 0)
-        rng_state = 1;
-    printf("test_attention_cuda: seed %llu (PIO_GPU_TEST_SEED repeats it)\n",
-           (unsigned long long)rng_state);
-    const char *san = getenv("PIO_GPU_TEST_SANITIZER");
-    sanitizer = san != NULL && atoi(san) != 0;
-    pio_error err;
-    if (pk_context_create(PK_DEVICE_CPU, NULL, &cpu_ctx, &err) != PIO_OK) {
-        fprintf(stderr, "cpu context: %s\n", err.message);
-        return -1;
-    }
-    pio_status st = pk_context_create(PK_DEVICE_CUDA, NULL, &gpu_ctx, &err);
-    if (st != PIO_OK) {
-        fprintf(stderr, "cuda context: %s (%s)\n", err.message, pio_status_str(st));
-        pk_context_destroy(cpu_ctx);
-        cpu_ctx = NULL;
-        return -1;
-    }
-    return 0;
+    rng_state = gpu_test_seed("test_attention_cuda");
+    sanitizer = gpu_test_under_sanitizer();
+    return gpu_test_contexts(&cpu_ctx, &gpu_ctx);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    pk_context_destroy(gpu_ctx);
-    pk_context_destroy(cpu_ctx);
-    return 0;
+    return gpu_test_release_contexts(cpu_ctx, gpu_ctx);
 }
 
 /* ------------------------------------------------------------------------------------------ */

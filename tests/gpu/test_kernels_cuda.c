@@ -53,6 +53,7 @@
 static pk_context *gemv_ctx, *lt_ctx;
 static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes, no deliberate API errors */
 
+#include "tests/gpu/gpu_setup.h"
 #include "tests/gpu/gpu_test.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -62,35 +63,23 @@ static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes, no deliberate
 static int group_setup(void **state)
 {
     (void)state;
-    const char *seed = getenv("PIO_GPU_TEST_SEED");
-    rng_state = seed != NULL ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL) * 2654435761u;
-    if (rng_state == 0)
-        rng_state = 1;
-    printf("test_kernels_cuda: seed %llu (PIO_GPU_TEST_SEED repeats it)\n",
-           (unsigned long long)rng_state);
-    sanitizer = getenv("PIO_GPU_TEST_SANITIZER") != NULL && atoi(getenv("PIO_GPU_TEST_SANITIZER")) != 0;
-    pio_error err;
-    if (pk_context_create(PK_DEVICE_CPU, NULL, &cpu_ctx, &err) != PIO_OK) {
-        fprintf(stderr, "cpu context: %s\n", err.message);
-        cpu_ctx = NULL;
+    rng_state = gpu_test_seed("test_kernels_cuda");
+    sanitizer = gpu_test_under_sanitizer();
+    if (gpu_test_contexts(&cpu_ctx, &gpu_ctx) != 0)
         return -1;
-    }
+    /* The same device with the matmul path forced (the variable is read at creation). */
+    pio_error err;
     pk_context_options options = {0};
-    pio_status st = pk_context_create(PK_DEVICE_CUDA, &options, &gpu_ctx, &err);
-    if (st == PIO_OK) {
-        setenv("PIO_CUDA_GEMV_MAX_M", "8", 1);
-        st = pk_context_create(PK_DEVICE_CUDA, &options, &gemv_ctx, &err);
-        setenv("PIO_CUDA_GEMV_MAX_M", "0", 1);
-        if (st == PIO_OK)
-            st = pk_context_create(PK_DEVICE_CUDA, &options, &lt_ctx, &err);
-        unsetenv("PIO_CUDA_GEMV_MAX_M");
-    }
+    setenv("PIO_CUDA_GEMV_MAX_M", "8", 1);
+    pio_status st = pk_context_create(PK_DEVICE_CUDA, &options, &gemv_ctx, &err);
+    setenv("PIO_CUDA_GEMV_MAX_M", "0", 1);
+    if (st == PIO_OK)
+        st = pk_context_create(PK_DEVICE_CUDA, &options, &lt_ctx, &err);
+    unsetenv("PIO_CUDA_GEMV_MAX_M");
     if (st != PIO_OK) {
         fprintf(stderr, "cuda context: %s (%s)\n", err.message, pio_status_str(st));
-        pk_context_destroy(lt_ctx);
         pk_context_destroy(gemv_ctx);
-        pk_context_destroy(gpu_ctx);
-        pk_context_destroy(cpu_ctx);
+        gpu_test_release_contexts(cpu_ctx, gpu_ctx);
         cpu_ctx = gpu_ctx = gemv_ctx = lt_ctx = NULL;
         return -1;
     }
@@ -102,9 +91,7 @@ static int group_teardown(void **state)
     (void)state;
     pk_context_destroy(lt_ctx);
     pk_context_destroy(gemv_ctx);
-    pk_context_destroy(gpu_ctx);
-    pk_context_destroy(cpu_ctx);
-    return 0;
+    return gpu_test_release_contexts(cpu_ctx, gpu_ctx);
 }
 
 /* ------------------------------------------------------------------------------------------ */

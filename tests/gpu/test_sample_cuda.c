@@ -32,6 +32,7 @@
 
 #include "kernels/ops.h"
 #include "kernels/sampler.h"
+#include "tests/gpu/gpu_setup.h"
 
 enum { QWEN3_VOCAB = 151936, MAX_BUFFERS = 64 };
 
@@ -328,32 +329,15 @@ static void random_rows(int64_t rows, int64_t width, int padded, int first_combo
 static int group_setup(void **state)
 {
     (void)state;
-    const char *seed = getenv("PIO_GPU_TEST_SEED");
-    uint64_t s = seed != NULL ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL);
-    printf("test_sample_cuda: seed %llu (PIO_GPU_TEST_SEED repeats it)\n",
-           (unsigned long long)s);
-    pk_rng_seed(&rng, s);
-    const char *san = getenv("PIO_GPU_TEST_SANITIZER");
-    sanitizer = san != NULL && atoi(san) != 0;
-    pio_error err;
-    if (pk_context_create(PK_DEVICE_CPU, NULL, &cpu_ctx, &err) != PIO_OK) {
-        fprintf(stderr, "cpu context: %s\n", err.message);
-        return -1;
-    }
-    if (pk_context_create(PK_DEVICE_CUDA, NULL, &gpu_ctx, &err) != PIO_OK) {
-        fprintf(stderr, "cuda context: %s\n", err.message);
-        pk_context_destroy(cpu_ctx);
-        return -1;
-    }
-    return 0;
+    pk_rng_seed(&rng, gpu_test_seed("test_sample_cuda"));
+    sanitizer = gpu_test_under_sanitizer();
+    return gpu_test_contexts(&cpu_ctx, &gpu_ctx);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    pk_context_destroy(gpu_ctx);
-    pk_context_destroy(cpu_ctx);
-    return 0;
+    return gpu_test_release_contexts(cpu_ctx, gpu_ctx);
 }
 
 /* Every parameter combination on every shape at the real vocabulary, padded (n_valid < V). */
