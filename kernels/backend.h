@@ -96,7 +96,13 @@ struct pk_backend {
                                     int64_t n_experts, int64_t first, int64_t n_local,
                                     int accumulate, pio_error *err);
 
-    /* Fused ops (ops.h); NULL: ops.c runs the unfused ops instead. Arguments are checked. */
+    /* Fused ops (ops.h); NULL: ops.c runs the unfused ops instead. Arguments are checked.
+     * rmsnorm_matmul serves pk_rmsnorm_matmul (out = NULL: y = gate_up, h written) and
+     * pk_rmsnorm_matmul_swiglu (out = the SwiGLU of the gate_up product). */
+    pio_status (*rmsnorm_matmul)(pk_context *ctx, const pk_tensor *out, const pk_tensor *y,
+                                 const pk_tensor *h, const pk_tensor *x,
+                                 const pk_tensor *norm_weight, float eps, const pk_tensor *w,
+                                 pio_error *err);
     pio_status (*qk_norm_rope_store)(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
                                      const pk_tensor *v, const pk_tensor *q_norm,
                                      const pk_tensor *k_norm, float eps,

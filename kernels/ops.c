@@ -632,13 +632,13 @@ pio_status pk_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_
 /* Fused ops                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
-pio_status pk_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
-                             const pk_tensor *x, const pk_tensor *norm_weight, float eps,
-                             const pk_tensor *w, pio_error *err)
+static pio_status check_rmsnorm_matmul(pk_context *ctx, const char *op, const pk_tensor *y,
+                                       const pk_tensor *h, const pk_tensor *x,
+                                       const pk_tensor *norm_weight, float eps,
+                                       const pk_tensor *w, pio_error *err)
 {
-    static const char op[] = "pk_rmsnorm_matmul";
-    pio_status st = check_context(ctx, op, err);
-    if (st || (st = check_operand(ctx, op, "h", h, DT_F32, err)))
+    pio_status st;
+    if ((st = check_operand(ctx, op, "h", h, DT_F32, err)))
         return st;
     if (h->cols == 0)
         return invalid(err, op, "rows must not be empty");
@@ -647,9 +647,66 @@ pio_status pk_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tenso
         (st = check_no_overlap(op, "y", y, "x", x, 0, err)) ||
         (st = check_no_overlap(op, "y", y, "norm_weight", norm_weight, 0, err)))
         return st;
-    if ((st = ctx->backend->rmsnorm(ctx, h, x, norm_weight, h->cols, eps, err)))
+    return PIO_OK;
+}
+
+/* The unfused sequence: the norm, the matmul, and (out != NULL) the SwiGLU of y's halves. */
+static pio_status rmsnorm_matmul_composed(pk_context *ctx, const pk_tensor *out,
+                                          const pk_tensor *y, const pk_tensor *h,
+                                          const pk_tensor *x, const pk_tensor *norm_weight,
+                                          float eps, const pk_tensor *w, pio_error *err)
+{
+    pio_status st;
+    if ((st = ctx->backend->rmsnorm(ctx, h, x, norm_weight, h->cols, eps, err)) ||
+        (st = ctx->backend->matmul(ctx, y, h, w, 0, err)) || out == NULL)
         return st;
-    return ctx->backend->matmul(ctx, y, h, w, 0, err);
+    pk_tensor gate = pk_tensor_cols(y, 0, out->cols), up = pk_tensor_cols(y, out->cols, out->cols);
+    return ctx->backend->swiglu(ctx, out, &gate, &up, err);
+}
+
+static pio_status rmsnorm_matmul_run(pk_context *ctx, const pk_tensor *out, const pk_tensor *y,
+                                     const pk_tensor *h, const pk_tensor *x,
+                                     const pk_tensor *norm_weight, float eps, const pk_tensor *w,
+                                     pio_error *err)
+{
+    if (ctx->backend->rmsnorm_matmul != NULL)
+        return ctx->backend->rmsnorm_matmul(ctx, out, y, h, x, norm_weight, eps, w, err);
+    return rmsnorm_matmul_composed(ctx, out, y, h, x, norm_weight, eps, w, err);
+}
+
+pio_status pk_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
+                             const pk_tensor *x, const pk_tensor *norm_weight, float eps,
+                             const pk_tensor *w, pio_error *err)
+{
+    static const char op[] = "pk_rmsnorm_matmul";
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = check_rmsnorm_matmul(ctx, op, y, h, x, norm_weight, eps, w, err)))
+        return st;
+    return rmsnorm_matmul_run(ctx, NULL, y, h, x, norm_weight, eps, w, err);
+}
+
+pio_status pk_rmsnorm_matmul_swiglu(pk_context *ctx, const pk_tensor *out,
+                                    const pk_tensor *gate_up, const pk_tensor *h,
+                                    const pk_tensor *x, const pk_tensor *norm_weight, float eps,
+                                    const pk_tensor *w, pio_error *err)
+{
+    static const char op[] = "pk_rmsnorm_matmul_swiglu";
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = check_rmsnorm_matmul(ctx, op, gate_up, h, x, norm_weight, eps, w, err)) ||
+        (st = check_operand(ctx, op, "out", out, DT_F32, err)))
+        return st;
+    if (gate_up->cols % 2 != 0)
+        return invalid(err, op, "gate_up must have an even number of columns");
+    pk_tensor gate = pk_tensor_cols(gate_up, 0, gate_up->cols / 2);
+    if ((st = check_shape(op, "out", out, gate_up->rows, gate_up->cols / 2, err)) ||
+        (st = check_no_overlap(op, "out", out, "x", x, 0, err)) ||
+        (st = check_no_overlap(op, "out", out, "h", h, 0, err)) ||
+        (st = check_no_overlap(op, "out", out, "norm_weight", norm_weight, 0, err)) ||
+        (st = check_no_overlap(op, "out", out, "w", w, 0, err)))
+        return st;
+    if (views_overlap(out, gate_up) && !same_view(out, &gate))
+        return invalid(err, op, "out overlaps gate_up other than as its gate half");
+    return rmsnorm_matmul_run(ctx, out, gate_up, h, x, norm_weight, eps, w, err);
 }
 
 static pio_status check_qk_norm_rope(pk_context *ctx, const char *op, const pk_tensor *q,

@@ -251,13 +251,27 @@ pio_status pk_attention(pk_context *ctx, const pk_tensor *out, const pk_tensor *
 
 /*
  * h = RMSNorm(x) · norm_weight (as pk_rmsnorm), then y = h · wᵀ (as pk_matmul): the pre-norm
- * of a block and its first projection, checked once and run as the two ops (a GEMV that
- * normalised on the fly was measured slower on the GPU: docs/KERNELS.md). h [T, H] and x [T, H]
- * F32 (may alias); y [T, N] F32; w [N, H] BF16|F32.
+ * of a block and its first projection. h [T, H] and x [T, H] F32 (may alias); y [T, N] F32;
+ * w [N, H] BF16|F32. h is written either way. A backend may fuse the two (CUDA: for
+ * decode-sized T the GEMV normalises x in its prologue, saving the norm's launch).
  */
 pio_status pk_rmsnorm_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *h,
                              const pk_tensor *x, const pk_tensor *norm_weight, float eps,
                              const pk_tensor *w, pio_error *err);
+
+/*
+ * The pre-norm, the packed gate/up projection and SwiGLU of an MLP in one call:
+ *   h = RMSNorm(x) · norm_weight, [g | u] = h · wᵀ with w = [gate; up] [2F, H] BF16|F32,
+ *   out[t, j] = silu(g_tj) · u_tj (as pk_swiglu)
+ * out [T, F], gate_up [T, 2F], h and x [T, H] F32 (h may alias x). gate_up and h are the
+ * intermediates: a backend that fuses need not write them, so their contents afterwards are
+ * unspecified. out may be gate_up's gate half (its first F columns) and must not overlap x, h
+ * or the rest of gate_up.
+ */
+pio_status pk_rmsnorm_matmul_swiglu(pk_context *ctx, const pk_tensor *out,
+                                    const pk_tensor *gate_up, const pk_tensor *h,
+                                    const pk_tensor *x, const pk_tensor *norm_weight, float eps,
+                                    const pk_tensor *w, pio_error *err);
 
 /*
  * Qwen3-style per-head QK-norm, then RoPE, then the keys and values stored in the cache:

@@ -98,13 +98,14 @@ pio_status pk_swiglu_mlp_block_tp(pk_context *ctx, pk_comm *comm, const pk_swigl
                                   const pk_tensor *gate, const pk_tensor *up, pio_error *err)
 {
     pio_status st;
-    pk_tensor gate_up;
-    if ((st = norm_and_project(ctx, x, h, &w->post_norm, eps, &w->gate_proj, gate, &w->up_proj,
-                               up, NULL, NULL, err)))
-        return st;
-    st = pk_tensor_join_cols(gate, up, &gate_up) && gate->cols == up->cols
-             ? pk_swiglu_fused(ctx, gate, &gate_up, err)
-             : pk_swiglu(ctx, gate, gate, up, err);
+    pk_tensor w_gate_up, gate_up;
+    if (pk_tensor_join_rows(&w->gate_proj, &w->up_proj, &w_gate_up) &&
+        pk_tensor_join_cols(gate, up, &gate_up) && gate->cols == up->cols)
+        st = pk_rmsnorm_matmul_swiglu(ctx, gate, &gate_up, h, x, &w->post_norm, eps, &w_gate_up,
+                                      err);
+    else if ((st = norm_and_project(ctx, x, h, &w->post_norm, eps, &w->gate_proj, gate,
+                                    &w->up_proj, up, NULL, NULL, err)) == PIO_OK)
+        st = pk_swiglu(ctx, gate, gate, up, err);
     if (st == PIO_OK)
         st = pk_row_parallel_matmul_add(ctx, comm, x, gate, &w->down_proj, err);
     return st;

@@ -557,6 +557,63 @@ static void test_swiglu(void **state)
     free(out2);
 }
 
+/* The pre-norm + projection fusions: on the CPU they run the plain ops, so they equal them bit
+ * for bit (h written by pk_rmsnorm_matmul; out may be gate_up's gate half), and they refuse
+ * what the plain ops would not take plus their own overlap rules. */
+static void test_rmsnorm_matmul_fusions(void **state)
+{
+    pk_context *ctx = ctx_of(state);
+    const int64_t m = 3, k = 37, f = 11;
+    float *x = random_floats(m * k, -2.0f, 2.0f), *norm = random_floats(k, 0.5f, 1.5f);
+    float *w = random_floats(2 * f * k, -1.0f, 1.0f);
+    float *h = random_floats(m * k, 0.0f, 0.0f), *h2 = random_floats(m * k, 0.0f, 0.0f);
+    float *gu = random_floats(m * 2 * f, 0.0f, 0.0f), *gu2 = random_floats(m * 2 * f, 0.0f, 0.0f);
+    float *out = random_floats(m * f, 0.0f, 0.0f);
+    pk_tensor xt = host_f32(x, m, k), nt = host_f32(norm, 1, k), wt = host_f32(w, 2 * f, k);
+    pk_tensor ht = host_f32(h, m, k), h2t = host_f32(h2, m, k), out_t = host_f32(out, m, f);
+    pk_tensor gut = host_f32(gu, m, 2 * f), gu2t = host_f32(gu2, m, 2 * f);
+    pk_tensor gate2 = pk_tensor_cols(&gu2t, 0, f), up2 = pk_tensor_cols(&gu2t, f, f);
+    /* Reference: the plain ops. */
+    assert_int_equal(pk_rmsnorm(ctx, &h2t, &xt, &nt, 1e-6f, NULL), PIO_OK);
+    assert_int_equal(pk_matmul(ctx, &gu2t, &h2t, &wt, NULL), PIO_OK);
+    assert_int_equal(pk_rmsnorm_matmul(ctx, &gut, &ht, &xt, &nt, 1e-6f, &wt, NULL), PIO_OK);
+    assert_memory_equal(h, h2, (size_t)(m * k) * sizeof *h);
+    assert_memory_equal(gu, gu2, (size_t)(m * 2 * f) * sizeof *gu);
+    assert_int_equal(pk_swiglu(ctx, &out_t, &gate2, &up2, NULL), PIO_OK);
+    pk_tensor gate = pk_tensor_cols(&gut, 0, f);
+    assert_int_equal(pk_rmsnorm_matmul_swiglu(ctx, &gate, &gut, &ht, &xt, &nt, 1e-6f, &wt, NULL),
+                     PIO_OK);
+    for (int64_t r = 0; r < m; r++)
+        assert_memory_equal(gu + r * 2 * f, out + r * f, (size_t)f * sizeof *out);
+    /* Refused: out over the up half, an odd gate_up, out of the wrong width, h too narrow. */
+    pio_error err;
+    pk_tensor up = pk_tensor_cols(&gut, f, f);
+    assert_int_equal(pk_rmsnorm_matmul_swiglu(ctx, &up, &gut, &ht, &xt, &nt, 1e-6f, &wt, &err),
+                     PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "gate half"));
+    pk_tensor odd = pk_tensor_cols(&gut, 0, 2 * f - 1), w_odd = pk_tensor_rows(&wt, 0, 2 * f - 1);
+    assert_int_equal(pk_rmsnorm_matmul_swiglu(ctx, &out_t, &odd, &ht, &xt, &nt, 1e-6f, &w_odd,
+                                              &err),
+                     PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "even"));
+    pk_tensor narrow = pk_tensor_cols(&out_t, 0, f - 1);
+    assert_int_equal(pk_rmsnorm_matmul_swiglu(ctx, &narrow, &gu2t, &ht, &xt, &nt, 1e-6f, &wt,
+                                              &err),
+                     PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "out is ["));
+    pk_tensor h_narrow = pk_tensor_cols(&ht, 0, k - 1);
+    assert_int_equal(pk_rmsnorm_matmul(ctx, &gut, &h_narrow, &xt, &nt, 1e-6f, &wt, &err),
+                     PIO_ERR_INVALID_ARGUMENT);
+    free(x);
+    free(norm);
+    free(w);
+    free(h);
+    free(h2);
+    free(gu);
+    free(gu2);
+    free(out);
+}
+
 static void test_add(void **state)
 {
     const int64_t rows = 4, cols = 33;
@@ -1073,7 +1130,8 @@ static void test_attention_rejects_bad_batches(void **state)
         cmocka_unit_test(test_rope_neox), cmocka_unit_test(test_rope_interleaved),              \
         cmocka_unit_test(test_rope_layouts_differ_by_permutation),                              \
         cmocka_unit_test(test_rope_rejects_bad_params), cmocka_unit_test(test_swiglu),          \
-        cmocka_unit_test(test_add), cmocka_unit_test(test_softmax),                             \
+        cmocka_unit_test(test_rmsnorm_matmul_fusions), cmocka_unit_test(test_add),              \
+        cmocka_unit_test(test_softmax),                                                         \
         cmocka_unit_test(test_argmax), cmocka_unit_test(test_cast_and_copy),                    \
         cmocka_unit_test(test_rejects_bad_operands), cmocka_unit_test(test_attention_gqa4),     \
         cmocka_unit_test(test_attention_gqa1),                                                  \

@@ -193,6 +193,8 @@ static pio_status cuda_init(pk_context *ctx, pio_error *err)
     st->sm_count = prop.multiProcessorCount;
     st->max_smem_optin = (int)prop.sharedMemPerBlockOptin;
     st->gemv_max_m = PK_CUDA_GEMV_MAX_M_DEFAULT;
+    const char *pdl_env = getenv("PIO_CUDA_PDL");
+    st->pdl = pdl_env == NULL || strcmp(pdl_env, "0") != 0;
     const char *gemv_env = getenv("PIO_CUDA_GEMV_MAX_M");
     if (gemv_env != NULL && *gemv_env != '\0') {
         char *end = NULL;
@@ -416,6 +418,7 @@ static constexpr pk_backend make_cuda_backend()
     b.moe_topk_softmax = pk_cuda_moe_topk_softmax;
     b.moe_experts = pk_cuda_moe_experts;
     b.moe_experts_slice = pk_cuda_moe_experts_slice;
+    b.rmsnorm_matmul = pk_cuda_rmsnorm_matmul;
     b.qk_norm_rope_store = pk_cuda_qk_norm_rope_store;
     b.graph_begin = pk_cuda_graph_begin;
     b.graph_end = pk_cuda_graph_end;

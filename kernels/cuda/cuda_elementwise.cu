@@ -377,8 +377,7 @@ __global__ void swiglu_kernel(float *out, int64_t os, const float *gate, int64_t
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
         for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols;
              c += (int64_t)gridDim.x * blockDim.x) {
-            float g = gate[r * gs + c], u = up[r * us + c];
-            out[r * os + c] = g / (1.0f + expf(-g)) * u;
+            out[r * os + c] = pk_silu_mul(gate[r * gs + c], up[r * us + c]);
         }
 }
 

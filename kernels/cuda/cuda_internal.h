@@ -64,6 +64,7 @@ typedef struct pk_cuda_state {
     int sm_count;
     int max_smem_optin; /* bytes of dynamic shared memory a block may opt in to */
     int gemv_max_m;     /* matmuls with at most this many rows of x use the GEMV kernel */
+    int pdl;            /* programmatic dependent launches allowed (PIO_CUDA_PDL=0: off) */
     cudaStream_t stream;
 
     cublasLtHandle_t lt;
@@ -130,6 +131,25 @@ pio_status pk_cuda_sample_workspace(pk_context *ctx, size_t bytes, const char *o
  * prefill (the exact-fp32 mode of the end-to-end GPU tests). */
 enum { PK_CUDA_GEMV_MAX_M_DEFAULT = 2, PK_CUDA_GEMV_ROWS = 8, PK_CUDA_GEMV_MAX_M_EXACT = 1 << 30 };
 
+/* Launches kernel<<<grid, block, smem, st->stream>>>(args...) as a programmatic dependent
+ * launch (see pk_pdl_wait) when st->pdl is set, else normally. */
+template <typename... Params, typename... Args>
+static inline cudaError_t pk_cuda_launch_pdl(const pk_cuda_state *st, void (*kernel)(Params...),
+                                             dim3 grid, dim3 block, size_t smem, Args... args)
+{
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st->stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = st->pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 /* Sets up / releases the matmul plan cache (cuda_matmul.cu). */
 pio_status pk_cuda_matmul_init(pk_context *ctx, pio_error *err);
 void pk_cuda_matmul_fini(pk_context *ctx);
@@ -167,7 +187,11 @@ pio_status pk_cuda_attention(pk_context *ctx, const pk_tensor *out, const pk_ten
                              const pk_tensor *k_cache, const pk_tensor *v_cache,
                              const pk_token_batch *batch, const pk_attention_params *params,
                              pio_error *err);
-/* Fused ops: cuda_elementwise.cu (qk_norm_rope_store). */
+/* Fused ops: cuda_matmul.cu (rmsnorm_matmul), cuda_elementwise.cu (qk_norm_rope_store). */
+pio_status pk_cuda_rmsnorm_matmul(pk_context *ctx, const pk_tensor *out, const pk_tensor *y,
+                                  const pk_tensor *h, const pk_tensor *x,
+                                  const pk_tensor *norm_weight, float eps, const pk_tensor *w,
+                                  pio_error *err);
 pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
                                       const pk_tensor *v, const pk_tensor *q_norm,
                                       const pk_tensor *k_norm, float eps,
@@ -313,6 +337,30 @@ __device__ __forceinline__ void pk_report(long long *info, int op, int kind, lon
     info[3] = b;
     info[4] = c;
     info[5] = d;
+}
+
+/*
+ * Programmatic dependent launch (sm_90). A kernel launched with pk_cuda_launch_pdl may start
+ * while the kernel before it in the stream is still running; it must call pk_pdl_wait() before
+ * it reads anything an earlier kernel wrote or writes anything an earlier kernel may still
+ * read (work on read-only data, such as issuing weight loads, may come before). A kernel lets
+ * the next one start early by calling pk_pdl_launch_dependents(); without the call the next
+ * one starts when it finishes. Both are no-ops for kernels launched normally.
+ */
+__device__ __forceinline__ void pk_pdl_wait()
+{
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
+__device__ __forceinline__ void pk_pdl_launch_dependents()
+{
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+}
+
+/* silu(g) · u, the CPU backend's expression (cpu_elementwise.c): every SwiGLU of the backend. */
+__device__ __forceinline__ float pk_silu_mul(float g, float u)
+{
+    return g / (1.0f + expf(-g)) * u;
 }
 
 __device__ __forceinline__ float pk_warp_sum(float v)

@@ -38,9 +38,23 @@ struct gemv_args {
     int64_t xs;
     const void *w;
     int64_t ws;
-    int64_t N, K;
+    int64_t N, K; /* N: rows of W (2F for the SwiGLU epilogue, whose y has F columns) */
     int accumulate;
     int splits; /* warps per row group (gemv_splits) */
+    /* The fused norm (GEMV_NORM, GEMV_NORM_SWIGLU): y = rmsnorm(x) · Wᵀ with the norm weight
+     * norm_w (16-byte aligned); block 0 also writes rmsnorm(x) to h unless h is NULL. */
+    const void *norm_w;
+    bool norm_bf16;
+    float eps;
+    float *h;
+    int64_t hs;
+};
+
+/* What a GEMV launch does around the dot products. */
+enum gemv_epilogue {
+    GEMV_PLAIN = 0,       /* y (+)= x · Wᵀ */
+    GEMV_NORM = 1,        /* y = rmsnorm(x) · Wᵀ */
+    GEMV_NORM_SWIGLU = 2, /* y = silu(g) · u with [g | u] = rmsnorm(x) · Wᵀ, W = [gate; up] */
 };
 
 /* Rows of W one warp dots: every x value a lane loads serves that many rows, which keeps the
@@ -50,93 +64,213 @@ template <int M> struct gemv_shape {
     static constexpr int STEPS = M <= 2 ? 4 : 2; /* 16-byte steps along K per loop iteration */
 };
 
+/* Row r of a warp's row group `group`: consecutive rows, or for the SwiGLU epilogue R/2 gate
+ * rows and the R/2 up rows that pair with them (gate row j with up row N/2 + j). */
+template <int R, int EPI>
+__device__ __forceinline__ int64_t gemv_row(int64_t group, int r, int64_t N)
+{
+    if constexpr (EPI == GEMV_NORM_SWIGLU)
+        return (r < R / 2 ? 0 : N / 2) + group * (R / 2) + r % (R / 2);
+    else
+        return group * R + r;
+}
+
+/* The norm weights matching one 16-byte weight load (E of them), as floats. */
+template <bool BF16>
+__device__ __forceinline__ pk_vec16<BF16> gemv_load_norm16(const void *norm_w, bool norm_bf16,
+                                                         int64_t k)
+{
+    constexpr int E = BF16 ? 8 : 4;
+    pk_vec16<BF16> r;
+    if (norm_bf16) {
+        const uint16_t *p = (const uint16_t *)norm_w + k;
+        uint32_t u[E / 2];
+        if constexpr (E == 8) {
+            uint4 q = __ldg((const uint4 *)p);
+            u[0] = q.x, u[1] = q.y, u[2] = q.z, u[3] = q.w;
+        } else {
+            uint2 q = __ldg((const uint2 *)p);
+            u[0] = q.x, u[1] = q.y;
+        }
+#pragma unroll
+        for (int i = 0; i < E / 2; i++) {
+            r.v[2 * i] = __uint_as_float(u[i] << 16);
+            r.v[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+        }
+    } else {
+        r = pk_load_x16<BF16>((const float *)norm_w + k);
+    }
+    return r;
+}
+
+/* The weights of U 16-byte steps from k0 (those before kvec) of each of the R rows. */
+template <int U, int R>
+__device__ __forceinline__ void gemv_load_steps(uint4 (&wq)[U][R], const char *const (&wrow)[R],
+                                                int64_t k0, int64_t step, int64_t kvec,
+                                                size_t welem, bool active)
+{
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (active && k0 + u * step < kvec)
+                wq[u][r] = pk_load_weights16(wrow[r] + (size_t)(k0 + u * step) * welem);
+}
+
 /*
- * A warp computes ROWS output columns (rows n0 .. n0 + ROWS - 1 of W) over its share of K;
- * `splits` warps of one block share each row group (splits = 1, 2, 4 or 8), their lanes
+ * A warp computes ROWS output columns (rows gemv_row(group, 0 .. ROWS - 1) of W) over its share
+ * of K; `splits` warps of one block share each row group (splits = 1, 2, 4 or 8), their lanes
  * interleaving over K: lane l of split s reads elements [(s·32 + l)·E, +E) of every
  * splits·32·E-element step with one 16-byte load per row (VEC: W rows, x rows and g start
  * 16-byte aligned; the K % E tail is read one element per lane). A loop iteration first issues
  * STEPS × ROWS loads, then loads each x value once for all ROWS rows. Splitting K gives short
  * matrices enough warps to keep the memory system busy; partial sums meet in shared memory and
  * are added in split order, so results do not depend on timing.
+ *
+ * The fused norm (EPI != GEMV_PLAIN; M <= 2, VEC) has no prologue, so the weight loads start at
+ * once: the warps of a row group see every x value exactly once between them, so they dot W
+ * with x · norm_w and sum x² on the way; the totals are then scaled by rsqrt(mean(x²) + eps)
+ * (Σ w·(x·inv)·g = inv · Σ w·x·g: the same value up to fp32 rounding order). The SwiGLU
+ * epilogue pairs each gate row with its up row in one warp, so the finishing lane writes
+ * silu(g) · u.
  */
-template <int M, bool BF16, bool VEC>
+template <int M, bool BF16, bool VEC, int EPI>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
 {
     constexpr int E = BF16 ? 8 : 4;
     constexpr int R = gemv_shape<M>::ROWS, U = gemv_shape<M>::STEPS;
+    constexpr bool NORM = EPI != GEMV_PLAIN;
     const size_t welem = BF16 ? 2 : 4;
     __shared__ float partial[GEMV_WARPS][M][R];
+    __shared__ float partial_ss[GEMV_WARPS][M];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.splits;
     const int split = warp % S;
-    const int64_t n0 = ((int64_t)blockIdx.x * (GEMV_WARPS / S) + warp / S) * R;
+    const int64_t group = (int64_t)blockIdx.x * (GEMV_WARPS / S) + warp / S;
+    const int64_t rows = EPI == GEMV_NORM_SWIGLU ? a.N / 2 : a.N;      /* outputs */
+    const int64_t n0 = group * (EPI == GEMV_NORM_SWIGLU ? R / 2 : R); /* first output */
     const int64_t step = (int64_t)S * 32 * E;
     const char *wrow[R];
 #pragma unroll
-    for (int r = 0; r < R; r++) /* rows past N read row 0 and are not written */
-        wrow[r] = (const char *)a.w + (size_t)((n0 + r < a.N ? n0 + r : 0) * a.ws) * welem;
-    float acc[M][R];
+    for (int r = 0; r < R; r++) { /* rows past the end read row 0 and are not written */
+        int64_t n = gemv_row<R, EPI>(group, r, a.N);
+        wrow[r] = (const char *)a.w + (size_t)((n0 < rows && n < a.N ? n : 0) * a.ws) * welem;
+    }
+    float acc[M][R], ss[M];
 #pragma unroll
-    for (int m = 0; m < M; m++)
+    for (int m = 0; m < M; m++) {
+        ss[m] = 0.0f;
 #pragma unroll
         for (int r = 0; r < R; r++)
             acc[m][r] = 0.0f;
+    }
 
+    pk_pdl_launch_dependents();
     int64_t tail_start = 0;
     if (VEC) {
+        /* The first weights are loaded before waiting for the previous kernel (the weights are
+         * read-only): under a programmatic launch they stream while it finishes. */
         const int64_t kvec = a.K / E * E;
-        for (int64_t k0 = ((int64_t)split * 32 + lane) * E; n0 < a.N && k0 < kvec;
-             k0 += U * step) {
-            uint4 wq[U][R];
-#pragma unroll
-            for (int u = 0; u < U; u++)
-#pragma unroll
-                for (int r = 0; r < R; r++)
-                    if (k0 + u * step < kvec)
-                        wq[u][r] = pk_load_weights16(wrow[r] + (size_t)(k0 + u * step) * welem);
+        int64_t k0 = ((int64_t)split * 32 + lane) * E;
+        uint4 wq[U][R];
+        gemv_load_steps<U, R>(wq, wrow, k0, step, kvec, welem, n0 < rows);
+        pk_pdl_wait();
+        for (; n0 < rows && k0 < kvec; k0 += U * step) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int64_t k = k0 + u * step;
                 if (k >= kvec)
                     break;
+                pk_vec16<BF16> g;
+                if constexpr (NORM)
+                    g = gemv_load_norm16<BF16>(a.norm_w, a.norm_bf16, k);
 #pragma unroll
                 for (int m = 0; m < M; m++) {
-                    pk_vec16<BF16> x = pk_load_x16<BF16>(a.x + m * a.xs + k);
+                    pk_vec16<BF16> xv = pk_load_x16<BF16>(a.x + m * a.xs + k);
+                    if constexpr (NORM) {
+#pragma unroll
+                        for (int e = 0; e < E; e++) {
+                            ss[m] = fmaf(xv.v[e], xv.v[e], ss[m]);
+                            xv.v[e] *= g.v[e];
+                        }
+                    }
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        acc[m][r] += pk_dot16<BF16>(pk_unpack16<BF16>(wq[u][r]), x);
+                        acc[m][r] += pk_dot16<BF16>(pk_unpack16<BF16>(wq[u][r]), xv);
                     }
                 }
             }
+            gemv_load_steps<U, R>(wq, wrow, k0 + U * step, step, kvec, welem, true);
         }
         tail_start = kvec;
+    } else {
+        pk_pdl_wait();
     }
-    for (int64_t k = tail_start + (int64_t)split * 32 + lane; n0 < a.N && k < a.K;
+    for (int64_t k = tail_start + (int64_t)split * 32 + lane; n0 < rows && k < a.K;
          k += (int64_t)S * 32) {
 #pragma unroll
         for (int m = 0; m < M; m++) {
             float xi = __ldg(a.x + m * a.xs + k);
+            if constexpr (NORM) {
+                ss[m] = fmaf(xi, xi, ss[m]);
+                xi *= pk_load(a.norm_w, a.norm_bf16, k);
+            }
 #pragma unroll
             for (int r = 0; r < R; r++)
                 acc[m][r] = fmaf(pk_load(wrow[r], BF16, k), xi, acc[m][r]);
         }
     }
 #pragma unroll
-    for (int m = 0; m < M; m++)
+    for (int m = 0; m < M; m++) {
 #pragma unroll
         for (int r = 0; r < R; r++) {
             float v = pk_warp_sum(acc[m][r]);
             if (lane == 0)
                 partial[warp][m][r] = v;
         }
+        if constexpr (NORM) {
+            float v = pk_warp_sum(ss[m]);
+            if (lane == 0)
+                partial_ss[warp][m] = v;
+        }
+    }
     __syncthreads();
-    /* lane r of each row group's split-0 warp finishes row n0 + r */
-    if (split == 0 && lane < R && n0 + lane < a.N) {
+    float inv_rms[M]; /* of this warp's row group, from its splits in split order */
 #pragma unroll
+    for (int m = 0; m < M; m++) {
+        inv_rms[m] = 1.0f;
+        if constexpr (NORM) {
+            const int first = warp - split;
+            float total = 0.0f;
+            for (int s = 0; s < S; s++)
+                total += partial_ss[first + s][m];
+            inv_rms[m] = 1.0f / sqrtf(total / (float)a.K + a.eps);
+        }
+    }
+    if (NORM && blockIdx.x == 0 && a.h != NULL) { /* rmsnorm(x) itself, as rmsnorm_kernel */
         for (int m = 0; m < M; m++) {
-            float total = 0.0f; /* in split order */
+            float inv = 0.0f; /* row group 0's (warps 0 .. S-1): every row group sees all K */
+            for (int s = 0; s < S; s++)
+                inv += partial_ss[s][m];
+            inv = 1.0f / sqrtf(inv / (float)a.K + a.eps);
+            for (int64_t k = threadIdx.x; k < a.K; k += blockDim.x)
+                a.h[m * a.hs + k] = (a.x[m * a.xs + k] * inv) * pk_load(a.norm_w, a.norm_bf16, k);
+        }
+    }
+    if (split != 0)
+        return;
+    /* lane r of each row group's split-0 warp finishes its row r */
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float total = 0.0f; /* in split order */
+        if (lane < R)
             for (int s = 0; s < S; s++)
                 total += partial[warp + s][m][lane];
+        total *= inv_rms[m];
+        if constexpr (EPI == GEMV_NORM_SWIGLU) {
+            float up = __shfl_down_sync(0xffffffffu, total, R / 2);
+            if (lane < R / 2 && n0 + lane < rows)
+                a.y[m * a.ys + n0 + lane] = pk_silu_mul(total, up);
+        } else if (lane < R && n0 + lane < rows) {
             float *dst = a.y + m * a.ys + n0 + lane;
             *dst = a.accumulate ? *dst + total : total;
         }
@@ -155,31 +289,30 @@ template <int M> static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_
     return s;
 }
 
-template <int M, bool BF16>
+template <int M, bool BF16, int EPI>
 static cudaError_t launch_gemv_m(bool vec, gemv_args a, const pk_cuda_state *st)
 {
     a.splits = gemv_splits<M>(a.N, a.K, BF16, st->sm_count);
     int64_t rows_per_block = (int64_t)(GEMV_WARPS / a.splits) * gemv_shape<M>::ROWS;
     dim3 blocks((unsigned)((a.N + rows_per_block - 1) / rows_per_block));
-    if (vec)
-        gemv_kernel<M, BF16, true><<<blocks, GEMV_WARPS * 32, 0, st->stream>>>(a);
-    else
-        gemv_kernel<M, BF16, false><<<blocks, GEMV_WARPS * 32, 0, st->stream>>>(a);
-    return cudaGetLastError();
+    dim3 threads(GEMV_WARPS * 32);
+    if (EPI != GEMV_PLAIN || vec)
+        return pk_cuda_launch_pdl(st, gemv_kernel<M, BF16, true, EPI>, blocks, threads, 0, a);
+    return pk_cuda_launch_pdl(st, gemv_kernel<M, BF16, false, GEMV_PLAIN>, blocks, threads, 0, a);
 }
 
 template <bool BF16>
 static cudaError_t launch_gemv(int m, bool vec, const gemv_args &a, const pk_cuda_state *st)
 {
     switch (m) {
-    case 1: return launch_gemv_m<1, BF16>(vec, a, st);
-    case 2: return launch_gemv_m<2, BF16>(vec, a, st);
-    case 3: return launch_gemv_m<3, BF16>(vec, a, st);
-    case 4: return launch_gemv_m<4, BF16>(vec, a, st);
-    case 5: return launch_gemv_m<5, BF16>(vec, a, st);
-    case 6: return launch_gemv_m<6, BF16>(vec, a, st);
-    case 7: return launch_gemv_m<7, BF16>(vec, a, st);
-    default: return launch_gemv_m<8, BF16>(vec, a, st);
+    case 1: return launch_gemv_m<1, BF16, GEMV_PLAIN>(vec, a, st);
+    case 2: return launch_gemv_m<2, BF16, GEMV_PLAIN>(vec, a, st);
+    case 3: return launch_gemv_m<3, BF16, GEMV_PLAIN>(vec, a, st);
+    case 4: return launch_gemv_m<4, BF16, GEMV_PLAIN>(vec, a, st);
+    case 5: return launch_gemv_m<5, BF16, GEMV_PLAIN>(vec, a, st);
+    case 6: return launch_gemv_m<6, BF16, GEMV_PLAIN>(vec, a, st);
+    case 7: return launch_gemv_m<7, BF16, GEMV_PLAIN>(vec, a, st);
+    default: return launch_gemv_m<8, BF16, GEMV_PLAIN>(vec, a, st);
     }
 }
 
@@ -445,4 +578,78 @@ pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *
                              cublasLtGetStatusString(cs));
     }
     return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Fused pre-norm + projection (+ SwiGLU)                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Whether the GEMV with the fused norm takes this call: decode-sized M, 16-byte aligned weight
+ * rows, x rows and norm weights, and h (written by block 0 while every block reads x) apart
+ * from x. */
+static bool fused_norm_gemv_fits(const pk_cuda_state *st, const pk_tensor *out,
+                                 const pk_tensor *y, const pk_tensor *h, const pk_tensor *x,
+                                 const pk_tensor *norm_weight, const pk_tensor *w)
+{
+    int64_t M = y->rows, K = x->cols;
+    int64_t per16 = pk_is_bf16(w) ? 8 : 4;
+    if (M < 1 || M > 2 || M > st->gemv_max_m || K == 0 || y->cols == 0)
+        return false;
+    if (!aligned16(w->data) || w->stride % per16 != 0 || !aligned16(x->data) ||
+        x->stride % 4 != 0 || !aligned16(norm_weight->data))
+        return false;
+    if (out != NULL)
+        return y->cols % 2 == 0;
+    return pk_tensor_span_bytes(h) == 0 || pk_tensor_span_bytes(x) == 0 ||
+           (uintptr_t)h->data + pk_tensor_span_bytes(h) <= (uintptr_t)x->data ||
+           (uintptr_t)x->data + pk_tensor_span_bytes(x) <= (uintptr_t)h->data;
+}
+
+pio_status pk_cuda_rmsnorm_matmul(pk_context *ctx, const pk_tensor *out, const pk_tensor *y,
+                                  const pk_tensor *h, const pk_tensor *x,
+                                  const pk_tensor *norm_weight, float eps, const pk_tensor *w,
+                                  pio_error *err)
+{
+    const char *op = out != NULL ? "pk_rmsnorm_matmul_swiglu" : "pk_rmsnorm_matmul";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK)
+        return status;
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    if (!fused_norm_gemv_fits(st, out, y, h, x, norm_weight, w)) {
+        pk_tensor gate, up;
+        if ((status = pk_cuda_rmsnorm(ctx, h, x, norm_weight, h->cols, eps, err)) ||
+            (status = pk_cuda_matmul(ctx, y, h, w, 0, err)) || out == NULL)
+            return status;
+        gate = pk_tensor_cols(y, 0, out->cols);
+        up = pk_tensor_cols(y, out->cols, out->cols);
+        return pk_cuda_swiglu(ctx, out, &gate, &up, err);
+    }
+    gemv_args a = {};
+    a.y = (float *)(out != NULL ? out->data : y->data);
+    a.ys = out != NULL ? out->stride : y->stride;
+    a.x = (const float *)x->data;
+    a.xs = x->stride;
+    a.w = w->data;
+    a.ws = w->stride;
+    a.N = y->cols;
+    a.K = x->cols;
+    a.norm_w = norm_weight->data;
+    a.norm_bf16 = pk_is_bf16(norm_weight);
+    a.eps = eps;
+    a.h = out != NULL ? NULL : (float *)h->data;
+    a.hs = h->stride;
+    bool bf16 = pk_is_bf16(w);
+    int M = (int)y->rows;
+    cudaError_t e;
+    if (out != NULL)
+        e = M == 1 ? (bf16 ? launch_gemv_m<1, true, GEMV_NORM_SWIGLU>(true, a, st)
+                           : launch_gemv_m<1, false, GEMV_NORM_SWIGLU>(true, a, st))
+                   : (bf16 ? launch_gemv_m<2, true, GEMV_NORM_SWIGLU>(true, a, st)
+                           : launch_gemv_m<2, false, GEMV_NORM_SWIGLU>(true, a, st));
+    else
+        e = M == 1 ? (bf16 ? launch_gemv_m<1, true, GEMV_NORM>(true, a, st)
+                           : launch_gemv_m<1, false, GEMV_NORM>(true, a, st))
+                   : (bf16 ? launch_gemv_m<2, true, GEMV_NORM>(true, a, st)
+                           : launch_gemv_m<2, false, GEMV_NORM>(true, a, st));
+    return pk_cuda_fail(ctx, op, "GEMV launch", e, err);
 }

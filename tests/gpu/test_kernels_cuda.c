@@ -865,6 +865,112 @@ static void test_rmsnorm_matmul(void **state)
             }
 }
 
+/* pk_rmsnorm_matmul_swiglu against the CPU's (norm, matmul, SwiGLU): the GEMV with the norm
+ * prologue and the SwiGLU epilogue for M <= 2, the three ops above; out is the gate half of
+ * gate_up, as the MLP block passes it. gate_up beyond out and h are unspecified: not compared. */
+static void test_rmsnorm_matmul_swiglu(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][3] = {{1, 19456, 2560}, {2, 300, 1000}, {1, 78, 129},
+                                        {3, 64, 512},     {1, 2, 8},      {2, 38, 256}};
+    pio_error err;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int wd = 0; wd < 2; wd++) {
+            int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+            pio_dtype wt = wd ? PIO_DTYPE_BF16 : PIO_DTYPE_F32;
+            pair g = make_pair(PIO_DTYPE_BF16, 1, k, 0, FILL_UNIFORM, 0.5f, 1.5f);
+            pair x = make_pair(PIO_DTYPE_F32, m, k, 4, FILL_UNIFORM, -3.0f, 3.0f);
+            pair w = random_pair(wt, n, k, 0);
+            pair h = nan_pair(PIO_DTYPE_F32, m, k, 0);
+            pair gate_up = nan_pair(PIO_DTYPE_F32, m, n, 3);
+            pair out = cols_of(&gate_up, 0, n / 2);
+            char what[128];
+            snprintf(what, sizeof what, "pk_rmsnorm_matmul_swiglu %s [%lld x %lld x %lld]",
+                     pio_dtype_name(wt), (long long)m, (long long)n, (long long)k);
+            expect_ok(pk_rmsnorm_matmul_swiglu(gpu_ctx, &out.d, &gate_up.d, &h.d, &x.d, &g.d,
+                                               1e-6f, &w.d, &err),
+                      &err, what);
+            expect_ok(pk_rmsnorm_matmul_swiglu(cpu_ctx, &out.h, &gate_up.h, &h.h, &x.h, &g.h,
+                                               1e-6f, &w.h, &err),
+                      &err, what);
+            int lt = m > PK_TEST_GEMV_MAX_M && wt == PIO_DTYPE_BF16;
+            check_pair(what, &gate_up, &out.h, lt ? TOL_BF16_X : TOL_F32, NULL);
+            release_all(NULL);
+        }
+}
+
+/* Times the pre-norm + projection fusions at Qwen3-4B decode shapes (PIO_KERNELS_BENCH=1): the
+ * fused op against its unfused ops, M = 1, inside a recorded graph (as a decode step runs them),
+ * weights rotating among copies larger than L2. */
+static void test_fused_norm_benchmark(void **state)
+{
+    (void)state;
+    const char *env = getenv("PIO_KERNELS_BENCH");
+    if (env == NULL || atoi(env) == 0) {
+        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+        return;
+    }
+    enum { COPIES = 4, REPS = 40 };
+    static const struct { int64_t n, k; int swiglu; const char *name; } shapes[] = {
+        {6144, 2560, 0, "qkv"}, {19456, 2560, 1, "gate_up"}};
+    pio_error err;
+    for (size_t s = 0; s < 2; s++) {
+        int64_t n = shapes[s].n, k = shapes[s].k;
+        pair w = random_pair(PIO_DTYPE_BF16, n, k, 0);
+        pk_tensor copies[COPIES];
+        for (int c = 0; c < COPIES; c++) {
+            copies[c] = w.d;
+            if (c > 0) {
+                copies[c].data = dev_alloc(w.span_bytes);
+                expect_ok(pk_copy(gpu_ctx, &copies[c], &w.d, &err), &err, "bench copy");
+            }
+        }
+        pair g = make_pair(PIO_DTYPE_BF16, 1, k, 0, FILL_UNIFORM, 0.5f, 1.5f);
+        pair x = random_pair(PIO_DTYPE_F32, 1, k, 0), h = nan_pair(PIO_DTYPE_F32, 1, k, 0);
+        pair y = nan_pair(PIO_DTYPE_F32, 1, n, 0);
+        pk_tensor out = pk_tensor_cols(&y.d, 0, n / 2), gate = out;
+        pk_tensor up = pk_tensor_cols(&y.d, n / 2, n / 2);
+        for (int fused = 0; fused < 2; fused++) {
+            pk_graph *graph = NULL;
+            for (int rec = 0; rec < 2; rec++) { /* a direct run (warm-up), then the recording */
+                if (rec)
+                    expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "bench record");
+                for (int r = 0; r < REPS; r++) {
+                    const pk_tensor *wc = &copies[r % COPIES];
+                    if (fused && shapes[s].swiglu)
+                        expect_ok(pk_rmsnorm_matmul_swiglu(gpu_ctx, &out, &y.d, &h.d, &x.d, &g.d,
+                                                           1e-6f, wc, &err), &err, "bench");
+                    else if (fused)
+                        expect_ok(pk_rmsnorm_matmul(gpu_ctx, &y.d, &h.d, &x.d, &g.d, 1e-6f, wc,
+                                                    &err), &err, "bench");
+                    else {
+                        expect_ok(pk_rmsnorm(gpu_ctx, &h.d, &x.d, &g.d, 1e-6f, &err), &err,
+                                  "bench");
+                        expect_ok(pk_matmul(gpu_ctx, &y.d, &h.d, wc, &err), &err, "bench");
+                        if (shapes[s].swiglu)
+                            expect_ok(pk_swiglu(gpu_ctx, &gate, &gate, &up, &err), &err, "bench");
+                    }
+                }
+                if (rec)
+                    expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "bench record");
+            }
+            sync_gpu("bench warm-up");
+            expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "bench");
+            sync_gpu("bench warm-up");
+            double t0 = seconds_now();
+            expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "bench");
+            sync_gpu("bench");
+            double per = (seconds_now() - t0) / REPS;
+            pk_graph_destroy(gpu_ctx, graph);
+            print_message("%-22s %-7s M=1 N=%-6lld K=%-5lld %8.1f us  %7.1f GB/s of W\n",
+                          shapes[s].swiglu ? "rmsnorm_matmul_swiglu" : "rmsnorm_matmul",
+                          fused ? "fused" : shapes[s].swiglu ? "3 ops" : "2 ops",
+                          (long long)n, (long long)k, per * 1e6, (double)n * k * 2 / per * 1e-9);
+        }
+        release_all(NULL);
+    }
+}
+
 /* pk_qk_norm_rope_store on q/k/v column views of one fused row, against the CPU's five ops:
  * q and k normalised and rotated in place (fp32: TOL_F32), v untouched, the cache rows of k and
  * v stored (a bf16 rounding of values equal to TOL_F32 may differ by one ulp: small tolerance). */
@@ -1388,9 +1494,11 @@ int main(void)
         cmocka_unit_test_teardown(test_moe_chain_and_batch_independence, release_all),
         cmocka_unit_test_teardown(test_moe_bad_expert_id_is_reported, release_all),
         cmocka_unit_test_teardown(test_rmsnorm_matmul, release_all),
+        cmocka_unit_test_teardown(test_rmsnorm_matmul_swiglu, release_all),
         cmocka_unit_test_teardown(test_qk_norm_rope_store, release_all),
         cmocka_unit_test_teardown(test_graph_replay, release_all),
         cmocka_unit_test_teardown(test_matmul_benchmark, release_all),
+        cmocka_unit_test_teardown(test_fused_norm_benchmark, release_all),
         cmocka_unit_test_teardown(test_attention_benchmark, release_all),
         cmocka_unit_test_teardown(test_moe_benchmark, release_all),
     };
