@@ -486,7 +486,7 @@ static constexpr int GG_BN = 128;     /* weight rows per tile: down 128 outputs,
 static constexpr int GG_THREADS = 128; /* 4 warps, 2 (rows) × 2 (columns), 32 × 64 each */
 static constexpr int GG_PLACE_THREADS = 512;
 /* Tokens from which the grouped GEMM beats the GEMV kernels (H100, Qwen3-Coder-30B-A3B: equal
- * at T = 16, the GEMM 27 % faster at T = 32 and 2.1x at T = 64; docs/KERNELS.md). */
+ * at T = 16, the GEMM 16 % faster at T = 24, 27 % at T = 32, 2.1x at T = 64; docs/KERNELS.md). */
 static constexpr int64_t MOE_GEMM_MIN_T_DEFAULT = 24;
 
 /* 16 bytes global -> shared, asynchronously; HINT: ask L2 to fetch the 256-byte group around

@@ -611,7 +611,7 @@ static void test_moe_benchmark(void **state)
         return;
     }
     enum { H = 2048, F = 768, E = 128, K = 8 };
-    static const int64_t tokens[] = {1, 8, 16, 32, 48, 64, 512, 2048};
+    static const int64_t tokens[] = {1, 8, 16, 24, 32, 64, 512, 1024, 2048};
     pio_error err;
     pair gate_up1 = random_pair(PIO_DTYPE_BF16, 2 * F, H, 0); /* one expert, copied E times */
     pair down1 = random_pair(PIO_DTYPE_BF16, H, F, 0);
