@@ -14,7 +14,12 @@
  * expf per token, negligible at E = 128, k = 8). Renormalisation is the CPU's: a float sum in
  * slot order by one lane, divided only when positive.
  *
- * Experts: four launches on the context's stream.
+ * Experts: two paths, chosen per call from host-known values only (T, the weights' type and
+ * alignment), so either can be captured in a graph: the GEMV path for decode (T below
+ * MOE_GEMM_MIN_T_DEFAULT, fp32 throughout) and the grouped GEMM path for prefill and batches
+ * (below). PIO_CUDA_MOE_GEMM_MIN_T=N, read at every call, moves the switch (tests, benchmarks).
+ *
+ * GEMV path: four launches on the context's stream.
  *   1. moe_route_kernel, one block: counts the (token, slot) pairs of each expert in shared
  *      memory, prefix-sums them into offsets[E + 1], lists the experts with at least one pair
  *      (active[], then -1 up to n_local) and places each pair p = t·k + j under its expert
@@ -47,27 +52,51 @@
  * grouped with and whatever T is (splits depend on the shapes and min(n_local, k) only), so
  * results are bit-identical between runs and between a token alone and in a batch.
  *
- * Expert parallelism (pk_moe_experts_slice): the same four launches over experts
+ * Expert parallelism (pk_moe_experts_slice): the same launches (either path) over experts
  * [first, first + n_local) of the router's E, whose weights are the slice's own rows (expert e
- * at local index e - first). The route kernel counts and lists only the slice's experts (by
- * local index, so the GEMV launches are unchanged) while still checking every id against
- * [0, E); the reduce kernel skips the pairs routed elsewhere and, without accumulate, starts
- * from zero instead of out. The whole call is the slice (0, E, accumulate).
+ * at local index e - first). The route (plan, place) kernels count and list only the slice's
+ * experts (by local index, so the expert launches are unchanged) while still checking every
+ * id against [0, E); the reduce kernel skips the pairs routed elsewhere and, without
+ * accumulate, starts from zero instead of out. The whole call is the slice (0, E, accumulate).
  *
- * Scratch: the context's device workspace (pk_cuda_scratch), laid out as offsets, active list,
- * order, act [T·k, F rounded up to 4] and pair_out [T·k, H] floats. It grows (cudaMalloc) only
- * when a call needs more than any earlier call of any op: a graph capture must be preceded by a
- * warm-up call of the largest shape, as for matmul. Steady state allocates nothing.
+ * Grouped GEMM path (T >= the threshold, BF16 weights with 16-byte aligned rows; anything else
+ * takes the GEMV path): five launches.
+ *   1. moe_plan_kernel, one block: counts each expert's pairs (ids checked and reported as
+ *      above), offsets[n_local + 1], and the tile list: one entry (expert, first row) per 64
+ *      sorted pairs of an expert, -1 up to max_tiles = T·k / 64 + min(n_local, T·k), the bound
+ *      the host sizes the GEMM grids with.
+ *   2. moe_place_kernel: x rounded to bf16 once (xb, rows padded to 16 bytes), and block e lists
+ *      expert e's pairs in order[] sorted by pair index (token, then slot): a warp ballot per
+ *      chunk of pairs, no atomics, so the order is the same every run.
+ *   3. moe_gemm_kernel<gate_up>: tiles of 64 sorted pairs of one expert × 64 outputs (their 64
+ *      gate and 64 up rows), mma.sync m16n8k16 bf16 with fp32 accumulation from cp.async
+ *      pipelined shared memory; the epilogue applies SwiGLU and writes h [T·k, F] in bf16, row
+ *      = sorted position.
+ *   4. moe_gemm_kernel<down>: tiles of 64 sorted rows of h × 128 outputs, writing pair_out
+ *      [pair, H] in f32 (the pair's row, so no two tiles write the same element).
+ *   5. moe_reduce_kernel, as above.
+ * Each expert's weights are read once per row tile of 64 of its pairs (once per call up to 64
+ * pairs an expert, T <= ~1000 at E = 128, k = 8; later tiles of the same expert run beside the
+ * first and mostly hit L2). x and h are rounded to bf16 (the cuBLASLt matmul path does the same
+ * to x): about 1e-3 relative error against the fp32 CPU op. Results are deterministic and a
+ * token's do not depend on the batch (a tile row's products do not depend on the other rows).
+ *   Bytes at T = 512 (Qwen3-Coder-30B-A3B): all 128 experts, 1.2 GB of weights, in about
+ * 550 us on an H100 (2.2 TB/s); the workspace is T·k·(4 + 2·F + 4·H) + 2·T·H bytes (170 MB at
+ * T = 2048).
  *
- * Prefill and large batches run the same kernels (correct, not fast: each group of 4 tokens of
- * an expert re-reads its rows from L2). The fast version would be a grouped GEMM on the tensor
- * cores (tiles of 64-128 tokens of one expert, the activation fused into the gate_up epilogue,
- * the pair buffer in bf16 or the T·k rows in chunks to bound the scratch); the routing and the
- * slot-order reduction stay as they are.
+ * Scratch: the context's device workspace (pk_cuda_scratch). GEMV path: offsets, active list,
+ * order, act [T·k, F rounded up to 4] and pair_out [T·k, H] floats; GEMM path: offsets, tile
+ * list, order, xb, h and pair_out. It grows (cudaMalloc) only when a call needs more than any
+ * earlier call of any op: a graph capture must be preceded by a warm-up call of the largest
+ * shape, as for matmul. Steady state allocates nothing.
+ *
+ * Left: the pair buffer could be bf16 or the T·k rows processed in chunks to bound the
+ * workspace; 128-row tiles (or wgmma) for T >= 2048, where the products dominate (124 TFLOP/s).
  */
 #include "kernels/cuda/cuda_internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 static constexpr int MOE_NP = 4;    /* pairs one pass of a warp dots its weight rows with */
 static constexpr int MOE_ROWS = 4;  /* weight rows per warp (2 outputs of gate_up, 4 of down) */
@@ -433,7 +462,8 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, NPMAX == 1 ? 3 : 2)
 __global__ void moe_reduce_kernel(float *out, int64_t os, const float *__restrict__ pair_out,
                                   const int32_t *__restrict__ ids, int64_t is,
                                   const float *__restrict__ weights, int64_t ws, int64_t T,
-                                  int k, int first, int n_local, bool accumulate, int64_t H)
+                                  int k, int first, int n_local, bool accumulate, int64_t H,
+                                  int64_t pair_stride)
 {
     for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
         float *o = out + t * os;
@@ -442,11 +472,368 @@ __global__ void moe_reduce_kernel(float *out, int64_t os, const float *__restric
             for (int j = 0; j < k; j++) {
                 int32_t e = ids[t * is + j];
                 if (e >= first && e - first < n_local)
-                    acc = fmaf(weights[t * ws + j], pair_out[(t * k + j) * H + c], acc);
+                    acc = fmaf(weights[t * ws + j], pair_out[(t * k + j) * pair_stride + c], acc);
             }
             o[c] = acc;
         }
     }
+}
+
+/* ---- Grouped GEMM on the tensor cores: prefill and large batches ----------------------- */
+
+static constexpr int GG_BM = 64;      /* rows (pairs of one expert, in sorted order) per tile */
+static constexpr int GG_BN = 128;     /* weight rows per tile: down 128 outputs, gate_up 64 + 64 */
+static constexpr int GG_THREADS = 128; /* 4 warps, 2 (rows) × 2 (columns), 32 × 64 each */
+static constexpr int GG_PLACE_THREADS = 512;
+/* Tokens from which the grouped GEMM beats the GEMV kernels (H100, Qwen3-Coder-30B-A3B: equal
+ * at T = 16, the GEMM 16 % faster at T = 24, 27 % at T = 32, 2.1x at T = 64; docs/KERNELS.md). */
+static constexpr int64_t MOE_GEMM_MIN_T_DEFAULT = 24;
+
+/* 16 bytes global -> shared, asynchronously; HINT: ask L2 to fetch the 256-byte group around
+ * it (the next stages' part of the same weight row). */
+template <bool HINT> __device__ __forceinline__ void gg_cp_async16(void *smem, const void *src)
+{
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(smem);
+    if (HINT)
+        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(addr), "l"(src)
+                     : "memory");
+    else
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(addr), "l"(src)
+                     : "memory");
+}
+
+/* The 8 bf16 at dst from src: `n` of them (0 .. 8) read, the rest zero. Full chunks go through
+ * cp.async; a partial one (a K tail) or none is read and stored here, so nothing past the end
+ * of a row is ever read. */
+template <bool HINT>
+__device__ __forceinline__ void gg_copy_chunk(uint16_t *dst, const uint16_t *src, int n)
+{
+    if (n >= 8) {
+        gg_cp_async16<HINT>(dst, src);
+        return;
+    }
+    uint16_t v[8];
+#pragma unroll
+    for (int q = 0; q < 8; q++)
+        v[q] = q < n ? __ldg((const unsigned short *)src + q) : (uint16_t)0;
+    *(uint4 *)dst = make_uint4((uint32_t)v[0] | (uint32_t)v[1] << 16,
+                               (uint32_t)v[2] | (uint32_t)v[3] << 16,
+                               (uint32_t)v[4] | (uint32_t)v[5] << 16,
+                               (uint32_t)v[6] | (uint32_t)v[7] << 16);
+}
+
+__device__ __forceinline__ void gg_cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <int N> __device__ __forceinline__ void gg_cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void gg_ldmatrix_x4(uint32_t (&r)[4], const uint16_t *smem)
+{
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
+/* d += a·b: m16n8k16, bf16 inputs, fp32 accumulators. */
+__device__ __forceinline__ void gg_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                       uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/*
+ * One block: counts the pairs of each local expert (ids checked against [0, E), bad ones
+ * reported and dropped, as moe_route_kernel), offsets[n_local + 1] = their exclusive scan, and
+ * the tile list: tile i is rows [tile_row0[i], + GG_BM) of expert tile_expert[i]'s sorted pairs,
+ * entries past the last tile -1 (max_tiles = T·k / GG_BM + min(n_local, T·k) bounds the
+ * count, so the GEMM grids are sized on the host without knowing the routing).
+ * Shared: count[n_local + 1].
+ */
+__global__ void moe_plan_kernel(const int32_t *__restrict__ ids, int64_t is, int64_t T, int k,
+                                int E, int first, int n_local, int32_t *offsets,
+                                int32_t *tile_expert, int32_t *tile_row0, int max_tiles,
+                                long long *info)
+{
+    extern __shared__ int32_t moe_shared[];
+    int32_t *count = moe_shared;
+    __shared__ int n_tiles;
+    int64_t n_pairs = T * k;
+    for (int e = threadIdx.x; e <= n_local; e += blockDim.x)
+        count[e] = 0;
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) {
+        int64_t t = p / k, j = p % k;
+        int32_t e = ids[t * is + j];
+        if (e < 0 || e >= E)
+            pk_report(info, PK_CUDA_OP_MOE_EXPERTS, PK_CUDA_BAD_EXPERT_ID, t, j, e, E);
+        else if (e >= first && e - first < n_local)
+            atomicAdd(&count[e - first + 1], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int n = 0;
+        for (int e = 0; e < n_local; e++) {
+            for (int r = 0; r < count[e + 1]; r += GG_BM) {
+                tile_expert[n] = e;
+                tile_row0[n] = count[e] + r;
+                n++;
+            }
+            count[e + 1] += count[e];
+        }
+        n_tiles = n;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e <= n_local; e += blockDim.x)
+        offsets[e] = count[e];
+    for (int i = n_tiles + threadIdx.x; i < max_tiles; i += blockDim.x)
+        tile_expert[i] = -1;
+}
+
+/*
+ * Grid-stride over x's rows: xb[t] = x[t] rounded to bf16 (round to nearest even), zeros up to
+ * the padded width hp. Then block e < n_local lists local expert e's pairs at
+ * order[offsets[e] ..] in increasing pair index p = t·k + j (token, then slot): chunks of
+ * blockDim pairs, each thread's rank from a warp ballot and the counts of the warps before it.
+ * Deterministic, no atomics; the block stops after its expert's last pair.
+ */
+__global__ void __launch_bounds__(GG_PLACE_THREADS)
+    moe_place_kernel(const int32_t *__restrict__ ids, int64_t is, int64_t T, int k, int first,
+                     int n_local, const int32_t *__restrict__ offsets, int32_t *order,
+                     const float *__restrict__ x, int64_t xs, int64_t H, uint16_t *xb,
+                     int64_t hp)
+{
+    __shared__ int warp_count[GG_PLACE_THREADS / 32];
+    for (int64_t t = blockIdx.x; t < T; t += gridDim.x)
+        for (int64_t c = 2 * threadIdx.x; c < hp; c += 2 * blockDim.x) {
+            float lo = c < H ? x[t * xs + c] : 0.0f, hi = c + 1 < H ? x[t * xs + c + 1] : 0.0f;
+            *(uint32_t *)(xb + t * hp + c) =
+                (uint32_t)pk_f32_to_bf16(lo) | (uint32_t)pk_f32_to_bf16(hi) << 16;
+        }
+    const int e = blockIdx.x;
+    if (e >= n_local)
+        return;
+    const int begin = offsets[e], n = offsets[e + 1] - begin;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t n_pairs = T * k;
+    int placed = 0;
+    for (int64_t p0 = 0; p0 < n_pairs && placed < n; p0 += blockDim.x) {
+        const int64_t p = p0 + threadIdx.x;
+        bool mine = false;
+        if (p < n_pairs) {
+            int32_t id = ids[(p / k) * is + p % k];
+            mine = id >= first && id - first == e;
+        }
+        const unsigned ballot = __ballot_sync(0xffffffffu, mine);
+        if (lane == 0)
+            warp_count[warp] = __popc(ballot);
+        __syncthreads();
+        int before = 0, total = 0;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) {
+            before += w < warp ? warp_count[w] : 0;
+            total += warp_count[w];
+        }
+        if (mine)
+            order[begin + placed + before + __popc(ballot & ((1u << lane) - 1u))] = (int32_t)p;
+        placed += total;
+        __syncthreads(); /* warp_count is rewritten by the next chunk */
+    }
+}
+
+/* Operands of one grouped GEMM launch: C[i, c] = Σ_K A[row i] · w[expert row c], i over the
+ * expert's sorted pairs. gate_up: A row i is xb[token of order[i]], w rows e·2F + c (gate) and
+ * e·2F + F + c (up), n_out = F, K = H; the output h[i, c] = silu(gate)·up in bf16. down: A row
+ * i is h[i], w rows e·H + c, n_out = H, K = F; the output pair_out[order[i], c] in f32. */
+struct moe_gemm_args {
+    const uint16_t *a;
+    int64_t a_stride;
+    const uint16_t *w;
+    int64_t w_stride;
+    int64_t expert_rows;
+    int64_t n_out;
+    int64_t K;
+    const int32_t *offsets, *tile_expert, *tile_row0, *order;
+    int k; /* slots per token: pair p is token p / k */
+    uint16_t *h;
+    int64_t h_stride;
+    float *pair_out;
+    int64_t po_stride;
+};
+
+/* Output column of weight row r (0 .. GG_BN) of the tile whose first output is col0: down's
+ * row r is output col0 + r; gate_up's rows are laid out so that warp column wn = r / 64 holds
+ * the gate rows of outputs col0 + 32·wn .. + 31 (its fragments 0-3) and their up rows (4-7). */
+template <bool GATE_UP> __device__ __forceinline__ int64_t gg_out_col(int r, int64_t col0)
+{
+    return GATE_UP ? col0 + (r >> 6) * 32 + (r & 31) : col0 + r;
+}
+
+template <int BK, int STAGES> struct gg_config {
+    static constexpr int RS = BK + 8; /* shared row (bf16): ldmatrix rows on distinct banks */
+    static constexpr size_t smem = (size_t)STAGES * (GG_BM + GG_BN) * RS * 2;
+};
+
+/*
+ * Grid (tile slots) × (column blocks), GG_THREADS threads. Tile slot s is entry s of the tile
+ * list (-1: the block exits at once). Rows of A past the expert's pairs, weight rows past n_out
+ * and K past the end are zero-filled in shared memory (nothing stored for them). Warp (wm, wn)
+ * owns rows 32·wm .. + 31 and weight rows 64·wn .. + 63 of the tile; m16 fragments with no
+ * pair are skipped (warp-uniform), so a small expert costs about its rows, not GG_BM. K goes
+ * in steps of BK through STAGES shared-memory stages filled by cp.async (weight rows with the
+ * L2 256-byte prefetch hint), STAGES - 1 steps ahead of the mma.sync m16n8k16 products.
+ * Each output element is one fp32 mma accumulation in K order: the same whatever the other rows
+ * of its tile are, so a token's result does not depend on the batch around it.
+ */
+template <bool GATE_UP, int BK, int STAGES>
+__global__ void __launch_bounds__(GG_THREADS) moe_gemm_kernel(moe_gemm_args a)
+{
+    constexpr int RS = gg_config<BK, STAGES>::RS;
+    extern __shared__ __align__(16) uint16_t gg_smem[];
+    uint16_t *a_s = gg_smem;                        /* [STAGES][GG_BM][RS] */
+    uint16_t *b_s = gg_smem + STAGES * GG_BM * RS; /* [STAGES][GG_BN][RS] */
+    const int e = a.tile_expert[blockIdx.x];
+    if (e < 0)
+        return;
+    const int row0 = a.tile_row0[blockIdx.x];
+    const int rows = min(GG_BM, a.offsets[e + 1] - row0);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp & 1, wn = warp >> 1;
+    const int64_t col0 = (int64_t)blockIdx.y * (GATE_UP ? GG_BN / 2 : GG_BN);
+
+    /* This thread's 16-byte chunks: chunk tid % CPR of rows tid / CPR + i·(GG_THREADS / CPR). */
+    constexpr int CPR = BK / 8, ROW_STEP = GG_THREADS / CPR;
+    constexpr int A_PER = GG_BM / ROW_STEP, B_PER = GG_BN / ROW_STEP;
+    const int chunk = (tid % CPR) * 8, row_first = tid / CPR;
+    const uint16_t *a_src[A_PER];
+    const uint16_t *b_src[B_PER];
+#pragma unroll
+    for (int i = 0; i < A_PER; i++) {
+        const int r = row_first + ROW_STEP * i;
+        a_src[i] = NULL; /* no pair: zeros */
+        if (r < rows) {
+            const int64_t src = GATE_UP ? a.order[row0 + r] / a.k : row0 + r;
+            a_src[i] = a.a + src * a.a_stride + chunk;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < B_PER; i++) {
+        const int r = row_first + ROW_STEP * i;
+        const int64_t c = gg_out_col<GATE_UP>(r, col0);
+        const int64_t wr = (int64_t)e * a.expert_rows + (GATE_UP && (r & 32) ? a.n_out : 0) + c;
+        b_src[i] = c < a.n_out ? a.w + wr * a.w_stride + chunk : NULL; /* NULL: zeros */
+    }
+    const int n_k = (int)((a.K + BK - 1) / BK);
+    auto load_stage = [&](int kt, int stage) {
+        const int64_t k0 = (int64_t)kt * BK;
+        const int64_t left = a.K - k0 - chunk; /* elements of this chunk inside K */
+        const int n = left >= 8 ? 8 : left > 0 ? (int)left : 0;
+#pragma unroll
+        for (int i = 0; i < A_PER; i++)
+            gg_copy_chunk<false>(a_s + (stage * GG_BM + row_first + ROW_STEP * i) * RS + chunk,
+                                 a_src[i] != NULL ? a_src[i] + k0 : a.a, a_src[i] != NULL ? n : 0);
+#pragma unroll
+        for (int i = 0; i < B_PER; i++)
+            gg_copy_chunk<true>(b_s + (stage * GG_BN + row_first + ROW_STEP * i) * RS + chunk,
+                                b_src[i] != NULL ? b_src[i] + k0 : a.w, b_src[i] != NULL ? n : 0);
+    };
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+            acc[mi][ni][0] = acc[mi][ni][1] = acc[mi][ni][2] = acc[mi][ni][3] = 0.0f;
+    const int warp_rows = rows - 32 * wm; /* rows of this warp's half with a pair */
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < n_k)
+            load_stage(s, s);
+        gg_cp_async_commit();
+    }
+    for (int kt = 0; kt < n_k; kt++) {
+        gg_cp_async_wait<STAGES - 2>();
+        __syncthreads(); /* stage kt is in; everyone is done with stage kt - 1 */
+        if (kt + STAGES - 1 < n_k)
+            load_stage(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
+        gg_cp_async_commit(); /* possibly empty: keeps the group count per iteration */
+        if (warp_rows <= 0)
+            continue;
+        const uint16_t *as = a_s + (kt % STAGES) * GG_BM * RS;
+        const uint16_t *bs = b_s + (kt % STAGES) * GG_BN * RS;
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            uint32_t af[2][4];
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++)
+                if (warp_rows > 16 * mi)
+                    gg_ldmatrix_x4(af[mi], as + (32 * wm + 16 * mi + (lane & 15)) * RS +
+                                               kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int np = 0; np < 4; np++) {
+                uint32_t b[4];
+                gg_ldmatrix_x4(b, bs + (64 * wn + 16 * np + (lane >> 4) * 8 + (lane & 7)) * RS +
+                                      kk * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+                for (int mi = 0; mi < 2; mi++)
+                    if (warp_rows > 16 * mi) {
+                        gg_mma(acc[mi][2 * np], af[mi], b[0], b[1]);
+                        gg_mma(acc[mi][2 * np + 1], af[mi], b[2], b[3]);
+                    }
+            }
+        }
+    }
+    gg_cp_async_wait<0>(); /* nothing may land in shared memory after the block exits */
+
+    /* Accumulator (mi, ni)[2·half + q]: tile row 32·wm + 16·mi + lane / 4 + 8·half, column
+     * 8·ni + 2·(lane % 4) + q of the warp's 64. */
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int r = 32 * wm + 16 * mi + (lane >> 2) + 8 * half;
+            if (r >= rows)
+                continue;
+            if constexpr (GATE_UP) {
+                uint16_t *hrow = a.h + (int64_t)(row0 + r) * a.h_stride;
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) {
+                    const int64_t c = col0 + 32 * wn + 8 * ni + 2 * (lane & 3);
+                    float v[2];
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        const float g = acc[mi][ni][2 * half + q];
+                        const float u = acc[mi][ni + 4][2 * half + q];
+                        v[q] = g / (1.0f + expf(-g)) * u;
+                    }
+                    if (c + 1 < a.n_out)
+                        *(uint32_t *)(hrow + c) =
+                            (uint32_t)pk_f32_to_bf16(v[0]) | (uint32_t)pk_f32_to_bf16(v[1]) << 16;
+                    else if (c < a.n_out)
+                        hrow[c] = pk_f32_to_bf16(v[0]);
+                }
+            } else {
+                float *orow = a.pair_out + (int64_t)a.order[row0 + r] * a.po_stride;
+#pragma unroll
+                for (int ni = 0; ni < 8; ni++) {
+                    const int64_t c = col0 + 64 * wn + 8 * ni + 2 * (lane & 3);
+                    if (c + 1 < a.n_out) {
+                        *(float2 *)(orow + c) = make_float2(acc[mi][ni][2 * half],
+                                                            acc[mi][ni][2 * half + 1]);
+                    } else if (c < a.n_out) {
+                        orow[c] = acc[mi][ni][2 * half];
+                    }
+                }
+            }
+        }
 }
 
 static size_t align_up(size_t n)
@@ -506,24 +893,32 @@ static void launch_moe_gemv(moe_gemv_args a, bool bf16, bool vec, bool one_pair,
         launch_moe_gemv_variant<G, MOE_NP>(a, bf16, vec, grid, st->stream);
 }
 
-/* The routed experts [first, first + n_local) of E (see the top of this file). */
-static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *out,
-                              const pk_tensor *x, const pk_tensor *gate_up, const pk_tensor *down,
-                              const pk_tensor *ids, const pk_tensor *weights, int64_t E,
-                              int64_t first, int64_t n_local, bool accumulate, pio_error *err)
-{
-    pio_status status = pk_cuda_enter(ctx, op, err);
-    if (status != PIO_OK || out->rows == 0 || out->cols == 0)
-        return status;
-    int64_t T = out->rows, k = ids->cols, H = out->cols, F = down->cols;
-    int64_t n_pairs = T * k;
-    if (n_local > MOE_MAX_EXPERTS || n_pairs > INT32_MAX)
-        return pio_error_set(err, PIO_ERR_UNSUPPORTED,
-                             "%s: the cuda backend handles up to %lld experts and 2^31 token "
-                             "slots (got %lld experts, %lld slots)", op,
-                             (long long)MOE_MAX_EXPERTS, (long long)n_local, (long long)n_pairs);
-    pk_cuda_state *st = pk_cuda_state_of(ctx);
+/* What both expert paths share: the call's operands and the launch of the reduction. */
+struct moe_call {
+    const pk_tensor *out, *x, *gate_up, *down, *ids, *weights;
+    int64_t T, k, H, F, E, first, n_local, n_pairs;
+    bool accumulate;
+};
 
+/* out[t] (+)= Σ_j weights[t, j] · pair_out[t·k + j] (moe_reduce_kernel). */
+static void launch_moe_reduce(const moe_call &c, const float *pair_out, int64_t pair_stride,
+                              const pk_cuda_state *st)
+{
+    int threads = 32;
+    while (threads < 1024 && threads * 4 < c.H)
+        threads *= 2;
+    moe_reduce_kernel<<<(unsigned)(c.T < (1 << 20) ? c.T : (1 << 20)), threads, 0, st->stream>>>(
+        (float *)c.out->data, c.out->stride, pair_out, (const int32_t *)c.ids->data,
+        c.ids->stride, (const float *)c.weights->data, c.weights->stride, c.T, (int)c.k,
+        (int)c.first, (int)c.n_local, c.accumulate, c.H, pair_stride);
+}
+
+/* The GEMV path: route, gate_up, down, reduce (see the top of this file). */
+static pio_status run_experts_gemv(pk_context *ctx, const char *op, const moe_call &c,
+                                   pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    const int64_t n_local = c.n_local, n_pairs = c.n_pairs, F = c.F, H = c.H, k = c.k;
     size_t off_offsets = 0;
     size_t off_active = off_offsets + align_up((size_t)(n_local + 1) * 4);
     size_t off_order = off_active + align_up((size_t)n_local * 4);
@@ -532,7 +927,8 @@ static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *
     size_t off_pair = off_act + align_up((size_t)n_pairs * (size_t)act_stride * 4);
     size_t total = off_pair + align_up((size_t)n_pairs * (size_t)H * 4);
     void *scratch = NULL;
-    if ((status = pk_cuda_scratch(ctx, total, op, &scratch, err)) != PIO_OK)
+    pio_status status = pk_cuda_scratch(ctx, total, op, &scratch, err);
+    if (status != PIO_OK)
         return status;
     char *base = (char *)scratch;
     int32_t *offsets = (int32_t *)(base + off_offsets);
@@ -543,39 +939,39 @@ static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *
 
     size_t route_smem = (size_t)(2 * n_local + 1) * sizeof(int32_t);
     moe_route_kernel<<<1, 1024, route_smem, st->stream>>>(
-        (const int32_t *)ids->data, ids->stride, T, (int)k, (int)E, (int)first, (int)n_local,
-        offsets, active, order, st->err_info_dev);
+        (const int32_t *)c.ids->data, c.ids->stride, c.T, (int)k, (int)c.E, (int)c.first,
+        (int)n_local, offsets, active, order, st->err_info_dev);
 
     unsigned slots = (unsigned)(n_local < n_pairs ? n_local : n_pairs);
     int64_t experts = n_local < k ? n_local : k; /* a decode step's, for the split choice */
-    bool gu_bf16 = pk_is_bf16(gate_up), down_bf16 = pk_is_bf16(down);
+    bool gu_bf16 = pk_is_bf16(c.gate_up), down_bf16 = pk_is_bf16(c.down);
     /* About one pair per active expert (decode: T·k <= n_local, e.g. T <= 16 at E = 128, k = 8):
      * the kernel built for one pair at a time, with registers for more weight loads in flight.
      * The choice changes no result: a pair's sums do not depend on the pairs beside it. */
     bool one_pair = n_pairs <= n_local;
 
     moe_gemv_args gu = {};
-    gu.w = gate_up->data;
-    gu.ws = gate_up->stride;
+    gu.w = c.gate_up->data;
+    gu.ws = c.gate_up->stride;
     gu.expert_rows = 2 * F;
     gu.up_offset = F;
     gu.n_out = F;
     gu.K = H;
-    gu.in = (const float *)x->data;
-    gu.in_stride = x->stride;
+    gu.in = (const float *)c.x->data;
+    gu.in_stride = c.x->stride;
     gu.in_div = (int)k;
     gu.out = act;
     gu.out_stride = act_stride;
     gu.offsets = offsets;
     gu.active = active;
     gu.order = order;
-    bool gu_vec = aligned16(gate_up->data) && gate_up->stride % (gu_bf16 ? 8 : 4) == 0 &&
-                  aligned16(x->data) && x->stride % 4 == 0;
+    bool gu_vec = aligned16(c.gate_up->data) && c.gate_up->stride % (gu_bf16 ? 8 : 4) == 0 &&
+                  aligned16(c.x->data) && c.x->stride % 4 == 0;
     launch_moe_gemv<2>(gu, gu_bf16, gu_vec, one_pair, slots, experts, st);
 
     moe_gemv_args dn = gu;
-    dn.w = down->data;
-    dn.ws = down->stride;
+    dn.w = c.down->data;
+    dn.ws = c.down->stride;
     dn.expert_rows = H;
     dn.up_offset = 0;
     dn.n_out = H;
@@ -585,17 +981,159 @@ static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *
     dn.in_div = 1;
     dn.out = pair_out;
     dn.out_stride = H;
-    bool down_vec = aligned16(down->data) && down->stride % (down_bf16 ? 8 : 4) == 0;
+    bool down_vec = aligned16(c.down->data) && c.down->stride % (down_bf16 ? 8 : 4) == 0;
     launch_moe_gemv<1>(dn, down_bf16, down_vec, one_pair, slots, experts, st);
 
-    int threads = 32;
-    while (threads < 1024 && threads * 4 < H)
-        threads *= 2;
-    moe_reduce_kernel<<<(unsigned)(T < (1 << 20) ? T : (1 << 20)), threads, 0, st->stream>>>(
-        (float *)out->data, out->stride, pair_out, (const int32_t *)ids->data, ids->stride,
-        (const float *)weights->data, weights->stride, T, (int)k, (int)first, (int)n_local,
-        accumulate, H);
+    launch_moe_reduce(c, pair_out, H, st);
     return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* Tokens from which the grouped GEMM runs: PIO_CUDA_MOE_GEMM_MIN_T when set (read at every
+ * call, so tests and benchmarks can force either path), else MOE_GEMM_MIN_T_DEFAULT. */
+static int64_t moe_gemm_min_tokens(void)
+{
+    const char *text = getenv("PIO_CUDA_MOE_GEMM_MIN_T");
+    if (text == NULL || *text == '\0')
+        return MOE_GEMM_MIN_T_DEFAULT;
+    char *end = NULL;
+    long long v = strtoll(text, &end, 10);
+    return end != text && *end == '\0' && v >= 0 ? (int64_t)v : MOE_GEMM_MIN_T_DEFAULT;
+}
+
+/* Whether the tensor-core path can take the call: bf16 weights whose rows are 16-byte aligned
+ * (cp.async), and enough tokens. Anything else runs the GEMV path, which handles every shape. */
+static bool moe_gemm_fits(const moe_call &c)
+{
+    return c.T >= moe_gemm_min_tokens() && pk_is_bf16(c.gate_up) && pk_is_bf16(c.down) &&
+           aligned16(c.gate_up->data) && c.gate_up->stride % 8 == 0 &&
+           aligned16(c.down->data) && c.down->stride % 8 == 0 &&
+           c.n_pairs / GG_BM + c.n_local < INT32_MAX;
+}
+
+template <bool GATE_UP, int BK, int STAGES>
+static pio_status launch_moe_gemm_config(pk_context *ctx, const char *op, const moe_gemm_args &a,
+                                         dim3 grid, pio_error *err)
+{
+    auto kernel = moe_gemm_kernel<GATE_UP, BK, STAGES>;
+    const size_t smem = gg_config<BK, STAGES>::smem;
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem);
+    if (e != cudaSuccess)
+        return pk_cuda_fail(ctx, op, "cudaFuncSetAttribute (moe gemm)", e, err);
+    kernel<<<grid, GG_THREADS, smem, pk_cuda_state_of(ctx)->stream>>>(a);
+    return PIO_OK;
+}
+
+/*
+ * The pipeline of a launch. Measured on an H100 at Qwen3-Coder-30B-A3B's shape (docs/KERNELS.md):
+ * with up to ~64 pairs per expert the weights stream from HBM once and BK = 32 with the L2
+ * 256-byte prefetch hint streams best (2.6 TB/s at T = 64; 1.8 TB/s without the hint); with more,
+ * an expert's weights are read by several row tiles and the products dominate, where BK = 64
+ * (fewer barriers per K) is 7 % faster at T = 2048. The choice depends on T, k and n_local only.
+ */
+template <bool GATE_UP>
+static pio_status launch_moe_gemm(pk_context *ctx, const char *op, const moe_gemm_args &a,
+                                  dim3 grid, int64_t n_pairs, int64_t n_local, pio_error *err)
+{
+    if (n_pairs >= (int64_t)GG_BM * n_local)
+        return launch_moe_gemm_config<GATE_UP, 64, 3>(ctx, op, a, grid, err);
+    return launch_moe_gemm_config<GATE_UP, 32, 3>(ctx, op, a, grid, err);
+}
+
+/* The grouped GEMM path: plan, place (+ x to bf16), gate_up, down, reduce. */
+static pio_status run_experts_gemm(pk_context *ctx, const char *op, const moe_call &c,
+                                   pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    const int64_t n_local = c.n_local, n_pairs = c.n_pairs, H = c.H, F = c.F;
+    const int64_t max_tiles = n_pairs / GG_BM + (n_local < n_pairs ? n_local : n_pairs);
+    const int64_t hp = (H + 7) / 8 * 8, fp = (F + 7) / 8 * 8; /* 16-byte bf16 rows */
+    const int64_t po_stride = (H + 1) / 2 * 2;                  /* 8-byte float2 stores */
+    size_t off_offsets = 0;
+    size_t off_tile_e = off_offsets + align_up((size_t)(n_local + 1) * 4);
+    size_t off_tile_r = off_tile_e + align_up((size_t)max_tiles * 4);
+    size_t off_order = off_tile_r + align_up((size_t)max_tiles * 4);
+    size_t off_xb = off_order + align_up((size_t)n_pairs * 4);
+    size_t off_h = off_xb + align_up((size_t)c.T * (size_t)hp * 2);
+    size_t off_pair = off_h + align_up((size_t)n_pairs * (size_t)fp * 2);
+    size_t total = off_pair + align_up((size_t)n_pairs * (size_t)po_stride * 4);
+    void *scratch = NULL;
+    pio_status status = pk_cuda_scratch(ctx, total, op, &scratch, err);
+    if (status != PIO_OK)
+        return status;
+    char *base = (char *)scratch;
+    int32_t *offsets = (int32_t *)(base + off_offsets);
+    int32_t *tile_expert = (int32_t *)(base + off_tile_e);
+    int32_t *tile_row0 = (int32_t *)(base + off_tile_r);
+    int32_t *order = (int32_t *)(base + off_order);
+    uint16_t *xb = (uint16_t *)(base + off_xb);
+    uint16_t *h = (uint16_t *)(base + off_h);
+    float *pair_out = (float *)(base + off_pair);
+    const int32_t *ids = (const int32_t *)c.ids->data;
+
+    moe_plan_kernel<<<1, 1024, (size_t)(n_local + 1) * sizeof(int32_t), st->stream>>>(
+        ids, c.ids->stride, c.T, (int)c.k, (int)c.E, (int)c.first, (int)n_local, offsets,
+        tile_expert, tile_row0, (int)max_tiles, st->err_info_dev);
+    int64_t place_blocks = c.T < 4 * (int64_t)st->sm_count ? c.T : 4 * (int64_t)st->sm_count;
+    place_blocks = place_blocks > n_local ? place_blocks : n_local;
+    moe_place_kernel<<<(unsigned)place_blocks, GG_PLACE_THREADS, 0, st->stream>>>(
+        ids, c.ids->stride, c.T, (int)c.k, (int)c.first, (int)n_local, offsets, order,
+        (const float *)c.x->data, c.x->stride, H, xb, hp);
+
+    moe_gemm_args gu = {};
+    gu.a = xb;
+    gu.a_stride = hp;
+    gu.w = (const uint16_t *)c.gate_up->data;
+    gu.w_stride = c.gate_up->stride;
+    gu.expert_rows = 2 * F;
+    gu.n_out = F;
+    gu.K = H;
+    gu.offsets = offsets;
+    gu.tile_expert = tile_expert;
+    gu.tile_row0 = tile_row0;
+    gu.order = order;
+    gu.k = (int)c.k;
+    gu.h = h;
+    gu.h_stride = fp;
+    dim3 gu_grid((unsigned)max_tiles, pk_blocks_for(F, GG_BN / 2, GRID_CAP));
+    if ((status = launch_moe_gemm<true>(ctx, op, gu, gu_grid, n_pairs, n_local, err)) != PIO_OK)
+        return status;
+
+    moe_gemm_args dn = gu;
+    dn.a = h;
+    dn.a_stride = fp;
+    dn.w = (const uint16_t *)c.down->data;
+    dn.w_stride = c.down->stride;
+    dn.expert_rows = H;
+    dn.n_out = H;
+    dn.K = F;
+    dn.pair_out = pair_out;
+    dn.po_stride = po_stride;
+    dim3 dn_grid((unsigned)max_tiles, pk_blocks_for(H, GG_BN, GRID_CAP));
+    if ((status = launch_moe_gemm<false>(ctx, op, dn, dn_grid, n_pairs, n_local, err)) != PIO_OK)
+        return status;
+
+    launch_moe_reduce(c, pair_out, po_stride, st);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* The routed experts [first, first + n_local) of E (see the top of this file). */
+static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *out,
+                              const pk_tensor *x, const pk_tensor *gate_up, const pk_tensor *down,
+                              const pk_tensor *ids, const pk_tensor *weights, int64_t E,
+                              int64_t first, int64_t n_local, bool accumulate, pio_error *err)
+{
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || out->rows == 0 || out->cols == 0)
+        return status;
+    moe_call c = {out, x, gate_up, down, ids, weights, out->rows, ids->cols, out->cols,
+                  down->cols, E, first, n_local, out->rows * ids->cols, accumulate};
+    if (n_local > MOE_MAX_EXPERTS || c.n_pairs > INT32_MAX)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                             "%s: the cuda backend handles up to %lld experts and 2^31 token "
+                             "slots (got %lld experts, %lld slots)", op,
+                             (long long)MOE_MAX_EXPERTS, (long long)n_local, (long long)c.n_pairs);
+    return moe_gemm_fits(c) ? run_experts_gemm(ctx, op, c, err) : run_experts_gemv(ctx, op, c, err);
 }
 
 pio_status pk_cuda_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,

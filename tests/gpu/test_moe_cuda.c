@@ -1,0 +1,683 @@
+/*
+ * The mixture-of-experts ops of the CUDA backend (kernels/cuda/cuda_moe.cu) against their CPU
+ * twins: pk_moe_topk_softmax, and pk_moe_experts / pk_moe_experts_slice on both of its paths —
+ * the GEMV kernels (fp32 throughout, decode) and the grouped tensor-core GEMM (prefill and
+ * batches: x and the SwiGLU activations rounded to bf16). Run by `make test-gpu` on a machine
+ * with a GPU; not part of `make test`.
+ *
+ * The path is forced per test with PIO_CUDA_MOE_GEMM_MIN_T, which the op reads at every call
+ * (1: the GEMM whenever the weights allow it; a huge value: always the GEMV kernels).
+ *
+ * Tolerances (‖gpu − cpu‖₂ / ‖cpu‖₂ over the view; docs/KERNELS.md, "CUDA backend"):
+ *   TOL_F32     2e-5  GEMV path and routing weights: fp32 dots over the same products, in
+ *                     another order
+ *   TOL_BF16_X  1e-2  GEMM path: x rounded to bf16 (about 1.1e-3 relative per product) and the
+ *                     activation h rounded to bf16 before down (as much again); a wrong layout,
+ *                     a dropped K chunk or tail, or a wrong expert gives errors of 3e-2 to 1
+ *   exact             routing ids; a GEMM-path token alone or in any batch, graph replay
+ *
+ * Seeds: PIO_GPU_TEST_SEED=N repeats a run (the seed is printed); otherwise the clock picks one.
+ * PIO_GPU_TEST_SANITIZER=1 (under compute-sanitizer) drops the largest shapes.
+ * PIO_KERNELS_BENCH=1 also times pk_moe_experts at Qwen3-Coder-30B-A3B's shape on both paths.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/ops.h"
+
+#define TOL_F32 2e-5
+#define TOL_BF16_X 1e-2
+
+static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes */
+
+#include "tests/gpu/gpu_setup.h"
+#include "tests/gpu/gpu_test.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Setup                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    rng_state = gpu_test_seed("test_moe_cuda");
+    sanitizer = gpu_test_under_sanitizer();
+    return gpu_test_contexts(&cpu_ctx, &gpu_ctx);
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    unsetenv("PIO_CUDA_MOE_GEMM_MIN_T");
+    return gpu_test_release_contexts(cpu_ctx, gpu_ctx);
+}
+
+/* Which expert path pk_moe_experts takes from now on: GEMM_PATH wherever the weights allow it
+ * (bf16, 16-byte aligned rows), GEMV_PATH always, DEFAULT_PATH by the backend's own threshold. */
+typedef enum moe_path { GEMV_PATH, GEMM_PATH, DEFAULT_PATH } moe_path;
+
+static void force_path(moe_path path)
+{
+    if (path == DEFAULT_PATH)
+        unsetenv("PIO_CUDA_MOE_GEMM_MIN_T");
+    else
+        setenv("PIO_CUDA_MOE_GEMM_MIN_T", path == GEMM_PATH ? "1" : "2000000000", 1);
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Routing, and the experts on the GEMV path (fp32 throughout)                                */
+/* ------------------------------------------------------------------------------------------ */
+
+static const int64_t MOE_TOKENS[] = {1, 7, 64};
+static const int64_t MOE_EXPERTS[] = {12, 128};
+static const int64_t MOE_TOP_K[] = {1, 3, 8};
+
+/* Routing: logits on a grid of 1/4 in [-4, 4], so a row holds many exact ties (which both
+ * backends must break towards the lower index) and distinct values are far apart (no near tie
+ * that 1-2 ulp of expf could flip); the last row is on a grid of 1/64 (few ties). ids must
+ * match exactly,
+ * weights within TOL_F32; outputs start NaN (weights) or -999 (ids). */
+static void test_moe_topk_softmax(void **state)
+{
+    (void)state;
+    pio_error err;
+    for (size_t a = 0; a < sizeof MOE_TOKENS / sizeof *MOE_TOKENS; a++)
+        for (size_t b = 0; b < sizeof MOE_EXPERTS / sizeof *MOE_EXPERTS; b++)
+            for (size_t c = 0; c < sizeof MOE_TOP_K / sizeof *MOE_TOP_K; c++)
+                for (int normalize = 0; normalize < 2; normalize++) {
+                    int64_t t = MOE_TOKENS[a], e = MOE_EXPERTS[b], k = MOE_TOP_K[c];
+                    pair logits = make_pair(PIO_DTYPE_F32, t, e, 1, FILL_UNIFORM, -4.0f, 4.0f);
+                    for (int64_t r = 0; r < t; r++) {
+                        float *row = (float *)logits.h.data + r * logits.h.stride;
+                        float grid = r == t - 1 && t > 1 ? 64.0f : 4.0f;
+                        for (int64_t i = 0; i < e; i++)
+                            row[i] = roundf(row[i] * grid) / grid;
+                        if (r == 0) /* the largest value tied at both ends of the row */
+                            row[0] = row[e - 1] = 5.0f;
+                    }
+                    upload(&logits);
+                    pair ids = make_pair(PIO_DTYPE_I32, t, k, 1, FILL_ZERO, -999, -999);
+                    pair weights = nan_pair(PIO_DTYPE_F32, t, k, 2);
+                    void *ids_before = snapshot(&ids), *w_before = snapshot(&weights);
+                    expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids.d, &weights.d, &logits.d,
+                                                  normalize, &err), &err, "moe_topk_softmax");
+                    expect_ok(pk_moe_topk_softmax(cpu_ctx, &ids.h, &weights.h, &logits.h,
+                                                  normalize, &err), &err, "moe_topk_softmax");
+                    char what[96];
+                    snprintf(what, sizeof what, "pk_moe_topk_softmax T=%lld E=%lld k=%lld n=%d",
+                             (long long)t, (long long)e, (long long)k, normalize);
+                    check_pair(what, &ids, NULL, 0.0, ids_before);
+                    check_pair(what, &weights, NULL, TOL_F32, w_before);
+                }
+}
+
+/* Random ids: k distinct experts per token. */
+static pair moe_random_ids(int64_t t, int64_t k, int64_t e)
+{
+    pair ids = make_pair(PIO_DTYPE_I32, t, k, 1, FILL_ZERO, 0, 0);
+    int32_t *perm = host_alloc((size_t)e * sizeof *perm);
+    for (int64_t r = 0; r < t; r++) {
+        for (int64_t i = 0; i < e; i++)
+            perm[i] = (int32_t)i;
+        for (int64_t j = 0; j < k; j++) {
+            int64_t s = random_int(j, e - 1);
+            int32_t tmp = perm[j];
+            perm[j] = perm[s];
+            perm[s] = tmp;
+            ((int32_t *)ids.h.data)[r * ids.h.stride + j] = perm[j];
+        }
+    }
+    upload(&ids);
+    return ids;
+}
+
+/* Experts (GEMV path): out (random, accumulated into) within TOL_F32 of the CPU, gaps
+ * untouched; odd H and F so no warp loop divides evenly; BF16 and F32 weights. */
+static void test_moe_experts(void **state)
+{
+    (void)state;
+    force_path(GEMV_PATH);
+    const int64_t H = 72, F = 40;
+    pio_error err;
+    for (size_t a = 0; a < sizeof MOE_TOKENS / sizeof *MOE_TOKENS; a++)
+        for (size_t b = 0; b < sizeof MOE_EXPERTS / sizeof *MOE_EXPERTS; b++)
+            for (size_t c = 0; c < sizeof MOE_TOP_K / sizeof *MOE_TOP_K; c++)
+                for (int bf16 = 0; bf16 < 2; bf16++) {
+                    int64_t t = MOE_TOKENS[a], e = MOE_EXPERTS[b], k = MOE_TOP_K[c];
+                    pio_dtype wdt = bf16 ? PIO_DTYPE_BF16 : PIO_DTYPE_F32;
+                    pair gate_up = random_pair(wdt, e * 2 * F, H, 0);
+                    pair down = random_pair(wdt, e * H, F, 0);
+                    pair x = random_pair(PIO_DTYPE_F32, t, H, 2);
+                    pair ids = moe_random_ids(t, k, e);
+                    pair weights = make_pair(PIO_DTYPE_F32, t, k, 1, FILL_UNIFORM, 0.0f, 1.0f);
+                    pair out = make_pair(PIO_DTYPE_F32, t, H, 3, FILL_UNIFORM, -1.0f, 1.0f);
+                    void *before = snapshot(&out);
+                    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids.d,
+                                             &weights.d, e, &err), &err, "moe_experts");
+                    expect_ok(pk_moe_experts(cpu_ctx, &out.h, &x.h, &gate_up.h, &down.h, &ids.h,
+                                             &weights.h, e, &err), &err, "moe_experts");
+                    char what[96];
+                    snprintf(what, sizeof what, "pk_moe_experts T=%lld E=%lld k=%lld %s",
+                             (long long)t, (long long)e, (long long)k, bf16 ? "bf16" : "f32");
+                    check_pair(what, &out, NULL, TOL_F32, before);
+                }
+}
+
+/* Experts (GEMV path) at shapes that take the 16-byte loads: Qwen3-Coder-30B-A3B's widths
+ * (H 2048, F 768; 16 experts, top-8) and rows padded to a multiple of 8 elements with K % 8
+ * tails (H 1030, F 300; 12 experts, top-3). T from 1 (one pair per expert) to 64 (groups of 4
+ * pairs per expert, re-read rows); K split over 1 to 8 warps. Within TOL_F32 of the CPU. */
+static void test_moe_experts_vector_shapes(void **state)
+{
+    (void)state;
+    force_path(GEMV_PATH);
+    static const struct { int64_t h, f, e, k, pad_h, pad_f; } shapes[] = {
+        {2048, 768, 16, 8, 0, 0}, {1030, 300, 12, 3, 2, 4},
+    };
+    static const int64_t tokens[] = {1, 2, 16, 64};
+    pio_error err;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            int64_t h = shapes[si].h, f = shapes[si].f, e = shapes[si].e, k = shapes[si].k;
+            pio_dtype wdt = bf16 ? PIO_DTYPE_BF16 : PIO_DTYPE_F32;
+            pair gate_up = random_pair(wdt, e * 2 * f, h, shapes[si].pad_h);
+            pair down = random_pair(wdt, e * h, f, shapes[si].pad_f);
+            for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++) {
+                int64_t t = tokens[ti];
+                if (sanitizer && si == 0 && t > 16)
+                    continue;
+                pair x = random_pair(PIO_DTYPE_F32, t, h, shapes[si].pad_h);
+                pair ids = moe_random_ids(t, k, e);
+                pair weights = make_pair(PIO_DTYPE_F32, t, k, 1, FILL_UNIFORM, 0.0f, 1.0f);
+                pair out = make_pair(PIO_DTYPE_F32, t, h, 3, FILL_UNIFORM, -1.0f, 1.0f);
+                void *before = snapshot(&out);
+                expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids.d,
+                                         &weights.d, e, &err), &err, "moe_experts");
+                expect_ok(pk_moe_experts(cpu_ctx, &out.h, &x.h, &gate_up.h, &down.h, &ids.h,
+                                         &weights.h, e, &err), &err, "moe_experts");
+                char what[112];
+                snprintf(what, sizeof what, "pk_moe_experts T=%lld H=%lld F=%lld E=%lld k=%lld %s",
+                         (long long)t, (long long)h, (long long)f, (long long)e, (long long)k,
+                         bf16 ? "bf16" : "f32");
+                check_pair(what, &out, NULL, TOL_F32, before);
+            }
+            release_all(NULL);
+        }
+}
+
+/* Routing and experts (GEMV path) chained on the device, then: a token's result does not depend
+ * on the batch (bit for bit the same when run alone), and the chain matches the CPU's. */
+static void test_moe_chain_and_batch_independence(void **state)
+{
+    (void)state;
+    force_path(GEMV_PATH);
+    const int64_t T = 64, E = 128, K = 8, H = 96, F = 48;
+    pio_error err;
+    pair gate_up = random_pair(PIO_DTYPE_BF16, E * 2 * F, H, 0);
+    pair down = random_pair(PIO_DTYPE_BF16, E * H, F, 0);
+    pair x = random_pair(PIO_DTYPE_F32, T, H, 0);
+    pair logits = make_pair(PIO_DTYPE_F32, T, E, 0, FILL_UNIFORM, -4.0f, 4.0f);
+    for (int64_t i = 0; i < T * E; i++) /* no near ties that 1-2 ulp of expf could flip */
+        ((float *)logits.h.data)[i] = roundf(((float *)logits.h.data)[i] * 32.0f) / 32.0f;
+    upload(&logits);
+    pair ids = make_pair(PIO_DTYPE_I32, T, K, 0, FILL_ZERO, -999, -999);
+    pair weights = nan_pair(PIO_DTYPE_F32, T, K, 0);
+    pair out = make_pair(PIO_DTYPE_F32, T, H, 0, FILL_ZERO, 0.0f, 0.0f);
+    expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids.d, &weights.d, &logits.d, 1, &err), &err, "r");
+    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids.d, &weights.d, E,
+                             &err), &err, "experts");
+    expect_ok(pk_moe_topk_softmax(cpu_ctx, &ids.h, &weights.h, &logits.h, 1, &err), &err, "r");
+    expect_ok(pk_moe_experts(cpu_ctx, &out.h, &x.h, &gate_up.h, &down.h, &ids.h, &weights.h, E,
+                             &err), &err, "experts");
+    check_pair("moe chain ids", &ids, NULL, 0.0, NULL);
+    check_pair("moe chain out", &out, NULL, TOL_F32, NULL);
+    float *batch = host_alloc((size_t)(T * H) * sizeof(float));
+    memcpy(batch, out.got, (size_t)(T * H) * sizeof(float));
+    for (int64_t t = 0; t < T; t += 9) {
+        pair one = make_pair(PIO_DTYPE_F32, 1, H, 0, FILL_ZERO, 0.0f, 0.0f);
+        pk_tensor xr = pk_tensor_rows(&x.d, t, 1), ir = pk_tensor_rows(&ids.d, t, 1);
+        pk_tensor wr = pk_tensor_rows(&weights.d, t, 1);
+        expect_ok(pk_moe_experts(gpu_ctx, &one.d, &xr, &gate_up.d, &down.d, &ir, &wr, E, &err),
+                  &err, "experts alone");
+        download(&one);
+        if (memcmp(one.got, batch + t * H, (size_t)H * sizeof(float)) != 0) {
+            print_error("pk_moe_experts: token %lld alone differs from the batch\n",
+                        (long long)t);
+            fail();
+        }
+    }
+}
+
+static void test_moe_bad_expert_id_is_reported(void **state)
+{
+    (void)state;
+    force_path(GEMV_PATH);
+    const int64_t E = 12, H = 40, F = 24;
+    pio_error err;
+    pair gate_up = random_pair(PIO_DTYPE_F32, E * 2 * F, H, 0);
+    pair down = random_pair(PIO_DTYPE_F32, E * H, F, 0);
+    pair x = random_pair(PIO_DTYPE_F32, 2, H, 0);
+    int32_t id_values[4] = {3, 5, 11, 12};
+    pair ids = int_pair(id_values, 4);
+    pk_tensor ids2 = pk_tensor_reshape(&ids.d, 2, 2);
+    pair weights = random_pair(PIO_DTYPE_F32, 2, 2, 0);
+    pair out = make_pair(PIO_DTYPE_F32, 2, H, 0, FILL_ZERO, 0.0f, 0.0f);
+    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids2, &weights.d, E,
+                             &err), &err, "experts");
+    assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "pk_moe_experts"));
+    assert_non_null(strstr(err.message, "ids[1, 1] is 12, outside [0, 12)"));
+    sync_gpu("after the reported error"); /* reported once; the context still works */
+}
+
+
+/* ------------------------------------------------------------------------------------------ */
+/* The grouped GEMM path (prefill and batches)                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+/* One pk_moe_experts case: weights [E·2F, H + pad_h] and [E·H, F + pad_f] of type wdt, x with
+ * rows padded like gate_up's, random ids (k distinct experts a token) and weights in [0, 1],
+ * out random (accumulated into) with gaps between rows. */
+typedef struct moe_world {
+    int64_t T, E, k, H, F;
+    pair gate_up, down, x, ids, weights, out;
+} moe_world;
+
+static moe_world make_world(int64_t T, int64_t E, int64_t k, int64_t H, int64_t F, int64_t pad_h,
+                            int64_t pad_f, pio_dtype wdt)
+{
+    moe_world w;
+    w.T = T;
+    w.E = E;
+    w.k = k;
+    w.H = H;
+    w.F = F;
+    w.gate_up = random_pair(wdt, E * 2 * F, H, pad_h);
+    w.down = random_pair(wdt, E * H, F, pad_f);
+    w.x = random_pair(PIO_DTYPE_F32, T, H, pad_h);
+    w.ids = moe_random_ids(T, k, E);
+    w.weights = make_pair(PIO_DTYPE_F32, T, k, 1, FILL_UNIFORM, 0.0f, 1.0f);
+    w.out = make_pair(PIO_DTYPE_F32, T, H, 3, FILL_UNIFORM, -1.0f, 1.0f);
+    return w;
+}
+
+/* Runs the op on both backends (ids and weights as they are on each side) and compares out. */
+static void check_world(moe_world *w, const char *what, double tol)
+{
+    pio_error err;
+    void *before = snapshot(&w->out);
+    expect_ok(pk_moe_experts(gpu_ctx, &w->out.d, &w->x.d, &w->gate_up.d, &w->down.d, &w->ids.d,
+                             &w->weights.d, w->E, &err), &err, what);
+    expect_ok(pk_moe_experts(cpu_ctx, &w->out.h, &w->x.h, &w->gate_up.h, &w->down.h, &w->ids.h,
+                             &w->weights.h, w->E, &err), &err, what);
+    check_pair(what, &w->out, NULL, tol, before);
+}
+
+static int32_t *ids_at(moe_world *w, int64_t t, int64_t j)
+{
+    return (int32_t *)w->ids.h.data + t * w->ids.h.stride + j;
+}
+
+static float *weight_at(moe_world *w, int64_t t, int64_t j)
+{
+    return (float *)w->weights.h.data + t * w->weights.h.stride + j;
+}
+
+/* The GEMM path against the CPU at T = 17 .. 2048, E = 8 and 128, k = 2 and 8, over widths
+ * that leave partial tiles everywhere: H 72 and F 40 (partial output and K tiles), H 1030 and
+ * F 300 with rows padded to 16 bytes (a K tail of 6 elements read with a partial copy, F not a
+ * multiple of the 64 outputs of a gate_up tile), and Qwen3-Coder-30B-A3B's 2048 and 768. */
+static void test_moe_gemm_against_cpu(void **state)
+{
+    (void)state;
+    static const struct { int64_t h, f, pad_h, pad_f, max_t, max_e; } shapes[] = {
+        {72, 40, 0, 0, 2048, 128}, {1030, 300, 2, 4, 300, 128}, {2048, 768, 0, 0, 300, 16},
+    };
+    static const int64_t tokens[] = {17, 64, 300, 2048};
+    static const int64_t experts[] = {8, 16, 128};
+    static const int64_t top_k[] = {2, 8};
+    force_path(GEMM_PATH);
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (size_t ei = 0; ei < sizeof experts / sizeof *experts; ei++) {
+            int64_t h = shapes[si].h, f = shapes[si].f, e = experts[ei];
+            if (e > shapes[si].max_e || (e == 16) != (si == 2) || (sanitizer && si == 2))
+                continue; /* 8 and 128 experts at the small widths, 16 at the real ones */
+            pair gate_up = random_pair(PIO_DTYPE_BF16, e * 2 * f, h, shapes[si].pad_h);
+            pair down = random_pair(PIO_DTYPE_BF16, e * h, f, shapes[si].pad_f);
+            for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++)
+                for (size_t ki = 0; ki < sizeof top_k / sizeof *top_k; ki++) {
+                    int64_t t = tokens[ti], k = top_k[ki];
+                    if (t > shapes[si].max_t || (sanitizer && t > 64))
+                        continue;
+                    moe_world w;
+                    w.T = t;
+                    w.E = e;
+                    w.k = k;
+                    w.H = h;
+                    w.F = f;
+                    w.gate_up = gate_up;
+                    w.down = down;
+                    w.x = random_pair(PIO_DTYPE_F32, t, h, shapes[si].pad_h);
+                    w.ids = moe_random_ids(t, k, e);
+                    w.weights = make_pair(PIO_DTYPE_F32, t, k, 1, FILL_UNIFORM, 0.0f, 1.0f);
+                    w.out = make_pair(PIO_DTYPE_F32, t, h, 3, FILL_UNIFORM, -1.0f, 1.0f);
+                    char what[112];
+                    snprintf(what, sizeof what, "gemm T=%lld H=%lld F=%lld E=%lld k=%lld",
+                             (long long)t, (long long)h, (long long)f, (long long)e,
+                             (long long)k);
+                    check_world(&w, what, TOL_BF16_X);
+                }
+            release_all(NULL);
+        }
+}
+
+/* Weights the tensor-core path cannot read (F32, or BF16 rows not 16-byte aligned) run the GEMV
+ * kernels at any T: within TOL_F32 of the CPU, which the GEMM's bf16 rounding of x (about 1e-3)
+ * would miss. */
+static void test_moe_gemm_falls_back(void **state)
+{
+    (void)state;
+    force_path(GEMM_PATH);
+    moe_world w = make_world(64, 8, 2, 72, 40, 0, 0, PIO_DTYPE_F32);
+    check_world(&w, "f32 weights (gemv fallback)", TOL_F32);
+    w = make_world(64, 8, 2, 1030, 300, 0, 0, PIO_DTYPE_BF16); /* 2060- and 600-byte rows */
+    check_world(&w, "unaligned bf16 rows (gemv fallback)", TOL_F32);
+    w = make_world(64, 8, 2, 72, 40, 0, 1, PIO_DTYPE_BF16); /* only down's rows unaligned */
+    check_world(&w, "unaligned down rows (gemv fallback)", TOL_F32);
+}
+
+/* Routing extremes on the GEMM path: one expert in every token (300 pairs: 5 tiles, the last
+ * partial), experts no token chose, weights exactly 0; then every token choosing the same 8
+ * experts of 128. */
+static void test_moe_gemm_routing_extremes(void **state)
+{
+    (void)state;
+    force_path(GEMM_PATH);
+    moe_world w = make_world(300, 16, 4, 72, 40, 0, 0, PIO_DTYPE_BF16);
+    for (int64_t t = 0; t < w.T; t++) {
+        int32_t others[7] = {0, 1, 2, 3, 4, 6, 7}; /* experts 8 .. 15: nobody's */
+        *ids_at(&w, t, 0) = 5;
+        for (int64_t j = 1; j < w.k; j++) {
+            int64_t s = random_int(j - 1, 6);
+            int32_t tmp = others[j - 1];
+            others[j - 1] = others[s];
+            others[s] = tmp;
+            *ids_at(&w, t, j) = others[j - 1];
+        }
+        for (int64_t j = 0; j < w.k; j++)
+            if ((t + j) % 3 == 0)
+                *weight_at(&w, t, j) = 0.0f;
+    }
+    upload(&w.ids);
+    upload(&w.weights);
+    check_world(&w, "gemm: expert 5 everywhere, 8-15 never, zero weights", TOL_BF16_X);
+
+    w = make_world(200, 128, 8, 72, 40, 0, 0, PIO_DTYPE_BF16);
+    for (int64_t t = 0; t < w.T; t++)
+        for (int64_t j = 0; j < w.k; j++)
+            *ids_at(&w, t, j) = (int32_t)(120 - 7 * j);
+    upload(&w.ids);
+    check_world(&w, "gemm: the same 8 experts for every token", TOL_BF16_X);
+}
+
+/* pk_moe_experts_slice on the GEMM path: slices of 16 experts (whole, middle, end, one expert),
+ * accumulating or overwriting (rows with no expert in the slice become 0). */
+static void test_moe_gemm_slice(void **state)
+{
+    (void)state;
+    static const struct { int64_t first, n; int accumulate; } slices[] = {
+        {0, 16, 1}, {4, 8, 0}, {12, 4, 1}, {3, 1, 0},
+    };
+    pio_error err;
+    force_path(GEMM_PATH);
+    moe_world w = make_world(300, 16, 4, 72, 40, 0, 0, PIO_DTYPE_BF16);
+    for (size_t i = 0; i < sizeof slices / sizeof *slices; i++) {
+        int64_t first = slices[i].first, n = slices[i].n, F = w.F, H = w.H;
+        pk_tensor gu_d = pk_tensor_rows(&w.gate_up.d, first * 2 * F, n * 2 * F);
+        pk_tensor gu_h = pk_tensor_rows(&w.gate_up.h, first * 2 * F, n * 2 * F);
+        pk_tensor dn_d = pk_tensor_rows(&w.down.d, first * H, n * H);
+        pk_tensor dn_h = pk_tensor_rows(&w.down.h, first * H, n * H);
+        pair out = make_pair(PIO_DTYPE_F32, w.T, H, 3, FILL_UNIFORM, -1.0f, 1.0f);
+        void *before = snapshot(&out);
+        expect_ok(pk_moe_experts_slice(gpu_ctx, &out.d, &w.x.d, &gu_d, &dn_d, &w.ids.d,
+                                       &w.weights.d, w.E, first, n, slices[i].accumulate, &err),
+                  &err, "moe_experts_slice");
+        expect_ok(pk_moe_experts_slice(cpu_ctx, &out.h, &w.x.h, &gu_h, &dn_h, &w.ids.h,
+                                       &w.weights.h, w.E, first, n, slices[i].accumulate, &err),
+                  &err, "moe_experts_slice");
+        char what[96];
+        snprintf(what, sizeof what, "gemm slice first=%lld n=%lld accumulate=%d",
+                 (long long)first, (long long)n, slices[i].accumulate);
+        check_pair(what, &out, NULL, TOL_BF16_X, before);
+    }
+}
+
+/* out = the experts' sum over a zeroed out (downloaded into a host copy). */
+static float *gpu_experts_rows(moe_world *w, int64_t first, int64_t count)
+{
+    pio_error err;
+    pair out = make_pair(PIO_DTYPE_F32, count, w->H, 0, FILL_ZERO, 0.0f, 0.0f);
+    pk_tensor x = pk_tensor_rows(&w->x.d, first, count);
+    pk_tensor ids = pk_tensor_rows(&w->ids.d, first, count);
+    pk_tensor weights = pk_tensor_rows(&w->weights.d, first, count);
+    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x, &w->gate_up.d, &w->down.d, &ids, &weights,
+                             w->E, &err), &err, "moe_experts rows");
+    download(&out);
+    return (float *)out.got;
+}
+
+/* GEMM path: bit for bit the same result on a second run, and for a token whatever batch it is
+ * in (tiles hold other tokens, the expert's pairs fall into other tiles). */
+static void test_moe_gemm_deterministic_and_batch_independent(void **state)
+{
+    (void)state;
+    force_path(GEMM_PATH);
+    moe_world w = make_world(300, 128, 8, 96, 48, 0, 0, PIO_DTYPE_BF16);
+    size_t row_bytes = (size_t)w.H * sizeof(float);
+    const float *batch = gpu_experts_rows(&w, 0, w.T);
+    const float *again = gpu_experts_rows(&w, 0, w.T);
+    assert_memory_equal(batch, again, (size_t)w.T * row_bytes);
+    static const struct { int64_t first, count; } parts[] = {{40, 64}, {299, 1}, {0, 17}};
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
+        const float *part = gpu_experts_rows(&w, parts[i].first, parts[i].count);
+        if (memcmp(part, batch + parts[i].first * w.H, (size_t)parts[i].count * row_bytes) != 0) {
+            print_error("gemm: tokens %lld .. +%lld alone differ from the batch\n",
+                        (long long)parts[i].first, (long long)parts[i].count);
+            fail();
+        }
+    }
+}
+
+/* Routing and the GEMM path recorded as a graph replay what running them directly gives, bit
+ * for bit, with whatever logits and x hold at replay (the routing changes every time). */
+static void test_moe_gemm_graph_replay(void **state)
+{
+    (void)state;
+    const int64_t T = 256, E = 128, K = 8, H = 256, F = 128;
+    pio_error err;
+    force_path(GEMM_PATH);
+    pair gate_up = random_pair(PIO_DTYPE_BF16, E * 2 * F, H, 0);
+    pair down = random_pair(PIO_DTYPE_BF16, E * H, F, 0);
+    pair x = random_pair(PIO_DTYPE_F32, T, H, 0);
+    pair logits = random_pair(PIO_DTYPE_F32, T, E, 0);
+    pair ids = make_pair(PIO_DTYPE_I32, T, K, 0, FILL_ZERO, 0, 0);
+    pair weights = nan_pair(PIO_DTYPE_F32, T, K, 0);
+    pair out = make_pair(PIO_DTYPE_F32, T, H, 0, FILL_ZERO, 0.0f, 0.0f);
+    pair direct = make_pair(PIO_DTYPE_F32, T, H, 0, FILL_ZERO, 0.0f, 0.0f);
+    /* Warm-up of the shape: the workspace grows before the recording, not during it. */
+    expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids.d, &weights.d, &logits.d, 1, &err), &err, "r");
+    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids.d, &weights.d, E,
+                             &err), &err, "warm-up");
+    sync_gpu("warm-up");
+    pk_graph *graph = NULL;
+    expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "pk_graph_begin");
+    expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids.d, &weights.d, &logits.d, 1, &err), &err,
+              "recorded routing");
+    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids.d, &weights.d, E,
+                             &err), &err, "recorded experts");
+    expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "pk_graph_end");
+    assert_non_null(graph);
+    for (int rep = 0; rep < 3; rep++) {
+        for (int64_t i = 0; i < T * E; i++)
+            ((float *)logits.h.data)[i] = uniform(-4.0f, 4.0f);
+        for (int64_t i = 0; i < T * H; i++)
+            ((float *)x.h.data)[i] = uniform(-1.0f, 1.0f);
+        upload(&logits);
+        upload(&x);
+        upload(&out); /* zeros (out.h is never written) */
+        expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "pk_graph_launch");
+        download(&out);
+        upload(&direct);
+        expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids.d, &weights.d, &logits.d, 1, &err), &err,
+                  "direct routing");
+        expect_ok(pk_moe_experts(gpu_ctx, &direct.d, &x.d, &gate_up.d, &down.d, &ids.d,
+                                 &weights.d, E, &err), &err, "direct experts");
+        download(&direct);
+        assert_memory_equal(out.got, direct.got, out.span_bytes);
+    }
+    pk_graph_destroy(gpu_ctx, graph);
+}
+
+/* Bad ids on the GEMM path are reported, their pairs dropped, and every other pair still counts:
+ * the CPU reference gives the bad pairs weight 0 (and a valid id). */
+static void test_moe_gemm_bad_expert_id_is_reported(void **state)
+{
+    (void)state;
+    pio_error err;
+    force_path(GEMM_PATH);
+    moe_world w = make_world(64, 12, 2, 40, 24, 0, 0, PIO_DTYPE_BF16);
+    *ids_at(&w, 3, 1) = 12;
+    *ids_at(&w, 10, 0) = -1;
+    upload(&w.ids);
+    void *before = snapshot(&w.out);
+    expect_ok(pk_moe_experts(gpu_ctx, &w.out.d, &w.x.d, &w.gate_up.d, &w.down.d, &w.ids.d,
+                             &w.weights.d, w.E, &err), &err, "experts");
+    assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "pk_moe_experts"));
+    assert_non_null(strstr(err.message, "outside [0, 12)"));
+    sync_gpu("after the reported error"); /* reported once; the context still works */
+    *ids_at(&w, 3, 1) = *ids_at(&w, 10, 0) = 0;
+    *weight_at(&w, 3, 1) = *weight_at(&w, 10, 0) = 0.0f;
+    expect_ok(pk_moe_experts(cpu_ctx, &w.out.h, &w.x.h, &w.gate_up.h, &w.down.h, &w.ids.h,
+                             &w.weights.h, w.E, &err), &err, "experts (cpu)");
+    check_pair("gemm with bad ids", &w.out, NULL, TOL_BF16_X, before);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Benchmark                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Distinct experts among ids rows [first, first + count) (host side). */
+static int moe_distinct_experts(const pair *ids, int64_t first, int64_t count)
+{
+    char used[4096] = {0}; /* ids below 4096 */
+    int n = 0;
+    for (int64_t i = first; i < first + count; i++)
+        for (int64_t j = 0; j < ids->h.cols; j++) {
+            int32_t e = ((const int32_t *)ids->h.data)[i * ids->h.stride + j];
+            n += !used[e];
+            used[e] = 1;
+        }
+    return n;
+}
+
+/* Times pk_moe_experts at Qwen3-Coder-30B-A3B's shape (H 2048, F 768, 128 BF16 experts, top-8)
+ * (PIO_KERNELS_BENCH=1) for T tokens on both paths (to place the switch between them):
+ * TFLOP/s of the experts' products (6·T·k·H·F) and GB/s of the selected experts' weights (the
+ * distinct experts of a call × their gate_up and down bytes). Every call has its own random
+ * ids, so the weights come from HBM (1.2 GB of experts against a 50 MB L2). */
+static void test_moe_benchmark(void **state)
+{
+    (void)state;
+    const char *env = getenv("PIO_KERNELS_BENCH");
+    if (env == NULL || atoi(env) == 0) {
+        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+        return;
+    }
+    enum { H = 2048, F = 768, E = 128, K = 8 };
+    static const int64_t tokens[] = {1, 8, 16, 24, 32, 64, 512, 1024, 2048};
+    pio_error err;
+    pair gate_up1 = random_pair(PIO_DTYPE_BF16, 2 * F, H, 0); /* one expert, copied E times */
+    pair down1 = random_pair(PIO_DTYPE_BF16, H, F, 0);
+    pk_tensor gate_up = pk_tensor_make(dev_alloc((size_t)E * 2 * F * H * 2), PIO_DTYPE_BF16,
+                                       PK_DEVICE_CUDA, E * 2 * F, H);
+    pk_tensor down = pk_tensor_make(dev_alloc((size_t)E * H * F * 2), PIO_DTYPE_BF16,
+                                    PK_DEVICE_CUDA, E * H, F);
+    for (int64_t e = 0; e < E; e++) {
+        pk_tensor g = pk_tensor_rows(&gate_up, e * 2 * F, 2 * F);
+        pk_tensor d = pk_tensor_rows(&down, e * H, H);
+        expect_ok(pk_copy(gpu_ctx, &g, &gate_up1.d, &err), &err, "bench copy");
+        expect_ok(pk_copy(gpu_ctx, &d, &down1.d, &err), &err, "bench copy");
+    }
+    for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++) {
+        int64_t t = tokens[ti];
+        int reps = t >= 512 ? 10 : 50;
+        pair ids = moe_random_ids(reps * t, K, E);
+        pair weights = make_pair(PIO_DTYPE_F32, reps * t, K, 0, FILL_UNIFORM, 0.0f, 1.0f);
+        pair x = random_pair(PIO_DTYPE_F32, t, H, 0);
+        pair out = make_pair(PIO_DTYPE_F32, t, H, 0, FILL_ZERO, 0.0f, 0.0f);
+        double experts = 0.0; /* distinct experts per call, on average */
+        for (int r = 0; r < reps; r++)
+            experts += moe_distinct_experts(&ids, r * t, t) / (double)reps;
+        for (int path = GEMV_PATH; path <= GEMM_PATH; path++) {
+            force_path((moe_path)path);
+            pk_tensor ir = pk_tensor_rows(&ids.d, (reps - 1) * t, t);
+            pk_tensor wr = pk_tensor_rows(&weights.d, (reps - 1) * t, t);
+            expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up, &down, &ir, &wr, E, &err),
+                      &err, "bench moe_experts"); /* warm-up: the workspace */
+            sync_gpu("bench moe warm-up");
+            double t0 = seconds_now();
+            for (int r = 0; r < reps; r++) {
+                ir = pk_tensor_rows(&ids.d, r * t, t);
+                wr = pk_tensor_rows(&weights.d, r * t, t);
+                expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up, &down, &ir, &wr, E,
+                                         &err), &err, "bench moe_experts");
+            }
+            sync_gpu("bench moe");
+            double per = (seconds_now() - t0) / reps, bytes = experts * (3.0 * F * H) * 2;
+            double flops = 6.0 * (double)t * K * H * F;
+            print_message("moe_experts %s T=%-4lld H=%d F=%d E=%d k=%d: %8.1f us  %6.1f TFLOP/s"
+                          "  %7.1f GB/s of the selected experts' weights (%.1f experts a "
+                          "call)\n", path == GEMM_PATH ? "gemm" : "gemv", (long long)t, H, F, E,
+                          K, per * 1e6, flops / per * 1e-12, bytes / per * 1e-9, experts);
+        }
+    }
+    force_path(DEFAULT_PATH);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_moe_topk_softmax, release_all),
+        cmocka_unit_test_teardown(test_moe_experts, release_all),
+        cmocka_unit_test_teardown(test_moe_experts_vector_shapes, release_all),
+        cmocka_unit_test_teardown(test_moe_chain_and_batch_independence, release_all),
+        cmocka_unit_test_teardown(test_moe_bad_expert_id_is_reported, release_all),
+        cmocka_unit_test_teardown(test_moe_gemm_against_cpu, release_all),
+        cmocka_unit_test_teardown(test_moe_gemm_falls_back, release_all),
+        cmocka_unit_test_teardown(test_moe_gemm_routing_extremes, release_all),
+        cmocka_unit_test_teardown(test_moe_gemm_slice, release_all),
+        cmocka_unit_test_teardown(test_moe_gemm_deterministic_and_batch_independent, release_all),
+        cmocka_unit_test_teardown(test_moe_gemm_graph_replay, release_all),
+        cmocka_unit_test_teardown(test_moe_gemm_bad_expert_id_is_reported, release_all),
+        cmocka_unit_test_teardown(test_moe_benchmark, release_all),
+    };
+    return cmocka_run_group_tests_name("cuda moe ops vs cpu backend", tests, group_setup,
+                                       group_teardown);
+}
