@@ -17,6 +17,7 @@
 #define SCRATCH_TEMPLATE "/tmp/pio-qwen3-XXXXXX"
 #include "plugin_reference.h"
 #include "pio/decoder.h" /* PIO_DECODER_CHUNK_TOKENS */
+#include "device_sampling.h"
 #define PIO PIO_TEST_BUILD_DIR "/bin/pio"
 #define FIXTURE "tests/fixtures/models/qwen3_tiny"
 
@@ -92,6 +93,29 @@ static void argmax_output_equals_argmax_of_the_logits(void **state)
     }
     free(owners);
     free(logits);
+    close_session(&s);
+}
+
+/* Sampled ids (PIO_TEXTGEN_FEATURE_SAMPLE, tests/device_sampling.h): the host sampler's on
+ * the returned logits, per row settings and histories; bad rows are clear errors. */
+static void sampled_output_equals_the_host_sampler(void **state)
+{
+    (void)state;
+    session s;
+    open_ok(&s, F32_CACHE, ref.dir, NULL);
+    check_sampled_forward_equals_host_sampler(&s);
+    check_bad_sample_rows_are_clear_errors(&s);
+    close_session(&s);
+}
+
+/* Generation sampling on the model's device equals host sampling token for token over the
+ * grid of settings and seeds (tests/device_sampling.h). */
+static void device_sampling_generates_what_host_sampling_does(void **state)
+{
+    (void)state;
+    session s;
+    open_ok(&s, F32_CACHE, ref.dir, NULL);
+    check_generation_equals_host_sampling(&s, FIXTURE);
     close_session(&s);
 }
 
@@ -538,6 +562,8 @@ int main(void)
         cmocka_unit_test(greedy_continuations_match_the_reference),
         cmocka_unit_test(chat_reply_matches_the_reference),
         cmocka_unit_test(argmax_output_equals_argmax_of_the_logits),
+        cmocka_unit_test(sampled_output_equals_the_host_sampler),
+        cmocka_unit_test(device_sampling_generates_what_host_sampling_does),
         cmocka_unit_test(batch_longer_than_a_chunk_equals_one_sequence_at_a_time),
         cmocka_unit_test(sampling_is_reproducible_and_stop_tokens_end_generation),
         cmocka_unit_test(yaml_stop_strings_end_generation),

@@ -42,8 +42,9 @@ static pio_status check_batch(const pio_decoder *m, const pio_textgen_batch *b, 
             return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "forward: token %zu has id %d, "
                                  "outside the vocabulary [0, %ld)", t, (int)b->tokens[t],
                                  m->config.vocab_size);
-    if (b->n_logits_rows > 0 && (b->logits_rows == NULL ||
-                                 (b->logits == NULL && pio_decoder_batch_argmax(b) == NULL)))
+    if (b->n_logits_rows > 0 &&
+        (b->logits_rows == NULL || (b->logits == NULL && pio_decoder_batch_argmax(b) == NULL &&
+                                    pio_decoder_batch_sampled(b) == NULL)))
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
                              "forward: logits rows asked for without arrays");
     for (size_t i = 0; i < b->n_logits_rows; i++)
@@ -51,7 +52,7 @@ static pio_status check_batch(const pio_decoder *m, const pio_textgen_batch *b, 
             return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "forward: logits row %zu names "
                                  "token %d of a batch of %zu", i, (int)b->logits_rows[i],
                                  b->n_tokens);
-    return PIO_OK;
+    return pio_decoder_check_sampling(m, b, err);
 }
 
 int32_t *pio_decoder_batch_argmax(const pio_textgen_batch *b)
@@ -117,7 +118,8 @@ static pio_status attention_block(const pio_decoder *m, int32_t layer,
 }
 
 /* Logits of up to PIO_DECODER_LOGITS_ROWS tokens of the chunk: their final hidden states are
- * gathered, normalised and projected, then copied to the caller's rows. */
+ * gathered, normalised and projected, then copied to the caller's rows, and the argmax and
+ * sampled ids asked for are picked on the device. */
 static pio_status logits_group(pio_decoder *m, const pio_textgen_batch *b, const pk_tensor *x,
                                const int32_t *local_rows, const size_t *out_rows, int64_t g,
                                pio_error *err)
@@ -142,18 +144,20 @@ static pio_status logits_group(pio_decoder *m, const pio_textgen_batch *b, const
         st = pk_copy(m->ctx, &dst, &src, err);
     }
     int32_t *argmax = pio_decoder_batch_argmax(b);
-    if (argmax == NULL || st != PIO_OK)
+    if (argmax != NULL && st == PIO_OK) {
+        /* Rows found on the device; only their ids come back. */
+        int32_t found[PIO_DECODER_LOGITS_ROWS];
+        pk_tensor ids_out = pk_tensor_in(&m->ws.argmax, 0, PIO_DTYPE_I32, 1, g);
+        pk_tensor host = pk_tensor_host(found, PIO_DTYPE_I32, 1, g);
+        if ((st = pk_argmax(m->ctx, &ids_out, &logits, err)) ||
+            (st = pk_copy(m->ctx, &host, &ids_out, err)) || (st = pk_synchronize(m->ctx, err)))
+            return st;
+        for (int64_t j = 0; j < g; j++)
+            argmax[out_rows[j]] = found[j];
+    }
+    if (pio_decoder_batch_sampled(b) == NULL || st != PIO_OK)
         return st;
-    /* Rows found on the device; only their ids come back. */
-    int32_t found[PIO_DECODER_LOGITS_ROWS];
-    pk_tensor ids_out = pk_tensor_in(&m->ws.argmax, 0, PIO_DTYPE_I32, 1, g);
-    pk_tensor host = pk_tensor_host(found, PIO_DTYPE_I32, 1, g);
-    if ((st = pk_argmax(m->ctx, &ids_out, &logits, err)) ||
-        (st = pk_copy(m->ctx, &host, &ids_out, err)) || (st = pk_synchronize(m->ctx, err)))
-        return st;
-    for (int64_t j = 0; j < g; j++)
-        argmax[out_rows[j]] = found[j];
-    return PIO_OK;
+    return pio_decoder_sample_rows(m, b, &logits, out_rows, g, err);
 }
 
 /* The logits rows of the batch that fall in the chunk [first, first + n). */

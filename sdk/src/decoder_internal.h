@@ -1,4 +1,5 @@
-/* Between the decoder's files (sdk/src/decoder_*.c): tensor parallelism (decoder_tp.c). */
+/* Between the decoder's files (sdk/src/decoder_*.c): tensor parallelism (decoder_tp.c) and
+ * sampling on the device (decoder_sample.c). */
 #ifndef PIO_DECODER_INTERNAL_H
 #define PIO_DECODER_INTERNAL_H
 
@@ -35,5 +36,45 @@ pio_status pio_decoder_rank_create(const pio_decoder *full, const pio_decoder_sh
  * back on failure). *ran is set once the KV blocks are taken (ranks then run collectives). */
 pio_status pio_decoder_run_batch(pio_decoder *m, const pio_textgen_batch *b, int *ran,
                                  pio_error *err);
+
+/* ---- decoder_sample.c: sampling on the decoder's context (PIO_TEXTGEN_FEATURE_SAMPLE) ---- */
+
+typedef struct pio_decoder_sampling pio_decoder_sampling;
+
+/* The batch's sampled output, NULL when absent or beyond its struct_size. */
+int32_t *pio_decoder_batch_sampled(const pio_textgen_batch *b);
+/* The ids a sampled row may choose: b->sample_vocab, or the whole vocabulary for 0. */
+int64_t pio_decoder_sample_vocab(const pio_decoder *m, const pio_textgen_batch *b);
+/* Refuses sample rows pk_sample cannot take (parameters, uniforms, histories), naming the row;
+ * PIO_OK when the batch asks for no sampled ids. */
+pio_status pio_decoder_check_sampling(const pio_decoder *m, const pio_textgen_batch *b,
+                                      pio_error *err);
+
+/* What a group of sampled rows needs: every row plain greedy (an argmax over the ids that may
+ * be chosen), pk_sample without histories, or pk_sample with them. */
+typedef enum pio_decoder_sample_kind {
+    PIO_DECODER_SAMPLE_GREEDY,
+    PIO_DECODER_SAMPLE_PLAIN,
+    PIO_DECODER_SAMPLE_HISTORY
+} pio_decoder_sample_kind;
+
+/* In these, the group's j-th row is batch row rows[j] (rows NULL: row j), g <= 64. */
+pio_decoder_sample_kind pio_decoder_sample_kind_of(const pio_textgen_batch *b,
+                                                   const size_t *rows, int64_t g);
+/* The group's pk_sample operands on the host: params [g, PK_SAMPLE_PARAM_COUNT] F32 and
+ * uniforms [g] (0 for rows that draw nothing). The rows must have passed the check. */
+void pio_decoder_sample_pack(const pio_textgen_batch *b, const size_t *rows, int64_t g,
+                             float *params, int64_t *uniforms);
+/* found[j] (the op's ids) into b->sampled; a -1 (a row without a finite logit) is an error
+ * naming the batch row. */
+pio_status pio_decoder_sample_results(const pio_textgen_batch *b, const size_t *rows, int64_t g,
+                                      const int32_t *found, pio_error *err);
+/* Picks the group's ids from logits [g, V] on the device (the workspace's argmax buffer takes
+ * them), copies them back and stores them in b->sampled. */
+pio_status pio_decoder_sample_rows(pio_decoder *m, const pio_textgen_batch *b,
+                                   const pk_tensor *logits, const size_t *rows, int64_t g,
+                                   pio_error *err);
+/* Frees the sampling buffers (with the decoder's other device memory). */
+void pio_decoder_sampling_free(pio_decoder *m);
 
 #endif

@@ -308,7 +308,8 @@ static void describe_ops(pio_decoder *d)
         .struct_size = sizeof d->ops, .self = d, .vocab_size = (size_t)d->config.vocab_size,
         .context_length = d->context_length, .seq_open = pio_decoder_seq_open,
         .seq_close = pio_decoder_seq_close, .seq_length = pio_decoder_seq_length,
-        .forward = pio_decoder_forward, .features = PIO_TEXTGEN_FEATURE_ARGMAX,
+        .forward = pio_decoder_forward,
+        .features = PIO_TEXTGEN_FEATURE_ARGMAX | PIO_TEXTGEN_FEATURE_SAMPLE,
     };
 }
 
@@ -443,6 +444,7 @@ void pio_decoder_free(pio_decoder *d)
     pk_kv_pool_destroy(d->pool);
     if (d->ctx != NULL) { /* everything below was allocated after the context */
         pio_decoder_graphs_free(d);
+        pio_decoder_sampling_free(d);
         free_workspace(d);
         if (d->spec->release != NULL)
             d->spec->release(d->model, d);

@@ -1,11 +1,16 @@
 /*
- * Prefill and decode of one sequence: the loop behind generate_text and chat_completion.
+ * Prefill and decode of one sequence: the loop behind generate_text and chat_completion. Each
+ * token is chosen from the logits row of the last forward: on the host with the kernels'
+ * sampler, or by the model itself in that forward (PIO_TEXTGEN_FEATURE_ARGMAX / _SAMPLE), with
+ * the uniform drawn here from the same generator at the same point of the sequence of draws,
+ * so both give the same tokens.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "kernels/sampler_math.h"
 #include "textgen_internal.h"
 
 double tg_now_ms(void)
@@ -46,20 +51,6 @@ static int host_wants_abort(const pio_textgen *tg)
     return tg->services != NULL && tg->services->should_abort(tg->host);
 }
 
-/* Forwards `n` tokens of one sequence and leaves the logits of the last in tg->logits. */
-static pio_status forward_tokens(pio_textgen *tg, int32_t seq, const int32_t *tokens, size_t n,
-                                 int32_t *seq_ids, pio_error *err)
-{
-    for (size_t i = 0; i < n; i++)
-        seq_ids[i] = seq;
-    int32_t last = (int32_t)(n - 1);
-    pio_textgen_batch batch = {
-        .struct_size = sizeof batch, .n_tokens = n, .tokens = tokens, .seq_ids = seq_ids,
-        .n_logits_rows = 1, .logits_rows = &last, .logits = tg->logits,
-    };
-    return tg->model->forward(tg->model->self, &batch, err);
-}
-
 static pio_status append_token(pio_token_ids *ids, int32_t id, pio_error *err)
 {
     if (ids->count == ids->capacity) {
@@ -95,25 +86,91 @@ static pio_status finish_text(pio_textgen *tg, tg_result *r, pio_error *err)
     return status != PIO_OK ? status : tg_stream_append(&r->stream, piece, len, err);
 }
 
+/* Where the next token is chosen: from the logits row copied to the host, or by the model
+ * where its logits are (the argmax for plain greedy requests, else a sample), only the id
+ * coming back. */
+typedef enum tg_pick { TG_PICK_HOST, TG_PICK_ARGMAX, TG_PICK_SAMPLE } tg_pick;
+
 typedef struct tg_step {
     pk_rng rng;
     size_t budget;   /* tokens that may still be generated: max_new_tokens and context */
     int32_t *seq_ids;
     int32_t seq;
     int text_done;
+    tg_pick pick;
+    int32_t picked;  /* the id the model chose (TG_PICK_ARGMAX, TG_PICK_SAMPLE) */
+    const tg_request *req;
+    const int32_t *prompt;
+    size_t n_prompt;
+    const pio_token_ids *output; /* the tokens generated so far */
 } tg_step;
 
-/* Samples the next token from tg->logits and records it with its text; sets r->finish when
- * this token ends generation. */
-static pio_status take_token(pio_textgen *tg, const tg_request *req, const int32_t *prompt,
-                             size_t n_prompt, tg_step *step, tg_result *r, pio_error *err)
+/* The model picks when it can: the argmax when the request is plain greedy (no draw, no
+ * penalty) and the argmax covers exactly the ids that may be sampled, a sample otherwise. */
+static tg_pick choose_pick(const pio_textgen *tg, const pk_sampling *p)
 {
-    pk_token_history history = {prompt, (int64_t)n_prompt, r->tokens.ids,
-                                (int64_t)r->tokens.count};
-    int32_t id = 0;
-    pio_status status = pk_sampler_sample(tg->sampler, &req->sampling, tg->logits,
-                                          (int32_t)tg->sample_vocab, &history, &step->rng, &id,
-                                          err);
+    const pio_textgen_model *model = tg->model;
+    uint32_t features = PIO_HAS_FIELD(model, pio_textgen_model, features) ? model->features : 0;
+    int plain_greedy = !pk_sampling_draws(p) && pk_sample_penalties_off(p);
+    if (plain_greedy && (features & PIO_TEXTGEN_FEATURE_ARGMAX) &&
+        tg->sample_vocab == model->vocab_size)
+        return TG_PICK_ARGMAX;
+    return (features & PIO_TEXTGEN_FEATURE_SAMPLE) ? TG_PICK_SAMPLE : TG_PICK_HOST;
+}
+
+/* The sample row of the next token: the request's parameters, the uniform the host sampler
+ * would draw now (in step with pk_sampler_sample: none for greedy parameters) and the history
+ * its penalties read. */
+static pio_textgen_sample_row next_sample_row(tg_step *step)
+{
+    const pk_sampling *p = &step->req->sampling;
+    return (pio_textgen_sample_row){
+        .temperature = p->temperature, .top_k = p->top_k, .top_p = p->top_p, .min_p = p->min_p,
+        .repetition_penalty = p->repetition_penalty, .presence_penalty = p->presence_penalty,
+        .frequency_penalty = p->frequency_penalty,
+        .uniform_bits = (uint64_t)pk_sampling_uniform_bits(p, &step->rng),
+        .prompt = step->prompt, .n_prompt = step->n_prompt,
+        .output = step->output->ids, .n_output = step->output->count};
+}
+
+/* Forwards `n` tokens of the step's sequence; the last one's logits are left in tg->logits or
+ * its chosen id in step->picked. */
+static pio_status forward_tokens(pio_textgen *tg, tg_step *step, const int32_t *tokens,
+                                 size_t n, pio_error *err)
+{
+    for (size_t i = 0; i < n; i++)
+        step->seq_ids[i] = step->seq;
+    int32_t last = (int32_t)(n - 1);
+    pio_textgen_batch batch = {
+        .struct_size = sizeof batch, .n_tokens = n, .tokens = tokens, .seq_ids = step->seq_ids,
+        .n_logits_rows = 1, .logits_rows = &last,
+        .logits = step->pick == TG_PICK_HOST ? tg->logits : NULL,
+    };
+    pio_textgen_sample_row row;
+    if (step->pick == TG_PICK_ARGMAX) {
+        batch.argmax = &step->picked;
+    } else if (step->pick == TG_PICK_SAMPLE) {
+        row = next_sample_row(step);
+        batch.sampled = &step->picked;
+        batch.sample = &row;
+        batch.sample_vocab = tg->sample_vocab;
+    }
+    return tg->model->forward(tg->model->self, &batch, err);
+}
+
+/* The next token, chosen by the model in the forward or sampled here from tg->logits; records
+ * it with its text and sets r->finish when this token ends generation. */
+static pio_status take_token(pio_textgen *tg, tg_step *step, tg_result *r, pio_error *err)
+{
+    const tg_request *req = step->req;
+    int32_t id = step->picked;
+    pio_status status = PIO_OK;
+    if (step->pick == TG_PICK_HOST) {
+        pk_token_history history = {step->prompt, (int64_t)step->n_prompt, r->tokens.ids,
+                                    (int64_t)r->tokens.count};
+        status = pk_sampler_sample(tg->sampler, &req->sampling, tg->logits,
+                                   (int32_t)tg->sample_vocab, &history, &step->rng, &id, err);
+    }
     if (status == PIO_OK)
         status = append_token(&r->tokens, id, err);
     if (status != PIO_OK)
@@ -156,8 +213,7 @@ static pio_status decode_step(pio_textgen *tg, tg_step *step, tg_result *r, pio_
         r->finish = PIO_FINISH_CANCELLED;
         return PIO_OK;
     }
-    pio_status status = forward_tokens(tg, step->seq, &r->tokens.ids[r->tokens.count - 1], 1,
-                                       step->seq_ids, err);
+    pio_status status = forward_tokens(tg, step, &r->tokens.ids[r->tokens.count - 1], 1, err);
     if (status == PIO_SOFT_KV_FULL) {
         char message[160];
         snprintf(message, sizeof message, "KV cache full after %zu generated tokens; "
@@ -186,12 +242,12 @@ static pio_status check_prompt(const pio_textgen *tg, size_t n_prompt, pio_error
 }
 
 /* Prefill, then sample / stream / decode until something ends generation. */
-static pio_status generate_on(pio_textgen *tg, tg_step *step, const int32_t *prompt,
-                              size_t n_prompt, const tg_request *req, tg_result *r,
-                              pio_error *err)
+static pio_status generate_on(pio_textgen *tg, tg_step *step, tg_result *r, pio_error *err)
 {
+    const tg_request *req = step->req;
+    size_t n_prompt = step->n_prompt;
     double prefill_start = tg_now_ms();
-    pio_status status = forward_tokens(tg, step->seq, prompt, n_prompt, step->seq_ids, err);
+    pio_status status = forward_tokens(tg, step, step->prompt, n_prompt, err);
     r->prompt_ms = tg_now_ms() - prefill_start;
     if (status == PIO_ERR_CANCELLED) {
         r->finish = PIO_FINISH_CANCELLED;
@@ -202,7 +258,7 @@ static pio_status generate_on(pio_textgen *tg, tg_step *step, const int32_t *pro
                              "%zu tokens right now", n_prompt);
     double first_token_at = 0.0;
     while (status == PIO_OK) {
-        status = take_token(tg, req, prompt, n_prompt, step, r, err);
+        status = take_token(tg, step, r, err);
         if (status != PIO_OK)
             break;
         if (r->tokens.count == 1)
@@ -230,7 +286,9 @@ pio_status tg_run(pio_textgen *tg, const int32_t *prompt, size_t n_prompt, const
     pio_status status = check_prompt(tg, n_prompt, err);
     if (status != PIO_OK)
         return status;
-    tg_step step = {.budget = tg->model->context_length - n_prompt};
+    tg_step step = {.budget = tg->model->context_length - n_prompt,
+                    .pick = choose_pick(tg, &req->sampling), .req = req, .prompt = prompt,
+                    .n_prompt = n_prompt, .output = &r->tokens};
     if ((size_t)req->max_new_tokens < step.budget)
         step.budget = (size_t)req->max_new_tokens;
     pk_rng_seed(&step.rng, req->seed);
@@ -240,7 +298,7 @@ pio_status tg_run(pio_textgen *tg, const int32_t *prompt, size_t n_prompt, const
     pio_detokenizer_reset(tg->detokenizer);
     status = tg->model->seq_open(tg->model->self, &step.seq, err);
     if (status == PIO_OK) {
-        status = generate_on(tg, &step, prompt, n_prompt, req, r, err);
+        status = generate_on(tg, &step, r, err);
         tg->model->seq_close(tg->model->self, step.seq);
     }
     free(step.seq_ids);

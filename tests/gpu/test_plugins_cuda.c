@@ -1,8 +1,9 @@
 /*
  * The model plugins end to end on the CUDA backend, against the transformers references of
  * tests/fixtures/models (as the CPU tests check them): logits of every position, greedy
- * continuations (decode steps run as recorded graphs), and graph replay equal to running the
- * same steps directly (runtime.cuda_graphs: false). Run by `make test-gpu` from the repository
+ * continuations (decode steps run as recorded graphs), graph replay equal to running the
+ * same steps directly (runtime.cuda_graphs: false), and sampling on the GPU equal to sampling
+ * on the host. Run by `make test-gpu` from the repository
  * root; the plugins are found beside the test (bundle: ../plugins; build: ../../plugins).
  *
  * Precision. With BF16 weights the CUDA matmul rounds x to bf16 for the tensor-core path
@@ -26,6 +27,7 @@ static char plugin_so[PATH_MAX + 64];
 #define PLUGIN_SO plugin_so
 #define SESSION_DEVICE "cuda"
 #include "tests/plugin_reference.h"
+#include "tests/device_sampling.h"
 
 #define DENSE "tests/fixtures/models/qwen3_tiny"
 #define MOE "tests/fixtures/models/qwen3_moe_tiny"
@@ -176,12 +178,31 @@ static void moe_graph_replay_equals_direct(void **state)
     graph_replay_equals_direct("qwen3_coder_30b", MOE);
 }
 
+/* Sampling on the GPU (PIO_TEXTGEN_FEATURE_SAMPLE): a prefill's sampled rows equal the host
+ * sampler on the logits it returns, and generation sampling on the GPU (decode steps replayed
+ * from graphs that end in pk_sample or the argmax, or followed by pk_sample for penalties)
+ * equals copying the logits and sampling on the host, token for token, over the grid of
+ * settings and seeds (tests/device_sampling.h). */
+static void dense_device_sampling_equals_host_sampling(void **state)
+{
+    (void)state;
+    assert_int_equal(use_plugin("qwen3_4b_instruct_2507"), 0);
+    assert_int_equal(reference_load(DENSE), 0);
+    session s;
+    open_ok(&s, "kv_cache: {block_size: 4}\n", ref.dir, NULL);
+    check_sampled_forward_equals_host_sampler(&s);
+    check_bad_sample_rows_are_clear_errors(&s);
+    check_generation_equals_host_sampling(&s, DENSE);
+    close_session(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(dense_logits_match_the_reference),
         cmocka_unit_test(dense_greedy_continuations_match_the_reference),
         cmocka_unit_test(dense_graph_replay_equals_direct),
+        cmocka_unit_test(dense_device_sampling_equals_host_sampling),
         cmocka_unit_test(moe_logits_match_the_reference),
         cmocka_unit_test(moe_greedy_continuations_match_the_reference),
         cmocka_unit_test(moe_graph_replay_equals_direct),

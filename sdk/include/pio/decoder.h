@@ -177,6 +177,8 @@ struct pio_decoder {
     struct pio_decoder_graphs *graphs;    /* recorded decode steps (decoder_graph.c), or NULL */
     struct pio_decoder_workers *workers;  /* the outer decoder with ranks: the persistent rank
                                              threads (decoder_tp.c), or NULL */
+    struct pio_decoder_sampling *sampling; /* device sampling's operands (decoder_sample.c),
+                                              made on first use, or NULL */
 };
 
 typedef struct pio_decoder_load_options {

@@ -8,7 +8,11 @@
  *   1. tokenize the prompt (chat requests are first rendered by pio_chat_render_request);
  *   2. prefill it on a new sequence, then decode one token per step, sampling each with the
  *      kernels' sampler (penalties, temperature, top-k, top-p, min-p, seeded generator) among
- *      the ids the tokenizer knows (an embedding table's padding rows are never chosen);
+ *      the ids the tokenizer knows (an embedding table's padding rows are never chosen). A
+ *      model with PIO_TEXTGEN_FEATURE_SAMPLE samples where its logits are, with the uniforms
+ *      the runtime draws, so only the ids come back (greedy requests without penalties take
+ *      the argmax of PIO_TEXTGEN_FEATURE_ARGMAX where that covers the same ids); the tokens
+ *      are the same as sampling on the host, which other models get;
  *   3. stop on an end-of-sequence id (unless ignore_eos), a stop token id or a stop string,
  *      at max_new_tokens or at the context length, or when on_token returns non-zero or the
  *      host's should_abort says so;
@@ -52,11 +56,40 @@ extern "C" {
 /* ------------------------------------------------------------------------------------------ */
 
 /*
+ * One row's sampling where the logits are (PIO_TEXTGEN_FEATURE_SAMPLE): the host sampler's
+ * parameters (kernels/sampler.h has the rules), the uniform it would draw, and the tokens its
+ * penalties read. The model picks exactly the token pk_sampler_sample would pick from the same
+ * row with the same values, so a seed gives the same tokens either way.
+ */
+typedef struct pio_textgen_sample_row {
+    float temperature;        /* >= 0; 0 = greedy */
+    int32_t top_k;            /* >= 0; 0 = off */
+    float top_p;              /* (0, 1]; 1 = off */
+    float min_p;              /* [0, 1); 0 = off */
+    float repetition_penalty; /* > 0; 1 = off */
+    float presence_penalty;   /* 0 = off */
+    float frequency_penalty;  /* 0 = off */
+    /* The row's uniform u = uniform_bits * 2^-53 in [0, 1): the caller draws it as the host
+     * sampler would (pk_sampling_uniform_bits of kernels/sampler.h); greedy rows (temperature
+     * 0 or top_k 1) ignore it. */
+    uint64_t uniform_bits;
+    /* The history the penalties read (may be NULL when its count is 0): the repetition penalty
+     * applies to the ids of both, presence and frequency to those of output. A model may keep
+     * device copies between calls and send only what changed, so a sequence's history growing
+     * at its end costs one token per step. */
+    const int32_t *prompt;
+    size_t n_prompt;
+    const int32_t *output;
+    size_t n_output;
+} pio_textgen_sample_row;
+
+/*
  * A flattened batch: n_tokens tokens from one or more sequences, prefill and decode mixed. Each
  * token is appended to its sequence at the next position, in batch order, so the tokens of one
  * sequence appear in the order they are to be read. logits_rows picks the tokens whose logits
  * are wanted; row i of `logits` (vocab_size floats, host memory) belongs to token
- * logits_rows[i].
+ * logits_rows[i]. Instead of (or with) the logits a model with the features may return only
+ * token ids: the argmax of each row, or a token sampled from each row.
  */
 typedef struct pio_textgen_batch {
     uint32_t struct_size;
@@ -71,6 +104,14 @@ typedef struct pio_textgen_batch {
      * among ties, NaN never chosen), found where the logits are (the GPU), so greedy decoding
      * need not copy whole rows back. Check the model's features before relying on it. */
     int32_t *argmax;
+    /* Optional (NULL: not wanted; models with PIO_TEXTGEN_FEATURE_SAMPLE): n_logits_rows ids,
+     * row i's token chosen as sample[i] says among the ids [0, sample_vocab), sampled where
+     * the logits are so that only the ids come back. logits may then be NULL. Parameters out
+     * of range, a history pointer missing or a row without a finite logit fail the forward
+     * with PIO_ERR_INVALID_ARGUMENT naming the row. */
+    int32_t *sampled;
+    const pio_textgen_sample_row *sample; /* n_logits_rows, with sampled */
+    size_t sample_vocab; /* ids that may be chosen (padding rows excluded); 0 = vocab_size */
 } pio_textgen_batch;
 
 /*
@@ -104,6 +145,8 @@ typedef struct pio_textgen_model {
 
 /* forward fills pio_textgen_batch.argmax, and takes logits NULL with it. */
 #define PIO_TEXTGEN_FEATURE_ARGMAX 1u
+/* forward fills pio_textgen_batch.sampled from .sample, and takes logits NULL with it. */
+#define PIO_TEXTGEN_FEATURE_SAMPLE 2u
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sampling defaults                                                                          */
