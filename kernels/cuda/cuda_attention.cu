@@ -2,12 +2,29 @@
  * Paged-cache attention on the GPU: storing new keys/values into their slots (pk_kv_store), and
  * causal GQA attention of each token over its own sequence's cache (pk_attention).
  *
- * pk_attention has three kernels behind one entry point. The choice uses only what the host
+ * pk_attention has four kernels behind one entry point. The choice uses only what the host
  * knows (T = q->rows, head shapes, cache dtypes, pointer alignment), never positions or block
  * tables, so a launch captured in a CUDA graph stays right when it is replayed with other
  * positions:
  *
- *   1. split_kernel (split-KV, fp32 math) - decode, and everything the tensor cores do not take.
+ *   0. tc_decode_kernel (tensor cores, fp32 results) - T <= DECODE_MAX_TOKENS over BF16 K and V
+ *      with head_dim = v_head_dim in {64, 128} (Qwen3 and most decoders). Grid (token, kv head,
+ *      head chunk of 8 x split), 4 warps; the warps take the split's 16-key tiles in turn:
+ *      S = Q·Kᵀ and O += Vᵀ·Pᵀ with mma.sync m16n8k16, laid out so that the score fragment of a
+ *      lane is the Pᵀ fragment it needs (no shuffles, no shared memory in the loop), K and V
+ *      fragments straight from 16-byte loads (V's paired up with byte permutes), the next tile's
+ *      block-table lookups issued before the current tile computes. fp32 math kept: q and P are
+ *      split into three bf16 terms (K and V are bf16 already; products are exact), each tile's
+ *      tensor-core sums start from zero and are added to fp32 accumulators with FMAs. Splits
+ *      S = clamp(ceil(DEC_SPLIT_WAVES·DEC_BLOCKS_PER_SM·SMs / (T·n_kv·chunks)), 1, 32); a split
+ *      holds ceil((pos + 1) / S) keys rounded up to 64, so short contexts use few splits and the
+ *      empty ones return at once. The merge is fused: with one active split the block writes
+ *      the output, otherwise every split writes (m, l, acc), fences and bumps the token's
+ *      counter in the workspace, and the last to arrive merges all partials in split order
+ *      (deterministic) and puts the counter back to 0 for the next launch or graph replay.
+ *      Bytes as kernel 1 (the partials only where several splits hold keys).
+ *   1. split_kernel (split-KV, fp32 math) - decode shapes kernel 0 does not take, and
+ *      everything the tensor cores do not take.
  *      Grid (token, kv head, split x chunk of the group's query heads), 128 threads. The number
  *      of splits S comes from T, n_kv_heads and the SM count only (about SPLIT_BLOCKS_PER_SM
  *      blocks per SM, at most SPLIT_MAX_SPLITS, and 1 once T > DECODE_MAX_TOKENS); each split
@@ -54,15 +71,17 @@
  *      different dtypes. One block per (token, kv head, chunk of query heads) walks all keys
  *      with fp32 shared-memory tiles (see below).
  *
- * Numerics: kernels 1 and 3 are fp32 throughout (the CPU's results to ~1e-6). Kernel 2 rounds q
+ * Numerics: kernels 0, 1 and 3 are fp32 (the CPU's results to ~1e-6). Kernel 2 rounds q
  * and the softmax weights to bf16 (as a bf16 model does): 1-3e-3 relative.
  *
  * The graph rule: no path allocates or waits on the host once its workspace has grown. Split
  * partials, T·n_q·S·(vhd+2)·4 bytes (S > 1 only when T <= DECODE_MAX_TOKENS), live in the
- * attention workspace (pk_cuda_attention_workspace), which the first such call grows to the
- * most any decode batch of that shape needs (a few MB), so graphs recorded for other batch
- * sizes later keep its address; the tensor-core kernel's tile_done flags (4 bytes per row
- * tile) use the context scratch (pk_cuda_scratch), which only prefill-sized calls touch.
+ * attention workspace (pk_cuda_attention_workspace) after ATTN_COUNTER_BYTES of split counters
+ * (zeroed when the workspace is allocated, then kept at 0 by the kernel); the first such call
+ * grows it to the most any decode batch of that shape needs (a few MB), so graphs recorded for
+ * other batch sizes later keep its address; the tensor-core kernel's tile_done flags (4 bytes
+ * per row tile) use the context scratch (pk_cuda_scratch), which only prefill-sized calls
+ * touch.
  *
  * Data checks happen on the device: a token whose position, block-table row or block ids are
  * out of range gets NaN outputs (kv_store: nothing stored) and the first such token is reported
@@ -86,6 +105,18 @@ static constexpr int SPLIT_BLOCKS_PER_SM = 4;  /* blocks the split count aims fo
 static constexpr int DECODE_MAX_TOKENS = 64;   /* up to here split_kernel takes every batch */
 static constexpr int FALLBACK_BLOCKS_X = 512;  /* token slots of the fallback launch */
 static constexpr int COMBINE_THREADS = 128;
+
+/* Tensor-core decode kernel. */
+static constexpr int DEC_WARPS = 4;
+static constexpr int DEC_THREADS = DEC_WARPS * 32;
+static constexpr int DEC_HEADS = 8;                        /* query heads per block */
+static constexpr int DEC_KEYS = 16;                        /* keys per warp step */
+static constexpr int DEC_SPLIT_KEYS = DEC_WARPS * DEC_KEYS; /* a split's keys: a multiple */
+static constexpr int DEC_BLOCKS_PER_SM = 3;                /* resident blocks (registers) */
+static constexpr int DEC_SPLIT_WAVES = 2;                  /* blocks the split count aims for */
+/* The attention workspace starts with one split counter per (token, kv head, head chunk). */
+static constexpr int ATTN_COUNTERS = 16384;
+static constexpr size_t ATTN_COUNTER_BYTES = sizeof(unsigned) * ATTN_COUNTERS;
 
 /* Tensor-core prefill kernel. */
 static constexpr int TC_ROWS = 64;  /* (token, head) rows per block */
@@ -324,6 +355,7 @@ struct split_args {
     float scale_log2;       /* scale · log2(e): the softmax runs on exp2 */
     float *part_acc;        /* splits > 1: [T][n_q][splits][v_head_dim] unnormalised outputs */
     float2 *part_ml;        /* splits > 1: [T][n_q][splits] (max, sum) in the log2 domain */
+    unsigned *counters;     /* tc_decode_kernel, splits > 1: [T][n_kv][head chunks], all 0 */
     const int *tile_done;   /* fallback mode: tiles already done by the tensor-core kernel */
     int tile_tokens;        /* tokens per such tile */
     long long *info;
@@ -979,6 +1011,360 @@ __global__ void __launch_bounds__(TC_THREADS) tc_prefill_kernel(tc_args a)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Attention, tensor-core decode kernel (BF16 caches, fp32 results through split operands)    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Three bf16 pairs whose sums are (x0, x1) to fp32 precision: each residual is exact in fp32,
+ * so 3 x 8 significant bits cover the 24 of the float. Low halves hold x0's terms. */
+__device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t (&terms)[3])
+{
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+        uint32_t p = pack_bf16x2(x0, x1);
+        terms[i] = p;
+        x0 -= __uint_as_float(p << 16);
+        x1 -= __uint_as_float(p & 0xffff0000u);
+    }
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4 &u, int i)
+{
+    return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
+}
+
+/* Cache slot of `key` (< end), or -1 for a key past end or a block id out of range (reported;
+ * the caller's `bad` then turns the token's outputs into NaN). */
+__device__ __forceinline__ int64_t checked_slot(const split_args &a, const int32_t *table,
+                                                int64_t t, int64_t key, int64_t end, bool &bad)
+{
+    if (key >= end)
+        return -1;
+    const batch_view &b = a.b;
+    int block, offset;
+    if (b.block_shift >= 0) {
+        block = (int)(key >> b.block_shift);
+        offset = (int)(key & (b.block_size - 1));
+    } else {
+        block = (int)(key / b.block_size);
+        offset = (int)(key - (int64_t)block * b.block_size);
+    }
+    int32_t id = __ldg(table + block);
+    if (id < 0 || id >= b.n_blocks) {
+        bad = true;
+        pk_report(a.info, PK_CUDA_OP_ATTENTION, PK_CUDA_BAD_BLOCK_ID, t, id, b.n_blocks, 0);
+        return -1;
+    }
+    return (int64_t)id * b.block_size + offset;
+}
+
+/* The cache slots one lane reads for the DEC_KEYS keys from j0: keys j0 + g and j0 + 8 + g for
+ * Kᵀ (B operand of Q·Kᵀ), keys j0 + 2·tq + {0, 1, 8, 9} for Vᵀ (A operand of Vᵀ·Pᵀ). */
+struct decode_slots {
+    int64_t k[2], v[4];
+};
+
+__device__ __forceinline__ decode_slots decode_slots_of(const split_args &a, const int32_t *table,
+                                                        int64_t t, int64_t j0, int64_t end,
+                                                        bool &bad)
+{
+    const int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    decode_slots s;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+        s.k[i] = checked_slot(a, table, t, j0 + 8 * i + g, end, bad);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        s.v[i] = checked_slot(a, table, t, j0 + 8 * (i >> 1) + 2 * tq + (i & 1), end, bad);
+    return s;
+}
+
+/* Run by the last split of a token to finish: out = Σ_s w_s·acc_s / Σ_s w_s·l_s over the
+ * n_active splits in split order, w_s = 2^(m_s - max m); NaN if a split saw a bad block. The
+ * partials were written by other blocks: read through L2 (__ldcg), after the caller's fence. */
+template <int HD>
+__device__ void merge_splits(const split_args &a, int64_t t, int h_first, int hn, int n_active,
+                             float (&w_s)[DEC_HEADS][SPLIT_MAX_SPLITS], float *l_s)
+{
+    const int tid = threadIdx.x;
+    const int64_t part = (t * a.n_q + h_first) * a.splits; /* + h·splits + split */
+    if (tid < hn) {
+        const float2 *ml = a.part_ml + part + (int64_t)tid * a.splits;
+        float mt = -INFINITY;
+        for (int s = 0; s < n_active; s++)
+            mt = fmaxf(mt, __ldcg(ml + s).x);
+        float lt = 0.0f;
+        for (int s = 0; s < n_active; s++) {
+            const float2 v = __ldcg(ml + s);
+            const float w = v.x == -INFINITY ? 0.0f : exp2f(v.x - mt);
+            w_s[tid][s] = w;
+            lt += w * v.y; /* a bad split's NaN makes the sum NaN */
+        }
+        l_s[tid] = lt;
+    }
+    __syncthreads();
+    float *o = a.out + t * a.out_stride + (int64_t)h_first * HD;
+    for (int idx = tid; idx < hn * HD; idx += DEC_THREADS) {
+        const int h = idx / HD, d = idx - h * HD;
+        const float *src = a.part_acc + (part + (int64_t)h * a.splits) * HD + d;
+        float sum = 0.0f;
+        for (int s = 0; s < n_active; s++)
+            if (w_s[h][s] != 0.0f)
+                sum = fmaf(w_s[h][s], __ldcg(src + (int64_t)s * HD), sum);
+        o[idx] = sum / l_s[h];
+    }
+}
+
+/*
+ * Grid (token, kv head, head chunks × splits), DEC_THREADS threads. A block takes up to
+ * DEC_HEADS query heads of one kv head and one split of the token's keys; its warps take the
+ * split's 16-key tiles in turn, each with its own online softmax:
+ *   S = Q·Kᵀ  (m16n8k16: rows = the heads, 8 of 16 used; columns = 8 keys; k = head dims),
+ *   O += Vᵀ·Pᵀ (rows = 16 value dims, columns = the 8 heads, k = the 16 keys),
+ * so the score fragment a lane gets (head g, keys 2·tq + {0, 1, 8, 9}) is the Pᵀ fragment it
+ * needs. K fragments are plain 16-byte loads (the dot product does not care how head dims are
+ * ordered, so q is laid out to match); V fragments are 16-byte loads of 4 keys' dims paired up
+ * with byte permutes. q and P are fp32 split into three bf16 terms (K and V are bf16 already),
+ * each tile's products are summed by the tensor cores from zero and added to the running fp32
+ * accumulators with ordinary FMAs: fp32-level results, fixed order. The next tile's cache slots
+ * are looked up while the current tile computes.
+ *
+ * Splits: `splits` (host) cuts the keys into ceil((pos + 1) / splits) rounded up to
+ * DEC_SPLIT_KEYS; splits past the end return at once. A token with one active split writes its
+ * output; otherwise each split writes (m, l, acc) partials and bumps the token's counter, and the
+ * last one to arrive merges the partials in split order and resets the counter to 0 for the
+ * next launch (graph replays).
+ */
+template <int HD>
+__global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kernel(split_args a)
+{
+    constexpr int KCH = HD / 32;   /* 16-byte chunks of a key row per lane */
+    constexpr int VCH = HD / 64;   /* 16-byte chunks of a value row per lane */
+    constexpr int STEPS = HD / 16; /* k-steps of Q·Kᵀ = row tiles of Vᵀ·Pᵀ */
+    constexpr int DPT = HD / 8;    /* value dims per lane */
+    constexpr int AST = HD + 4;    /* floats per head row of warp_acc */
+    __shared__ uint2 q_frag[STEPS][3][32];
+    __shared__ float warp_acc[DEC_WARPS][DEC_HEADS][AST];
+    __shared__ float warp_m[DEC_WARPS][DEC_HEADS], warp_l[DEC_WARPS][DEC_HEADS];
+    __shared__ float head_m[DEC_HEADS], head_l[DEC_HEADS];
+    __shared__ float split_w[DEC_HEADS][SPLIT_MAX_SPLITS];
+    __shared__ int last_block;
+
+    const int64_t t = blockIdx.x;
+    const int kvh = blockIdx.y;
+    const int split = (int)(blockIdx.z % (unsigned)a.splits);
+    const int chunk = (int)(blockIdx.z / (unsigned)a.splits);
+    const int g0 = chunk * DEC_HEADS, hn = min(DEC_HEADS, a.group - g0);
+    const int h_first = kvh * a.group + g0;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
+
+    /* q first (it depends on nothing): lane (g, tq) of k-step s holds head g's dims
+     * 8·(tq + 4·(s/2)) + 4·(s%2) + 0..3, the dims of the K words it multiplies. */
+    const float *qr = a.q + t * a.q_stride + (int64_t)(h_first + g) * HD;
+    for (int s = warp; s < STEPS; s += DEC_WARPS) {
+        float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (g < hn)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                x[e] = qr[8 * (tq + 4 * (s >> 1)) + 4 * (s & 1) + e] * a.scale_log2;
+        uint32_t lo[3], hi[3];
+        split_bf16x2(x[0], x[1], lo);
+        split_bf16x2(x[2], x[3], hi);
+#pragma unroll
+        for (int i = 0; i < 3; i++)
+            q_frag[s][i][lane] = make_uint2(lo[i], hi[i]);
+    }
+
+    int64_t pos = 0;
+    const int32_t *table = NULL;
+    const bool ok = token_ok(a.b, t, PK_CUDA_OP_ATTENTION, a.info, tid == 0, &pos, &table);
+    if (!ok) {
+        if (split == 0)
+            for (int idx = tid; idx < hn * HD; idx += DEC_THREADS)
+                a.out[t * a.out_stride + (int64_t)h_first * HD + idx] =
+                    __int_as_float(0x7fc00000); /* NaN */
+        return;
+    }
+    int64_t per = (pos + a.splits) / a.splits;
+    per = (per + DEC_SPLIT_KEYS - 1) / DEC_SPLIT_KEYS * DEC_SPLIT_KEYS;
+    const int n_active = (int)((pos + per) / per);
+    const int64_t start = (int64_t)split * per, end = min(pos + 1, start + per);
+    if (start >= end) /* past the end of a short context */
+        return;
+
+    const char *k_head = a.k + (int64_t)kvh * HD * 2 + tq * 16;
+    const char *v_head = a.v + (int64_t)kvh * HD * 2 + g * DPT * 2;
+    float m = -INFINITY, l = 0.0f, acc[STEPS][4];
+#pragma unroll
+    for (int i = 0; i < STEPS; i++)
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    bool bad = false;
+    int64_t j0 = start + (int64_t)warp * DEC_KEYS;
+    decode_slots next = {};
+    if (j0 < end)
+        next = decode_slots_of(a, table, t, j0, end, bad);
+    __syncthreads(); /* q_frag */
+
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    while (j0 < end) {
+        const decode_slots cur = next;
+        uint4 kr[2][KCH], vr[4][VCH];
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int c = 0; c < KCH; c++)
+                kr[i][c] = cur.k[i] < 0 ? zero
+                                        : __ldg((const uint4 *)(k_head + cur.k[i] * a.k_row_bytes +
+                                                                c * 64));
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int c = 0; c < VCH; c++)
+                vr[i][c] = cur.v[i] < 0 ? zero
+                                        : __ldg((const uint4 *)(v_head + cur.v[i] * a.v_row_bytes +
+                                                                c * 16));
+        const int64_t j_next = j0 + DEC_SPLIT_KEYS;
+        if (j_next < end)
+            next = decode_slots_of(a, table, t, j_next, end, bad);
+
+        /* Scores of head g, keys j0 + 2·tq + {0, 1} (sc[0]) and j0 + 8 + 2·tq + {0, 1}
+         * (sc[1]); small terms of q first. */
+        float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int term = 2; term >= 0; term--)
+#pragma unroll
+            for (int s = 0; s < STEPS; s++) {
+                const uint2 qa = q_frag[s][term][lane];
+                const uint32_t afr[4] = {qa.x, 0u, qa.y, 0u};
+#pragma unroll
+                for (int n = 0; n < 2; n++)
+                    mma_bf16(sc[n], afr, word_of(kr[n][s >> 1], 2 * (s & 1)),
+                             word_of(kr[n][s >> 1], 2 * (s & 1) + 1));
+            }
+        float sk[4] = {sc[0][0], sc[0][1], sc[1][0], sc[1][1]}, mx = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (j0 + 8 * (k >> 1) + 2 * tq + (k & 1) >= end)
+                sk[k] = -INFINITY;
+            mx = fmaxf(mx, sk[k]);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m, mx); /* finite: key j0 is always in range */
+        const float corr = exp2f(m - m_new);
+        float p[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            p[k] = exp2f(sk[k] - m_new);
+        l = l * corr + ((p[0] + p[1]) + (p[2] + p[3]));
+        m = m_new;
+        uint32_t pb0[3], pb1[3];
+        split_bf16x2(p[0], p[1], pb0);
+        split_bf16x2(p[2], p[3], pb1);
+        /* This lane's accumulators are heads 2·tq and 2·tq + 1: their corrections. */
+        const float corr_a = __shfl_sync(0xffffffffu, corr, 8 * tq);
+        const float corr_b = __shfl_sync(0xffffffffu, corr, 8 * tq + 4);
+#pragma unroll
+        for (int i = 0; i < STEPS; i++) {
+            const uint32_t w0 = word_of(vr[0][i >> 2], i & 3), w1 = word_of(vr[1][i >> 2], i & 3);
+            const uint32_t w2 = word_of(vr[2][i >> 2], i & 3), w3 = word_of(vr[3][i >> 2], i & 3);
+            const uint32_t afr[4] = {__byte_perm(w0, w1, 0x5410), __byte_perm(w0, w1, 0x7632),
+                                     __byte_perm(w2, w3, 0x5410), __byte_perm(w2, w3, 0x7632)};
+            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int term = 2; term >= 0; term--)
+                mma_bf16(d, afr, pb0[term], pb1[term]);
+            acc[i][0] = fmaf(acc[i][0], corr_a, d[0]);
+            acc[i][1] = fmaf(acc[i][1], corr_b, d[1]);
+            acc[i][2] = fmaf(acc[i][2], corr_a, d[2]);
+            acc[i][3] = fmaf(acc[i][3], corr_b, d[3]);
+        }
+        j0 = j_next;
+    }
+
+    /* Merge the warps: per head the common max, l summed warp by warp, the accumulators
+     * (lane: heads 2·tq, 2·tq + 1 × dims DPT·g + 2·i + {0, 1}) scaled into shared memory and
+     * summed in warp order. */
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (tq == 0) {
+        warp_m[warp][g] = m;
+        warp_l[warp][g] = l;
+    }
+    const bool block_bad = __syncthreads_or(bad);
+    float f[2];
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        const int h = 2 * tq + e;
+        float mt = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++)
+            mt = fmaxf(mt, warp_m[w][h]);
+        f[e] = warp_m[warp][h] == -INFINITY ? 0.0f : exp2f(warp_m[warp][h] - mt);
+        if (g == 0) { /* one lane per head: the head's (m, l) */
+            float lt = 0.0f;
+#pragma unroll
+            for (int w = 0; w < DEC_WARPS; w++)
+                if (warp_m[w][h] != -INFINITY)
+                    lt += warp_l[w][h] * exp2f(warp_m[w][h] - mt);
+            if (warp == 0) {
+                head_m[h] = mt;
+                head_l[h] = lt;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < STEPS; i++) {
+        const int d = DPT * g + 2 * i;
+        warp_acc[warp][2 * tq][d] = acc[i][0] * f[0];
+        warp_acc[warp][2 * tq + 1][d] = acc[i][1] * f[1];
+        warp_acc[warp][2 * tq][d + 1] = acc[i][2] * f[0];
+        warp_acc[warp][2 * tq + 1][d + 1] = acc[i][3] * f[1];
+    }
+    __syncthreads();
+
+    const float nan = __int_as_float(0x7fc00000);
+    if (n_active == 1) {
+        float *o = a.out + t * a.out_stride + (int64_t)h_first * HD;
+        for (int idx = tid; idx < hn * HD; idx += DEC_THREADS) {
+            const int h = idx / HD, d = idx - h * HD;
+            float v = 0.0f;
+#pragma unroll
+            for (int w = 0; w < DEC_WARPS; w++)
+                v += warp_acc[w][h][d];
+            o[idx] = block_bad ? nan : v / head_l[h];
+        }
+        return;
+    }
+    const int64_t part = (t * a.n_q + h_first) * a.splits; /* + h·splits + split */
+    for (int idx = tid; idx < hn * HD; idx += DEC_THREADS) {
+        const int h = idx / HD, d = idx - h * HD;
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++)
+            v += warp_acc[w][h][d];
+        a.part_acc[(part + (int64_t)h * a.splits + split) * HD + d] = v;
+    }
+    if (tid < hn)
+        a.part_ml[part + (int64_t)tid * a.splits + split] =
+            block_bad ? make_float2(-INFINITY, nan) : make_float2(head_m[tid], head_l[tid]);
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        const int chunks = (int)(gridDim.z / (unsigned)a.splits);
+        unsigned *counter = a.counters + (t * gridDim.y + kvh) * chunks + chunk;
+        const bool last = atomicAdd(counter, 1u) == (unsigned)n_active - 1;
+        if (last)
+            atomicExch(counter, 0u); /* every split has arrived: ready for the next launch */
+        last_block = last;
+    }
+    __syncthreads();
+    if (!last_block)
+        return;
+    __threadfence();
+    merge_splits<HD>(a, t, h_first, hn, n_active, split_w, head_l);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Attention, host side: choosing and launching                                               */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -1109,6 +1495,38 @@ static size_t split_workspace_bound(int n_q, int n_kv, int chunks, int v_head_di
     return most;
 }
 
+/*
+ * The attention workspace: ATTN_COUNTER_BYTES of split counters, then `partial_bytes` for the
+ * partials of T tokens (accumulators, then (m, l) pairs). The counters are zero whenever no
+ * kernel runs: zeroed here when the workspace is (re)allocated, reset by the kernel's last
+ * split of each token; nothing else ever writes that region.
+ */
+static pio_status attention_workspace(pk_context *ctx, size_t partial_bytes, int64_t T,
+                                      int n_q, int v_head_dim, int splits, const char *op,
+                                      split_args *a, pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    size_t before = st->attn_workspace_bytes;
+    void *ws = NULL;
+    pio_status status =
+        pk_cuda_attention_workspace(ctx, ATTN_COUNTER_BYTES + partial_bytes, op, &ws, err);
+    if (status != PIO_OK)
+        return status;
+    if (st->attn_workspace_bytes != before) {
+        status = pk_cuda_fail(ctx, op, "cudaMemsetAsync (split counters)",
+                              cudaMemsetAsync(ws, 0, ATTN_COUNTER_BYTES, st->stream), err);
+        if (status != PIO_OK)
+            return status;
+    }
+    size_t ml_offset = 0;
+    (void)split_partial_bytes(T, n_q, v_head_dim, splits, &ml_offset);
+    char *partials = (char *)ws + ATTN_COUNTER_BYTES;
+    a->counters = (unsigned *)ws;
+    a->part_acc = (float *)partials;
+    a->part_ml = (float2 *)(partials + ml_offset);
+    return PIO_OK;
+}
+
 static pio_status launch_split(pk_context *ctx, split_args a, const split_shape &sh,
                                int64_t grid_x, int n_kv, int splits, const char *op,
                                pio_error *err)
@@ -1117,15 +1535,11 @@ static pio_status launch_split(pk_context *ctx, split_args a, const split_shape 
     int chunks = (a.group + sh.heads - 1) / sh.heads;
     a.splits = splits;
     if (splits > 1) {
-        size_t ml_offset = 0;
-        (void)split_partial_bytes(a.T, a.n_q, a.v_head_dim, splits, &ml_offset);
         size_t bound = split_workspace_bound(a.n_q, n_kv, chunks, a.v_head_dim, st->sm_count);
-        void *ws = NULL;
-        pio_status status = pk_cuda_attention_workspace(ctx, bound, op, &ws, err);
+        pio_status status = attention_workspace(ctx, bound, a.T, a.n_q, a.v_head_dim, splits, op,
+                                                &a, err);
         if (status != PIO_OK)
             return status;
-        a.part_acc = (float *)ws;
-        a.part_ml = (float2 *)((char *)ws + ml_offset);
     }
     if ((int64_t)n_kv > 65535 || (int64_t)chunks * splits > 65535 ||
         (splits > 1 && a.n_q > 65535))
@@ -1138,6 +1552,62 @@ static pio_status launch_split(pk_context *ctx, split_args a, const split_shape 
         combine_kernel<<<cgrid, COMBINE_THREADS, 0, st->stream>>>(
             a.out, a.out_stride, a.part_acc, a.part_ml, a.n_q, a.v_head_dim, splits);
     }
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
+/* Decode batches over BF16 caches with head_dim = v_head_dim in {64, 128}: tc_decode_kernel. */
+static bool use_tc_decode(const pk_tensor *q, const pk_tensor *k_cache, const pk_tensor *v_cache,
+                          const pk_attention_params *p, const split_shape &split)
+{
+    return split.ok && q->rows <= DECODE_MAX_TOKENS && pk_is_bf16(k_cache) &&
+           pk_is_bf16(v_cache) && p->head_dim == p->v_head_dim &&
+           (p->head_dim == 64 || p->head_dim == 128);
+}
+
+/* Splits per token of tc_decode_kernel: about DEC_SPLIT_WAVES waves of resident blocks, from
+ * host-known numbers only; 1 where the counters would not fit. */
+static int choose_decode_splits(int64_t T, int n_kv, int chunks, int sm_count)
+{
+    int64_t blocks = T * n_kv * chunks;
+    if ((int64_t)DECODE_MAX_TOKENS * n_kv * chunks > ATTN_COUNTERS)
+        return 1;
+    int64_t want = ((int64_t)DEC_SPLIT_WAVES * DEC_BLOCKS_PER_SM * sm_count + blocks - 1) / blocks;
+    return (int)(want < 1 ? 1 : want > SPLIT_MAX_SPLITS ? SPLIT_MAX_SPLITS : want);
+}
+
+/* The most partials any decode batch of this shape needs (see split_workspace_bound). */
+static size_t decode_workspace_bound(int n_q, int n_kv, int chunks, int v_head_dim, int sm_count)
+{
+    size_t most = 0, unused;
+    for (int64_t T = 1; T <= DECODE_MAX_TOKENS; T++) {
+        size_t bytes = split_partial_bytes(T, n_q, v_head_dim,
+                                           choose_decode_splits(T, n_kv, chunks, sm_count),
+                                           &unused);
+        most = bytes > most ? bytes : most;
+    }
+    return most;
+}
+
+static pio_status launch_tc_decode(pk_context *ctx, split_args a, int n_kv, const char *op,
+                                   pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    int chunks = (a.group + DEC_HEADS - 1) / DEC_HEADS;
+    a.splits = choose_decode_splits(a.T, n_kv, chunks, st->sm_count);
+    if (a.splits > 1) {
+        size_t bound = decode_workspace_bound(a.n_q, n_kv, chunks, a.v_head_dim, st->sm_count);
+        pio_status status = attention_workspace(ctx, bound, a.T, a.n_q, a.v_head_dim, a.splits,
+                                                op, &a, err);
+        if (status != PIO_OK)
+            return status;
+    }
+    if (n_kv > 65535 || (int64_t)chunks * a.splits > 65535)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: batch too large for one launch", op);
+    dim3 grid((unsigned)a.T, (unsigned)n_kv, (unsigned)(chunks * a.splits));
+    if (a.head_dim == 64)
+        tc_decode_kernel<64><<<grid, DEC_THREADS, 0, st->stream>>>(a);
+    else
+        tc_decode_kernel<128><<<grid, DEC_THREADS, 0, st->stream>>>(a);
     return pk_cuda_check_launch(ctx, op, err);
 }
 
@@ -1278,6 +1748,8 @@ pio_status pk_cuda_attention(pk_context *ctx, const pk_tensor *out, const pk_ten
     tc_kernel_fn tc = plan_tensor_core(q, k_cache, v_cache, params, sh, st->max_smem_optin);
     if (tc != NULL)
         return launch_tensor_core(ctx, tc, sa, sh, params->n_kv_heads, op, err);
+    if (use_tc_decode(q, k_cache, v_cache, params, sh))
+        return launch_tc_decode(ctx, sa, params->n_kv_heads, op, err);
     int chunks = (sa.group + sh.heads - 1) / sh.heads;
     int splits = choose_splits(q->rows, params->n_kv_heads, chunks, st->sm_count);
     int64_t grid_x = q->rows < INT32_MAX ? q->rows : INT32_MAX;

@@ -1,6 +1,8 @@
 /*
- * pk_attention on the CUDA backend against the CPU backend, kernel by kernel: the split-KV
- * decode kernel (fp32; batches up to 64 tokens, and every F32 cache), the tensor-core prefill
+ * pk_attention on the CUDA backend against the CPU backend, kernel by kernel: the tensor-core
+ * decode kernel (BF16 caches, head_dim = v_head_dim 64/128, batches up to 64 tokens; fp32
+ * results through q and P split into three bf16 terms, with its fused merge of the splits), the
+ * split-KV kernel (fp32; the other decode shapes, and every F32 cache), the tensor-core prefill
  * kernel (BF16 caches, more than 64 tokens, head_dim 64/128) with its per-token fallback for
  * mixed tiles, and the general kernel (absorbed MLA, unaligned or very wide heads). Run by
  * `make test-gpu` on a machine with a GPU; not part of `make test`.
@@ -14,8 +16,10 @@
  *
  * Error measure: ‖gpu − cpu‖₂ / ‖cpu‖₂ over the output, and every element must be finite where
  * the CPU's is (NaN where a bad token's is expected). Thresholds:
- *   TOL_F32 2e-5  split-KV and general kernels: fp32 on both sides (BF16 caches are widened
- *                 exactly), differing in summation order and exp2f vs expf only.
+ *   TOL_F32 2e-5  split-KV, general and tensor-core decode kernels: fp32 on both sides (BF16
+ *                 caches are widened exactly; the decode kernel's three bf16 terms carry q and
+ *                 P to fp32 precision and each tile starts its tensor-core sums from zero),
+ *                 differing in summation order and exp2f vs expf only.
  *   TOL_TC  1e-2  tensor-core prefill: q and the softmax weights P are rounded to bf16 before
  *                 the tensor cores multiply them (what a bf16 model does); each rounding is a
  *                 relative error of at most 2^-9 (about 1.1e-3 rms for uniform rounding), and
@@ -26,8 +30,8 @@
  *
  * Seeds: PIO_GPU_TEST_SEED=N repeats a run (the seed is printed); otherwise the clock picks one.
  * PIO_GPU_TEST_SANITIZER=1 (under compute-sanitizer) drops the deepest and longest shapes.
- * PIO_KERNELS_BENCH=1 also times decode (depths 512/4096/16384) and prefill (512/2048 tokens)
- * at Qwen3-4B's heads.
+ * PIO_KERNELS_BENCH=1 also times decode (B=1 at depths 1..16384, B=8 at 512..16384, B=64 at
+ * 640) and prefill (512/2048 tokens) at Qwen3-4B's heads.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -428,6 +432,8 @@ static void test_decode_head_shapes(void **state)
         {12, 2, 256, 256, 16, PIO_DTYPE_F32, 0, 0},  /* 2 chunks per lane, group 6 in 2 blocks */
         {4, 1, 512, 512, 16, PIO_DTYPE_BF16, 0, 0},  /* 2 chunks per lane */
         {32, 2, 80, 80, 16, PIO_DTYPE_BF16, 0, 0},   /* group 16: two blocks of 8 heads */
+        {32, 2, 128, 128, 16, PIO_DTYPE_BF16, 0, 0}, /* tensor-core decode, group 16: 2 chunks */
+        {6, 2, 64, 64, 5, PIO_DTYPE_BF16, 0, 0},     /* tensor-core decode, group 3, odd blocks */
         {6, 3, 40, 40, 5, PIO_DTYPE_BF16, 0, 0},     /* 5 chunks, idle lanes */
         {4, 4, 13, 13, 3, PIO_DTYPE_F32, 0, 0},      /* general: unaligned heads */
         {8, 2, 64, 64, 16, PIO_DTYPE_BF16, 0, 1},    /* general: unaligned rows */
@@ -441,6 +447,37 @@ static void test_decode_head_shapes(void **state)
             depths[k] = (int32_t)random_int(1, 300);
         run_decode(&shapes[i], 5, depths, "decode shapes");
     }
+}
+
+/* tc_decode_kernel's fused merge: one token, so 32 splits of 64 keys up to depth 2048 (on GPUs
+ * of 43 SMs or more), at depths that leave 1..32 splits with keys: every count of partials is
+ * merged by the last split to finish. */
+static void test_decode_split_counts(void **state)
+{
+    (void)state;
+    for (int32_t k = 0; k < 32; k++) {
+        if (sanitizer && k % 4 != 3)
+            continue;
+        int32_t depth = 64 * k + (int32_t)random_int(1, 64);
+        char what[64];
+        snprintf(what, sizeof what, "decode %d splits with keys", k + 1);
+        run_decode(&QWEN3, 1, &depth, what);
+    }
+}
+
+/* Sequences of very different lengths in one batch: one token's splits all hold keys while
+ * another's are nearly all empty. */
+static void test_decode_uneven_batch(void **state)
+{
+    (void)state;
+    static const int32_t full[16] = {1,    16384, 2,   5000, 17, 64,   65,   3000,
+                                     1,    700,   129, 2048, 33, 2049, 8191, 4};
+    int32_t depths[16];
+    for (int i = 0; i < 16; i++)
+        depths[i] = sanitizer && full[i] > 2100 ? full[i] % 2100 + 1 : full[i];
+    run_decode(&QWEN3, 16, depths, "decode uneven batch");
+    const shape g8 = {16, 2, 64, 64, 3, PIO_DTYPE_BF16, 0, 0};
+    run_decode(&g8, 16, depths, "decode uneven batch");
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -725,6 +762,55 @@ static void test_graph_replay_at_new_positions(void **state)
     release_all(NULL);
 }
 
+/*
+ * One recorded decode token replayed at growing positions (and back): the number of splits with
+ * keys changes from 1 to 32 between replays, so the split counters must be back at 0 after every
+ * launch for the last split to find itself and write the output.
+ */
+static void test_graph_replay_growing_positions(void **state)
+{
+    (void)state;
+    if (!pk_graph_supported(gpu_ctx)) {
+        print_message("(skipped: no graphs)\n");
+        return;
+    }
+    int32_t len = 3000;
+    world w;
+    world_make(&w, &QWEN3, 1, &len);
+    world_fill(&w, 0, len);
+    world_upload(&w);
+    pk_attention_params p = params_of(&QWEN3);
+    pio_error err;
+    tokens tl = {.n = 0};
+    add_token(&tl, 0, 0);
+    batch b = make_batch(&w, &tl);
+    pair q = make_pair(PIO_DTYPE_F32, 1, w.qw, 0, FILL_UNIFORM, -1, 1);
+    pair out = make_pair(PIO_DTYPE_F32, 1, w.ow, 0, FILL_NAN, 0, 0);
+    expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d, &b.d, &p,
+                           &err), &err, "graph warm-up");
+    sync_gpu("graph warm-up");
+    pk_graph *graph = NULL;
+    expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "pk_graph_begin");
+    expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d, &b.d, &p,
+                           &err), &err, "recorded attention");
+    expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "pk_graph_end");
+    static const int32_t positions[] = {0, 1, 63, 64, 65, 127, 128, 640, 2047, 2048, 2999, 100, 5};
+    for (size_t r = 0; r < sizeof positions / sizeof *positions; r++) {
+        memcpy(b.positions.h.data, &positions[r], sizeof positions[r]);
+        upload(&b.positions);
+        memset(out.h.data, 0xff, out.span_bytes); /* NaN */
+        upload(&out);
+        expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "pk_graph_launch");
+        expect_ok(pk_attention(cpu_ctx, &out.h, &q.h, NULL, NULL, &w.k_cache_h, &w.v_cache_h, &b.h,
+                               &p, &err), &err, "cpu");
+        char name[64];
+        snprintf(name, sizeof name, "graph replay at position %d", positions[r]);
+        check_out(name, &out, TOL_F32, NULL, NULL, 1);
+    }
+    pk_graph_destroy(gpu_ctx, graph);
+    release_all(NULL);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Timings                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
@@ -855,10 +941,13 @@ static void test_attention_benchmark(void **state)
         return;
     }
     static const int32_t depths[] = {512, 4096, 16384};
+    bench_decode(1, 1, 0);
+    bench_decode(1, 64, 0);
     for (int i = 0; i < 3; i++) {
         bench_decode(1, depths[i], 0);
         bench_decode(8, depths[i], 0);
     }
+    bench_decode(64, 640, 0); /* batched decode: 168 MB of K/V */
     bench_decode(1, 4096, 1);
     bench_prefill(512, 0);
     bench_prefill(2048, 0);
@@ -871,11 +960,14 @@ int main(void)
         cmocka_unit_test_teardown(test_decode_depths, release_all),
         cmocka_unit_test_teardown(test_decode_batches, release_all),
         cmocka_unit_test_teardown(test_decode_head_shapes, release_all),
+        cmocka_unit_test_teardown(test_decode_split_counts, release_all),
+        cmocka_unit_test_teardown(test_decode_uneven_batch, release_all),
         cmocka_unit_test_teardown(test_prefill_lengths, release_all),
         cmocka_unit_test_teardown(test_prefill_groups_and_heads, release_all),
         cmocka_unit_test_teardown(test_mixed_batches, release_all),
         cmocka_unit_test_teardown(test_bad_tokens_are_reported, release_all),
         cmocka_unit_test_teardown(test_graph_replay_at_new_positions, release_all),
+        cmocka_unit_test_teardown(test_graph_replay_growing_positions, release_all),
         cmocka_unit_test_teardown(test_attention_benchmark, release_all),
     };
     return cmocka_run_group_tests_name("cuda attention vs cpu attention", tests, group_setup,
