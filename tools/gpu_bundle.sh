@@ -10,6 +10,7 @@
 #                                   racecheck on them, logs under OUT
 #
 # Usage: tools/gpu_bundle.sh BUILD_DIR BUNDLE_DIR   (the device command: docs/KERNELS.md)
+# Also writes BUNDLE_DIR.tar.xz, the stripped bundle in one archive.
 set -eu
 build=$1
 bundle=$2
@@ -97,4 +98,9 @@ echo "run-gpu-tests: status $status"
 exit $status
 EOF
 chmod +x "$bundle/run-gpu-tests.sh"
-echo "gpu bundle: $bundle ($(du -sh "$bundle" | cut -f1))"
+# The binaries carry every kernel for every GPU test (~10 MB each): stripped and packed, the
+# whole bundle travels as one archive of ~15 MB (the device tool's carry limit is 64 MB).
+# On the GPU machine: mkdir -p B && tar xJf bundle.tar.xz -C B && sh B/run-gpu-tests.sh OUT
+find "$bundle/bin" "$bundle/plugins" "$bundle/tests" -type f -exec strip {} +
+tar cf - -C "$bundle" . | xz -T0 -6 >"$bundle.tar.xz"
+echo "gpu bundle: $bundle ($(du -sh "$bundle" | cut -f1)), packed: $bundle.tar.xz ($(du -sh "$bundle.tar.xz" | cut -f1))"
