@@ -307,6 +307,77 @@ __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_kernel(qk_nor
     }
 }
 
+/*
+ * The same for the common shape, in registers: NEOX rotation of whole heads whose width is a
+ * multiple of 64 (E = head_dim / 32 elements per lane, lane l holding elements l + 32j). A
+ * rotated pair (i, i + head_dim/2) then sits in one lane (j and j + E/2), so a warp needs no
+ * shared memory, no block barrier and only its own E/2 angles. The head's values are loaded
+ * before the token's position and cache slot are looked up, so the two latencies overlap. Same
+ * expressions as qk_norm_rope_head. Grid and reporting as qk_norm_rope_kernel.
+ */
+template <int E>
+__global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_lanes_kernel(qk_norm_rope_args a)
+{
+    constexpr int H = E / 2; /* pairs per lane */
+    const int lane = threadIdx.x & 31;
+    const int head = blockIdx.y * QK_NORM_WARPS + (threadIdx.x >> 5);
+    const int heads = a.n_q + a.n_kv + (a.v_cache != NULL ? a.n_kv : 0);
+    if (head >= heads)
+        return; /* no barriers below */
+    const bool is_v = head >= a.n_q + a.n_kv, is_q = head < a.n_q;
+    const int kh = head - a.n_q, vh = head - a.n_q - a.n_kv, hd = E * 32;
+    for (int64_t t = blockIdx.x; t < a.T; t += gridDim.x) {
+        float *x = is_q ? a.q + t * a.qs + (int64_t)head * hd : a.k + t * a.ks + (int64_t)kh * hd;
+        const float *src = is_v ? a.v + t * a.vs + (int64_t)vh * hd : x;
+        float v[E];
+#pragma unroll
+        for (int j = 0; j < E; j++)
+            v[j] = src[lane + 32 * j];
+        int64_t pos;
+        const int32_t *table;
+        bool ok = token_ok(a.b, t, PK_CUDA_OP_KV_STORE, a.info,
+                           lane == 0 && head == 0 && blockIdx.y == 0, &pos, &table);
+        int64_t slot = ok ? slot_of(a.b, table, (int)pos) : -1;
+        if (is_v) { /* a value head: stored as it is */
+            if (slot >= 0) {
+                void *dst = (char *)a.v_cache + (size_t)(slot * a.vcs) * (a.v_bf16 ? 2 : 4);
+#pragma unroll
+                for (int j = 0; j < E; j++)
+                    pk_store(dst, a.v_bf16, (int64_t)vh * hd + lane + 32 * j, v[j]);
+            }
+            continue;
+        }
+        const void *w = is_q ? a.q_norm : a.k_norm;
+        bool w_bf16 = is_q ? a.q_norm_bf16 : a.k_norm_bf16;
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < E; j++)
+            s = fmaf(v[j], v[j], s);
+        float inv_rms = 1.0f / sqrtf(pk_warp_sum(s) / (float)hd + a.eps);
+#pragma unroll
+        for (int j = 0; j < E; j++)
+            v[j] = (v[j] * inv_rms) * pk_load(w, w_bf16, lane + 32 * j);
+        float angle_pos = (float)a.b.positions[t];
+        float out[E];
+#pragma unroll
+        for (int j = 0; j < H; j++) { /* pair (lane + 32j, lane + 32j + hd/2) */
+            float angle = angle_pos * a.f.inv_freq[lane + 32 * j];
+            float c = cosf(angle), sn = sinf(angle);
+            out[j] = __fsub_rn(__fmul_rn(v[j], c), __fmul_rn(v[j + H], sn));
+            out[j + H] = __fadd_rn(__fmul_rn(v[j + H], c), __fmul_rn(v[j], sn));
+        }
+        void *k_row = !is_q && slot >= 0 ? (char *)a.k_cache + (size_t)(slot * a.kcs) *
+                                                                   (a.k_bf16 ? 2 : 4)
+                                         : NULL;
+#pragma unroll
+        for (int j = 0; j < E; j++) {
+            x[lane + 32 * j] = out[j];
+            if (k_row != NULL)
+                pk_store(k_row, a.k_bf16, (int64_t)kh * hd + lane + 32 * j, out[j]);
+        }
+    }
+}
+
 pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
                                       const pk_tensor *v, const pk_tensor *q_norm,
                                       const pk_tensor *k_norm, float eps,
@@ -362,7 +433,15 @@ pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const
     int heads = a.n_q + a.n_kv + (v != NULL ? a.n_kv : 0);
     dim3 grid((unsigned)(q->rows < 65535 ? q->rows : 65535),
               (unsigned)((heads + QK_NORM_WARPS - 1) / QK_NORM_WARPS));
-    qk_norm_rope_kernel<<<grid, QK_NORM_WARPS * 32, smem, st->stream>>>(a);
+    bool lanes = !a.interleaved && a.offset == 0 && a.rotary_dim == a.head_dim;
+    if (lanes && a.head_dim == 64)
+        qk_norm_rope_lanes_kernel<2><<<grid, QK_NORM_WARPS * 32, 0, st->stream>>>(a);
+    else if (lanes && a.head_dim == 128)
+        qk_norm_rope_lanes_kernel<4><<<grid, QK_NORM_WARPS * 32, 0, st->stream>>>(a);
+    else if (lanes && a.head_dim == 256)
+        qk_norm_rope_lanes_kernel<8><<<grid, QK_NORM_WARPS * 32, 0, st->stream>>>(a);
+    else
+        qk_norm_rope_kernel<<<grid, QK_NORM_WARPS * 32, smem, st->stream>>>(a);
     return pk_cuda_check_launch(ctx, op, err);
 }
 

@@ -981,9 +981,16 @@ static void test_qk_norm_rope_store(void **state)
         {32, 8, 128, 128, 16, PIO_DTYPE_BF16, 0},
         {4, 2, 64, 64, 3, PIO_DTYPE_F32, 0},
         {8, 8, 128, 128, 16, PIO_DTYPE_F32, 0},
+        {4, 2, 256, 256, 16, PIO_DTYPE_BF16, 0},
+        {4, 2, 96, 96, 16, PIO_DTYPE_F32, 0}, /* not a multiple of 64: the shared-memory kernel */
     };
+    /* NEOX over whole heads (the register kernel for widths 64/128/256), then interleaved and
+     * a partial rotary range (the general kernel). */
+    static const struct { pk_rope_layout layout; int rotary_num, rotary_den; } ropes[] = {
+        {PK_ROPE_NEOX, 1, 1}, {PK_ROPE_INTERLEAVED, 1, 1}, {PK_ROPE_NEOX, 1, 2}};
     pio_error err;
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases * 3; ci++) {
+        size_t i = ci / 3, ri = ci % 3;
         const attention_case *c = &cases[i];
         attn_world w;
         make_world(&w, c);
@@ -1000,7 +1007,9 @@ static void test_qk_norm_rope_store(void **state)
         pair v = cols_of(&qkv, w.qw + w.kw, w.kw);
         pair qn = make_pair(PIO_DTYPE_BF16, 1, c->head_dim, 0, FILL_UNIFORM, 0.5f, 1.5f);
         pair kn = make_pair(PIO_DTYPE_F32, 1, c->head_dim, 0, FILL_UNIFORM, 0.5f, 1.5f);
-        pk_rope_params rope = {PK_ROPE_NEOX, c->head_dim, c->head_dim, 0, 1000000.0f};
+        pk_rope_params rope = {ropes[ri].layout, c->head_dim,
+                               c->head_dim * ropes[ri].rotary_num / ropes[ri].rotary_den, 0,
+                               1000000.0f};
         expect_ok(pk_qk_norm_rope_store(gpu_ctx, &q.d, &k.d, &v.d, &qn.d, &kn.d, 1e-6f, &rope,
                                         &w.k_cache_d, &w.v_cache_d, &b.d, &p, &err),
                   &err, "pk_qk_norm_rope_store");
