@@ -17,11 +17,14 @@
  *      split into three bf16 terms (K and V are bf16 already; products are exact), each tile's
  *      tensor-core sums start from zero and are added to fp32 accumulators with FMAs. Splits
  *      S = clamp(ceil(DEC_SPLIT_WAVES·DEC_BLOCKS_PER_SM·SMs / (T·n_kv·chunks)), 1, 32); a split
- *      holds ceil((pos + 1) / S) keys rounded up to 64, so short contexts use few splits and the
- *      empty ones return at once. The merge is fused: with one active split the block writes
+ *      holds max(ceil((pos + 1) / S), DEC_MIN_SPLIT_KEYS) keys rounded up to 64, so short
+ *      contexts use few splits (up to DEC_MIN_SPLIT_KEYS keys: one, no merge) and the empty
+ *      ones return at once. The token check reads no block id (every one read is checked where
+ *      it is read), so the first tile's block-table reads start with it. The merge is fused: with one active split the block writes
  *      the output, otherwise every split writes (m, l, acc), fences and bumps the token's
  *      counter in the workspace, and the last to arrive merges all partials in split order
- *      (deterministic) and puts the counter back to 0 for the next launch or graph replay.
+ *      (deterministic; its loads issued together) and puts the counter back to 0 for the next
+ *      launch or graph replay.
  *      Bytes as kernel 1 (the partials only where several splits hold keys).
  *   1. split_kernel (split-KV, fp32 math) - decode shapes kernel 0 does not take, and
  *      everything the tensor cores do not take.
@@ -45,16 +48,20 @@
  *      launch latency). Needs 16-byte aligned cache rows and heads (host-checked) and rows of
  *      at most 64 chunks (512 bf16 / 256 f32 wide).
  *   2. tc_prefill_kernel (FlashAttention-2 style, tensor cores) - T > DECODE_MAX_TOKENS, BF16
- *      K and V planes, head_dim = v_head_dim in {64, 128}, a group size dividing 64. Rows are
- *      (token, query head of the group) pairs, t·group + g, so a block of TC_ROWS = 64 rows
- *      holds 64 / group consecutive tokens with all their query heads of one kv head: each K/V
- *      tile it loads serves 64 rows. Grid (row tiles, kv heads), 4 warps of 16 rows. A block
+ *      K and V planes, head_dim = v_head_dim in {64, 128}, a group size dividing 128. Rows are
+ *      (token, query head of the group) pairs, t·group + g, so a block of TC_ROWS = 128 rows
+ *      holds 128 / group consecutive tokens with all their query heads of one kv head: each K/V
+ *      tile it loads serves 128 rows. Grid (row tiles, kv heads), 8 warps of 16 rows, two
+ *      blocks an SM (128 registers: the warps' Q fragments are re-read from shared memory at
+ *      every tile instead of held). A block
  *      first checks on the device that its tokens are valid, share one sequence and that
  *      every block id up to their largest position is in range ("uniform"); then it walks
  *      keys 0..max position in tiles of 64, double-buffered with cp.async through the block
  *      table into shared memory as bf16, S = Q·Kᵀ and O += P·V with mma.sync m16n8k16 (bf16
  *      in, fp32 accumulate; Q rounded to bf16 once, P rounded to bf16 per tile), online
- *      softmax in fp32 registers, the causal mask per row (key <= that row's position). It
+ *      softmax in fp32 registers (exp2 by one ex2.approx.ftz), the causal mask per row (key <=
+ *      that row's position) on the tiles that cross a row's position, warps past all their
+ *      rows' positions skipping the tile. It
  *      records per tile whether it did the work (tile_done, in the scratch); a tile that is
  *      not uniform (sequences mixed within it, a bad token) is left to split_kernel, launched
  *      right after in "fallback" mode: a token loop that skips done tiles, one block per
@@ -64,12 +71,17 @@
  *      FLOPs 2·Σ_rows (pos+1)·(hd+vhd) plus the masked part of the last key tile; K/V bytes
  *      from L2 n_kv·Σ_tiles (max pos+1)·(hd+vhd)·2 (each block re-reads its prefix; HBM sees
  *      it about once). Limits: mma.sync (no wgmma/TMA), exp2 throughput, L2 bandwidth of the
- *      re-reads, 87 KB of shared memory (two blocks per SM) at head_dim 128.
+ *      re-reads, 104 KB of shared memory (two blocks per SM) at head_dim 128.
  *   3. attention_kernel (the first, general kernel) - what neither takes: values that are a
  *      column view of one kv head's keys (absorbed MLA, v_in_k: it reuses the key tile),
  *      unaligned cache rows or heads, rows wider than the split kernel's registers, K and V of
  *      different dtypes. One block per (token, kv head, chunk of query heads) walks all keys
  *      with fp32 shared-memory tiles (see below).
+ *
+ * Programmatic dependent launch: the kernels that end a decode step's attention (0, 1 and the
+ * combine kernel) call pk_pdl_launch_dependents() first, so the o_proj GEMV launched after them
+ * as a dependent can start loading its weights (it waits for their results with pk_pdl_wait).
+ * They are not launched as dependents themselves.
  *
  * Numerics: kernels 0, 1 and 3 are fp32 (the CPU's results to ~1e-6). Kernel 2 rounds q
  * and the softmax weights to bf16 (as a bf16 model does): 1-3e-3 relative.
@@ -90,6 +102,7 @@
 #include "kernels/cuda/cuda_internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 static constexpr int ATT_THREADS = 256;
 static constexpr int ATT_TILE = 32; /* keys per shared-memory tile */
@@ -114,14 +127,19 @@ static constexpr int DEC_KEYS = 16;                        /* keys per warp step
 static constexpr int DEC_SPLIT_KEYS = DEC_WARPS * DEC_KEYS; /* a split's keys: a multiple */
 static constexpr int DEC_BLOCKS_PER_SM = 3;                /* resident blocks (registers) */
 static constexpr int DEC_SPLIT_WAVES = 2;                  /* blocks the split count aims for */
+/* Fewest keys of a split. Larger minimums (one split, no merge, for short contexts) measured
+ * slower on an H100: each warp then walks several 16-key tiles, one HBM round trip each
+ * (B = 1 at depth 640: 13.3 us at 64, 14.0 at 128, 16.7 at 256, 25.3 at 640). */
+static constexpr int DEC_MIN_SPLIT_KEYS = 64;
 /* The attention workspace starts with one split counter per (token, kv head, head chunk). */
 static constexpr int ATTN_COUNTERS = 16384;
 static constexpr size_t ATTN_COUNTER_BYTES = sizeof(unsigned) * ATTN_COUNTERS;
 
 /* Tensor-core prefill kernel. */
-static constexpr int TC_ROWS = 64;  /* (token, head) rows per block */
+static constexpr int TC_ROWS = 128; /* (token, head) rows per block */
 static constexpr int TC_KEYS = 64;  /* keys per K/V tile */
-static constexpr int TC_WARPS = 4;  /* 16 rows each */
+static constexpr int TC_WARPS = 8;  /* 16 rows each */
+static constexpr int TC_BLOCKS_PER_SM = 2; /* 128 registers a thread, 104 KB of shared memory */
 static constexpr int TC_THREADS = TC_WARPS * 32;
 static constexpr int TC_PAD = 8;    /* bf16 per shared row: rows 16 bytes apart mod 128 */
 
@@ -352,6 +370,7 @@ struct split_args {
     int lanes;              /* lanes per key: a power of two, SPLIT_MIN_LANES..32 */
     int k_chunks, v_chunks; /* 16-byte chunks of a key head / value head row */
     int splits;
+    int min_split_keys;     /* tc_decode_kernel: fewest keys of a split (short contexts: one) */
     float scale_log2;       /* scale · log2(e): the softmax runs on exp2 */
     float *part_acc;        /* splits > 1: [T][n_q][splits][v_head_dim] unnormalised outputs */
     float2 *part_ml;        /* splits > 1: [T][n_q][splits] (max, sum) in the log2 domain */
@@ -643,6 +662,7 @@ __device__ void split_token(const split_args &a, int64_t t, int kvh, int split, 
 template <bool BF16, int HB, int NCH>
 __global__ void __launch_bounds__(SPLIT_THREADS) split_kernel(split_args a)
 {
+    pk_pdl_launch_dependents(); /* the o_proj GEMV may start loading its weights */
     const int kvh = blockIdx.y;
     const int split = (int)(blockIdx.z % (unsigned)a.splits);
     const int g0 = (int)(blockIdx.z / (unsigned)a.splits) * HB;
@@ -670,6 +690,7 @@ combine_kernel(float *out, int64_t out_stride, const float *part_acc, const floa
 {
     __shared__ float w_s[SPLIT_MAX_SPLITS];
     __shared__ float l_total;
+    pk_pdl_launch_dependents(); /* the o_proj GEMV may start loading its weights */
     const int64_t t = blockIdx.x;
     const int h = blockIdx.y;
     const int64_t first = (t * n_q + h) * splits;
@@ -740,6 +761,15 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t *sm
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                      : "r"(addr)
                      : "memory");
+}
+
+/* 2^x with one MUFU instruction; results below 2^-126 become 0 (the prefill kernel rounds
+ * them to bf16 weights, where they vanish next to the row's largest weight, 1). */
+__device__ __forceinline__ float exp2_ftz(float x)
+{
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
 }
 
 /* d += a·b: m16n8k16, bf16 inputs, fp32 accumulators. */
@@ -839,7 +869,7 @@ __device__ __forceinline__ void tc_load_tile(const tc_args &a, const int32_t *ta
  * lane holds rows 16w + lane/4 ("a") and +8 ("b") of every accumulator fragment.
  */
 template <int HD>
-__global__ void __launch_bounds__(TC_THREADS) tc_prefill_kernel(tc_args a)
+__global__ void __launch_bounds__(TC_THREADS, TC_BLOCKS_PER_SM) tc_prefill_kernel(tc_args a)
 {
     constexpr int RS = HD + TC_PAD;
     extern __shared__ __align__(16) unsigned char tc_smem[];
@@ -882,13 +912,11 @@ __global__ void __launch_bounds__(TC_THREADS) tc_prefill_kernel(tc_args a)
     const int pos_a = tok_a < n_tok ? s_pos[tok_a] : -1; /* -1: no such row, all masked */
     const int pos_b = tok_b < n_tok ? s_pos[tok_b] : -1;
     const int warp_max = __reduce_max_sync(0xffffffffu, max(pos_a, pos_b));
+    const int warp_min = __reduce_min_sync(0xffffffffu, min(pos_a, pos_b));
     __syncthreads();
-
-    uint32_t qa[HD / 16][4]; /* A fragments of the warp's 16 rows */
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++)
-        ldmatrix_x4(qa[kk], q_s + (warp * 16 + (lane & 15)) * RS + kk * 16 + (lane >> 4) * 8,
-                    false);
+    /* The warp's Q fragments are read from shared memory at every tile: held in registers
+     * they would cost the 32 that keep two blocks on an SM. */
+    const uint16_t *q_frag = q_s + (warp * 16 + (lane & 15)) * RS + (lane >> 4) * 8;
 
     float o[HD / 8][4];
 #pragma unroll
@@ -912,25 +940,30 @@ __global__ void __launch_bounds__(TC_THREADS) tc_prefill_kernel(tc_args a)
                 s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
             /* S = Q·Kᵀ: K rows are the B operand's columns (ldmatrix without transpose). */
 #pragma unroll
-            for (int kk = 0; kk < HD / 16; kk++)
+            for (int kk = 0; kk < HD / 16; kk++) {
+                uint32_t qa[4];
+                ldmatrix_x4(qa, q_frag + kk * 16, false);
 #pragma unroll
                 for (int np = 0; np < TC_KEYS / 16; np++) {
                     uint32_t b[4];
                     ldmatrix_x4(b, ks + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * RS + kk * 16 +
                                        ((lane >> 3) & 1) * 8,
                                 false);
-                    mma_bf16(s[2 * np], qa[kk], b[0], b[1]);
-                    mma_bf16(s[2 * np + 1], qa[kk], b[2], b[3]);
+                    mma_bf16(s[2 * np], qa, b[0], b[1]);
+                    mma_bf16(s[2 * np + 1], qa, b[2], b[3]);
                 }
-            /* Causal mask per row, scale, online softmax (a row's 4 lanes share its max). */
+            }
+            /* Causal mask per row (only where the tile reaches past a row's position), scale,
+             * online softmax (a row's 4 lanes share its max). */
+            const bool masked = j0 + TC_KEYS - 1 > warp_min; /* warp-uniform */
             float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
             for (int nt = 0; nt < TC_KEYS / 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int key = j0 + nt * 8 + 2 * (lane & 3) + e;
-                    s[nt][e] = key <= pos_a ? s[nt][e] * a.scale_log2 : -INFINITY;
-                    s[nt][2 + e] = key <= pos_b ? s[nt][2 + e] * a.scale_log2 : -INFINITY;
+                    s[nt][e] = masked && key > pos_a ? -INFINITY : s[nt][e] * a.scale_log2;
+                    s[nt][2 + e] = masked && key > pos_b ? -INFINITY : s[nt][2 + e] * a.scale_log2;
                     mx_a = fmaxf(mx_a, s[nt][e]);
                     mx_b = fmaxf(mx_b, s[nt][2 + e]);
                 }
@@ -942,7 +975,7 @@ __global__ void __launch_bounds__(TC_THREADS) tc_prefill_kernel(tc_args a)
             const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
             const float base_a = mn_a == -INFINITY ? 0.0f : mn_a;
             const float base_b = mn_b == -INFINITY ? 0.0f : mn_b;
-            const float corr_a = exp2f(m_a - base_a), corr_b = exp2f(m_b - base_b);
+            const float corr_a = exp2_ftz(m_a - base_a), corr_b = exp2_ftz(m_b - base_b);
             m_a = mn_a;
             m_b = mn_b;
             float sum_a = 0.0f, sum_b = 0.0f;
@@ -950,8 +983,8 @@ __global__ void __launch_bounds__(TC_THREADS) tc_prefill_kernel(tc_args a)
             for (int nt = 0; nt < TC_KEYS / 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    s[nt][e] = exp2f(s[nt][e] - base_a);
-                    s[nt][2 + e] = exp2f(s[nt][2 + e] - base_b);
+                    s[nt][e] = exp2_ftz(s[nt][e] - base_a);
+                    s[nt][2 + e] = exp2_ftz(s[nt][2 + e] - base_b);
                     sum_a += s[nt][e];
                     sum_b += s[nt][2 + e];
                 }
@@ -1080,37 +1113,60 @@ __device__ __forceinline__ decode_slots decode_slots_of(const split_args &a, con
 
 /* Run by the last split of a token to finish: out = Σ_s w_s·acc_s / Σ_s w_s·l_s over the
  * n_active splits in split order, w_s = 2^(m_s - max m); NaN if a split saw a bad block. The
- * partials were written by other blocks: read through L2 (__ldcg), after the caller's fence. */
+ * partials were written by other blocks: read through L2 (__ldcg), after the caller's fence.
+ * The merge is on the path of every token with several splits, so its loads are issued
+ * together: a lane per split for (m, l), then BATCH splits of every output a thread writes. */
 template <int HD>
 __device__ void merge_splits(const split_args &a, int64_t t, int h_first, int hn, int n_active,
                              float (&w_s)[DEC_HEADS][SPLIT_MAX_SPLITS], float *l_s)
 {
-    const int tid = threadIdx.x;
+    constexpr int ITEMS = DEC_HEADS * HD / DEC_THREADS; /* outputs per thread */
+    constexpr int BATCH = 4;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int64_t part = (t * a.n_q + h_first) * a.splits; /* + h·splits + split */
-    if (tid < hn) {
-        const float2 *ml = a.part_ml + part + (int64_t)tid * a.splits;
-        float mt = -INFINITY;
-        for (int s = 0; s < n_active; s++)
-            mt = fmaxf(mt, __ldcg(ml + s).x);
-        float lt = 0.0f;
-        for (int s = 0; s < n_active; s++) {
-            const float2 v = __ldcg(ml + s);
-            const float w = v.x == -INFINITY ? 0.0f : exp2f(v.x - mt);
-            w_s[tid][s] = w;
-            lt += w * v.y; /* a bad split's NaN makes the sum NaN */
-        }
-        l_s[tid] = lt;
+    for (int h = warp; h < hn; h += DEC_WARPS) {
+        const float2 v = lane < n_active ? __ldcg(a.part_ml + part + (int64_t)h * a.splits + lane)
+                                         : make_float2(-INFINITY, 0.0f);
+        const float mt = pk_warp_max(v.x);
+        const float w = v.x == -INFINITY ? 0.0f : exp2f(v.x - mt);
+        const float lt = pk_warp_sum(w * v.y); /* a bad split's NaN makes the sum NaN */
+        if (lane < n_active)
+            w_s[h][lane] = w;
+        if (lane == 0)
+            l_s[h] = lt;
     }
     __syncthreads();
+    float sum[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; i++)
+        sum[i] = 0.0f;
+    for (int s0 = 0; s0 < n_active; s0 += BATCH) {
+        float v[ITEMS][BATCH];
+#pragma unroll
+        for (int i = 0; i < ITEMS; i++)
+#pragma unroll
+            for (int k = 0; k < BATCH; k++) {
+                const int idx = tid + i * DEC_THREADS, h = idx / HD;
+                v[i][k] = idx < hn * HD && s0 + k < n_active
+                              ? __ldcg(a.part_acc + (part + (int64_t)h * a.splits + s0 + k) * HD +
+                                       (idx - h * HD))
+                              : 0.0f;
+            }
+#pragma unroll
+        for (int i = 0; i < ITEMS; i++)
+#pragma unroll
+            for (int k = 0; k < BATCH; k++) {
+                const int idx = tid + i * DEC_THREADS, h = idx / HD;
+                if (idx < hn * HD && s0 + k < n_active && w_s[h][s0 + k] != 0.0f)
+                    sum[i] = fmaf(w_s[h][s0 + k], v[i][k], sum[i]);
+            }
+    }
     float *o = a.out + t * a.out_stride + (int64_t)h_first * HD;
-    for (int idx = tid; idx < hn * HD; idx += DEC_THREADS) {
-        const int h = idx / HD, d = idx - h * HD;
-        const float *src = a.part_acc + (part + (int64_t)h * a.splits) * HD + d;
-        float sum = 0.0f;
-        for (int s = 0; s < n_active; s++)
-            if (w_s[h][s] != 0.0f)
-                sum = fmaf(w_s[h][s], __ldcg(src + (int64_t)s * HD), sum);
-        o[idx] = sum / l_s[h];
+#pragma unroll
+    for (int i = 0; i < ITEMS; i++) {
+        const int idx = tid + i * DEC_THREADS;
+        if (idx < hn * HD)
+            o[idx] = sum[i] / l_s[idx / HD];
     }
 }
 
@@ -1156,6 +1212,7 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kern
     const int g0 = chunk * DEC_HEADS, hn = min(DEC_HEADS, a.group - g0);
     const int h_first = kvh * a.group + g0;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
+    pk_pdl_launch_dependents(); /* the o_proj GEMV may start loading its weights */
 
     /* q first (it depends on nothing): lane (g, tq) of k-step s holds head g's dims
      * 8·(tq + 4·(s/2)) + 4·(s%2) + 0..3, the dims of the K words it multiplies. */
@@ -1174,9 +1231,11 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kern
             q_frag[s][i][lane] = make_uint2(lo[i], hi[i]);
     }
 
+    /* The block ids are checked where they are read (checked_slot; the block holding pos is read
+     * by one of the splits), so the first tile's table reads need not wait for a check. */
     int64_t pos = 0;
     const int32_t *table = NULL;
-    const bool ok = token_ok(a.b, t, PK_CUDA_OP_ATTENTION, a.info, tid == 0, &pos, &table);
+    const bool ok = token_span_ok(a.b, t, PK_CUDA_OP_ATTENTION, a.info, tid == 0, &pos, &table);
     if (!ok) {
         if (split == 0)
             for (int idx = tid; idx < hn * HD; idx += DEC_THREADS)
@@ -1184,7 +1243,7 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kern
                     __int_as_float(0x7fc00000); /* NaN */
         return;
     }
-    int64_t per = (pos + a.splits) / a.splits;
+    int64_t per = max((pos + a.splits) / a.splits, (int64_t)a.min_split_keys);
     per = (per + DEC_SPLIT_KEYS - 1) / DEC_SPLIT_KEYS * DEC_SPLIT_KEYS;
     const int n_active = (int)((pos + per) / per);
     const int64_t start = (int64_t)split * per, end = min(pos + 1, start + per);
@@ -1466,6 +1525,7 @@ static split_args make_split_args(pk_cuda_state *st, const pk_tensor *out, const
     a.k_chunks = sh.k_chunks;
     a.v_chunks = sh.v_chunks;
     a.splits = 1;
+    a.min_split_keys = DEC_MIN_SPLIT_KEYS;
     a.scale_log2 = p->scale * 1.4426950408889634f;
     a.tile_tokens = 1;
     a.info = st->err_info_dev;
@@ -1588,10 +1648,32 @@ static size_t decode_workspace_bound(int n_q, int n_kv, int chunks, int v_head_d
     return most;
 }
 
+/* Fewest keys of a tc_decode_kernel split (contexts up to that many keys take one split, with
+ * no partials or merge): DEC_MIN_SPLIT_KEYS, or PIO_CUDA_DECODE_SPLIT_MIN_KEYS read at every
+ * call (benchmarks and tuning; a recorded graph keeps the value of its recording). */
+static pio_status decode_min_split_keys(const char *op, int *keys, pio_error *err)
+{
+    const char *text = getenv("PIO_CUDA_DECODE_SPLIT_MIN_KEYS");
+    *keys = DEC_MIN_SPLIT_KEYS;
+    if (text == NULL || *text == '\0')
+        return PIO_OK;
+    char *end = NULL;
+    long long v = strtoll(text, &end, 10);
+    if (end == text || *end != '\0' || v < 1 || v > (1 << 20))
+        return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT,
+                             "%s: PIO_CUDA_DECODE_SPLIT_MIN_KEYS=\"%s\" is not a key count from "
+                             "1 to 1048576", op, text);
+    *keys = (int)v;
+    return PIO_OK;
+}
+
 static pio_status launch_tc_decode(pk_context *ctx, split_args a, int n_kv, const char *op,
                                    pio_error *err)
 {
     pk_cuda_state *st = pk_cuda_state_of(ctx);
+    pio_status min_status = decode_min_split_keys(op, &a.min_split_keys, err);
+    if (min_status != PIO_OK)
+        return min_status;
     int chunks = (a.group + DEC_HEADS - 1) / DEC_HEADS;
     a.splits = choose_decode_splits(a.T, n_kv, chunks, st->sm_count);
     if (a.splits > 1) {

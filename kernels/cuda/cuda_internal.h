@@ -431,11 +431,12 @@ static inline batch_view make_batch_view(const pk_token_batch *b, const pk_tenso
     return v;
 }
 
-/* Checks token t's position, table row and the block holding its position, as the CPU's
- * check_token; on success *pos and *table describe it. `report`: this thread records the
- * error. */
-__device__ inline bool token_ok(const batch_view &b, int64_t t, int op, long long *info, bool report,
-                         int64_t *pos, const int32_t **table)
+/* Checks token t's position and table row and that the row spans its position, without
+ * reading the block table: on success *pos and *table describe it. `report`: this thread
+ * records the error. Kernels that check every block id they read themselves use it to start
+ * their block-table reads at once. */
+__device__ inline bool token_span_ok(const batch_view &b, int64_t t, int op, long long *info,
+                                     bool report, int64_t *pos, const int32_t **table)
 {
     int64_t p = b.positions[t], row = b.seq_rows[t];
     if (p < 0) {
@@ -454,14 +455,23 @@ __device__ inline bool token_ok(const batch_view &b, int64_t t, int op, long lon
             pk_report(info, op, PK_CUDA_BAD_TABLE_SPAN, t, p, last, b.table_width);
         return false;
     }
-    const int32_t *tab = b.tables + row * b.table_stride;
-    if (tab[last] < 0 || tab[last] >= b.n_blocks) {
+    *pos = p;
+    *table = b.tables + row * b.table_stride;
+    return true;
+}
+
+/* token_span_ok, then the block holding the position: as the CPU's check_token. */
+__device__ inline bool token_ok(const batch_view &b, int64_t t, int op, long long *info, bool report,
+                         int64_t *pos, const int32_t **table)
+{
+    if (!token_span_ok(b, t, op, info, report, pos, table))
+        return false;
+    int32_t id = (*table)[*pos / b.block_size];
+    if (id < 0 || id >= b.n_blocks) {
         if (report)
-            pk_report(info, op, PK_CUDA_BAD_BLOCK_ID, t, tab[last], b.n_blocks, 0);
+            pk_report(info, op, PK_CUDA_BAD_BLOCK_ID, t, id, b.n_blocks, 0);
         return false;
     }
-    *pos = p;
-    *table = tab;
     return true;
 }
 

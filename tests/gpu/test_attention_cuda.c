@@ -53,6 +53,10 @@
 /* The kernel choice the tests aim at (kernels/cuda/cuda_attention.cu): more tokens than this
  * take the tensor-core kernel when the caches are BF16. */
 #define DECODE_MAX_TOKENS 64
+/* The tensor-core decode kernel's fewest keys per split (DEC_MIN_SPLIT_KEYS; the environment
+ * variable PIO_CUDA_DECODE_SPLIT_MIN_KEYS overrides it at every call) and its split granule. */
+#define DEC_MIN_SPLIT_KEYS 64
+#define DEC_SPLIT_KEYS 64
 
 static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes */
 
@@ -452,17 +456,42 @@ static void test_decode_head_shapes(void **state)
 /* tc_decode_kernel's fused merge: one token, so 32 splits of 64 keys up to depth 2048 (on GPUs
  * of 43 SMs or more), at depths that leave 1..32 splits with keys: every count of partials is
  * merged by the last split to finish. */
+/* 1..32 splits holding keys (the fused merge at every count), with the default fewest keys a
+ * split (one 16-key tile a warp) and with 256 (four tiles a warp); then a malformed override. */
 static void test_decode_split_counts(void **state)
 {
     (void)state;
-    for (int32_t k = 0; k < 32; k++) {
-        if (sanitizer && k % 4 != 3)
-            continue;
-        int32_t depth = 64 * k + (int32_t)random_int(1, 64);
-        char what[64];
-        snprintf(what, sizeof what, "decode %d splits with keys", k + 1);
-        run_decode(&QWEN3, 1, &depth, what);
+    static const int32_t min_keys[] = {DEC_MIN_SPLIT_KEYS, 4 * DEC_SPLIT_KEYS};
+    for (int i = 0; i < 2; i++) {
+        char value[16];
+        snprintf(value, sizeof value, "%d", min_keys[i]);
+        assert_int_equal(setenv("PIO_CUDA_DECODE_SPLIT_MIN_KEYS", value, 1), 0);
+        for (int32_t k = 0; k < 32; k++) {
+            if (sanitizer && k % 4 != 3)
+                continue;
+            int32_t depth = min_keys[i] * k + (int32_t)random_int(1, min_keys[i]);
+            char what[64];
+            snprintf(what, sizeof what, "decode %d splits of >= %d keys", k + 1, min_keys[i]);
+            run_decode(&QWEN3, 1, &depth, what);
+        }
     }
+    assert_int_equal(setenv("PIO_CUDA_DECODE_SPLIT_MIN_KEYS", "12x", 1), 0);
+    int32_t depth = 10;
+    world w;
+    world_make(&w, &QWEN3, 1, &depth);
+    tokens tl = {.n = 0};
+    add_token(&tl, 0, depth - 1);
+    batch b = make_batch(&w, &tl);
+    pair q = make_pair(PIO_DTYPE_F32, 1, w.qw, 0, FILL_UNIFORM, -1, 1);
+    pair out = make_pair(PIO_DTYPE_F32, 1, w.ow, 0, FILL_NAN, 0, 0);
+    pk_attention_params p = params_of(&QWEN3);
+    pio_error err;
+    assert_int_equal(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &w.k_cache_d, &w.v_cache_d,
+                                  &b.d, &p, &err),
+                     PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "PIO_CUDA_DECODE_SPLIT_MIN_KEYS=\"12x\""));
+    assert_int_equal(unsetenv("PIO_CUDA_DECODE_SPLIT_MIN_KEYS"), 0);
+    release_all(NULL);
 }
 
 /* Sequences of very different lengths in one batch: one token's splits all hold keys while
@@ -506,10 +535,11 @@ static void run_prefill(const shape *s, int32_t n, int32_t start)
 static void test_prefill_lengths(void **state)
 {
     (void)state;
-    static const int32_t lengths[] = {1, 63, 64, 65, 512, 2048};
+    /* around the 32-token row tiles of group 4 (128 rows), and long */
+    static const int32_t lengths[] = {1, 63, 64, 65, 97, 160, 512, 2048};
     static const int32_t starts[] = {0, 300};
     const shape g4 = {8, 2, 128, 128, 16, PIO_DTYPE_BF16, 0, 0};
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 8; i++)
         for (int j = 0; j < 2; j++)
             if (!sanitizer || lengths[i] <= 128)
                 run_prefill(&g4, lengths[i], starts[j]);
@@ -941,6 +971,18 @@ static void test_attention_benchmark(void **state)
         return;
     }
     static const int32_t depths[] = {512, 4096, 16384};
+    /* B = 1 at the short contexts of a tg128 run, by the fewest keys a split (the default is
+     * DEC_MIN_SPLIT_KEYS; 64 is every split as short as it can be). */
+    static const int32_t short_depths[] = {1, 64, 128, 256, 512, 640};
+    static const char *const min_keys[] = {"64", "128", "256", "640"};
+    for (int m = 0; m < 4; m++) {
+        assert_int_equal(setenv("PIO_CUDA_DECODE_SPLIT_MIN_KEYS", min_keys[m], 1), 0);
+        print_message("fewest keys a split: %s\n", min_keys[m]);
+        for (int i = 0; i < 6; i++)
+            bench_decode(1, short_depths[i], 0);
+    }
+    assert_int_equal(unsetenv("PIO_CUDA_DECODE_SPLIT_MIN_KEYS"), 0);
+    print_message("fewest keys a split: default (%d)\n", DEC_MIN_SPLIT_KEYS);
     bench_decode(1, 1, 0);
     bench_decode(1, 64, 0);
     for (int i = 0; i < 3; i++) {
