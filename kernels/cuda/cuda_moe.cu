@@ -1233,12 +1233,32 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
     }
 }
 
-/* Whether the decode path takes the call: few enough pairs for the plan, and not turned off
- * (PIO_CUDA_MOE_DECODE=0, read at every call: tests of the general GEMV path). */
-static bool moe_decode_fits(const moe_call &c)
+/* PIO_CUDA_MOE_DECODE, read at every call (tests and benchmarks): "0" turns the decode path
+ * off (the general GEMV kernels run), "one" / "grouped" force its variant, anything else or
+ * unset leaves the choice to the backend. */
+static const char *moe_decode_setting(void)
 {
     const char *text = getenv("PIO_CUDA_MOE_DECODE");
-    return c.n_pairs <= MOE_DECODE_MAX_PAIRS && !(text != NULL && strcmp(text, "0") == 0);
+    return text != NULL ? text : "";
+}
+
+/* Whether the decode path takes the call: few enough pairs for the plan, and not turned off. */
+static bool moe_decode_fits(const moe_call &c)
+{
+    return c.n_pairs <= MOE_DECODE_MAX_PAIRS && strcmp(moe_decode_setting(), "0") != 0;
+}
+
+/* The one-pair variant (one pair a pass, 3 blocks an SM) while an expert has about one pair at
+ * most: T·k·4 <= n_local (T <= 4 at E = 128, k = 8). Measured on an H100 at
+ * Qwen3-Coder-30B-A3B's shape (docs/KERNELS.md): at T = 16 (1.6 pairs an expert) it re-reads
+ * the rows of every expert with two pairs and is 15 % slower than the grouped variant. Either
+ * gives the same bits. */
+static bool moe_decode_one_pair(const moe_call &c)
+{
+    const char *setting = moe_decode_setting();
+    if (strcmp(setting, "one") == 0 || strcmp(setting, "grouped") == 0)
+        return setting[0] == 'o';
+    return c.n_pairs * 4 <= c.n_local;
 }
 
 template <bool BF16, bool VEC, int NPMAX>
@@ -1327,9 +1347,7 @@ static pio_status run_experts_decode(pk_context *ctx, const char *op, const moe_
     const bool gu_vec = aligned16(c.gate_up->data) && c.gate_up->stride % (gu_bf16 ? 8 : 4) == 0 &&
                         aligned16(c.x->data) && c.x->stride % 4 == 0;
     const bool down_vec = aligned16(c.down->data) && c.down->stride % (down_bf16 ? 8 : 4) == 0;
-    /* About one pair per selected expert (decode: T·k <= n_local): one pair a pass, with more
-     * weight loads in flight and 3 blocks an SM. The choice changes no result. */
-    const bool one_pair = n_pairs <= c.n_local;
+    const bool one_pair = moe_decode_one_pair(c);
     const int64_t u_max = c.n_local < n_pairs ? c.n_local : n_pairs;
     const int64_t resident = (int64_t)st->sm_count * (one_pair ? 3 : 2);
     int64_t gu_blocks = (u_max * ((F + 1) / 2) + MOE_WARPS - 1) / MOE_WARPS;

@@ -5,6 +5,8 @@
  * fallback at any T) and the grouped tensor-core GEMM (prefill and batches: x and the SwiGLU
  * activations rounded to bf16). Run by `make test-gpu` on a machine with a GPU; not part of
  * `make test`. PIO_GPU_TEST_FILTER=PATTERN runs only the tests whose names match.
+ * PIO_CUDA_MOE_DECODE=one|grouped forces the decode path's variant (the benchmark, the
+ * determinism test).
  *
  * The path is forced per test with PIO_CUDA_MOE_GEMM_MIN_T and PIO_CUDA_MOE_DECODE, which the op
  * reads at every call (GEMM_MIN_T 1: the GEMM whenever the weights allow it; a huge value: the
@@ -713,8 +715,9 @@ static void test_moe_decode_slice(void **state)
     }
 }
 
-/* Decode path: bit for bit the same result on a second run, and for a token alone as in a batch
- * of 16 (its expert's other pairs, the number of experts and of blocks differ). */
+/* Decode path: bit for bit the same result on a second run, with either variant (one pair or
+ * groups of pairs a pass) and for a token alone as in a batch of 16 (its expert's other pairs,
+ * the number of experts and of blocks differ). */
 static void test_moe_decode_deterministic_and_batch_independent(void **state)
 {
     (void)state;
@@ -724,6 +727,16 @@ static void test_moe_decode_deterministic_and_batch_independent(void **state)
     const float *batch = gpu_experts_rows(&w, 0, w.T);
     const float *again = gpu_experts_rows(&w, 0, w.T);
     assert_memory_equal(batch, again, (size_t)w.T * row_bytes);
+    static const char *const variants[] = {"one", "grouped"};
+    for (int v = 0; v < 2; v++) {
+        setenv("PIO_CUDA_MOE_DECODE", variants[v], 1);
+        const float *forced = gpu_experts_rows(&w, 0, w.T);
+        if (memcmp(forced, batch, (size_t)w.T * row_bytes) != 0) {
+            print_error("decode: the %s variant differs from the default\n", variants[v]);
+            fail();
+        }
+    }
+    force_path(DECODE_PATH);
     static const struct { int64_t first, count; } parts[] = {{0, 1}, {7, 1}, {15, 1}, {3, 5}};
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
         const float *part = gpu_experts_rows(&w, parts[i].first, parts[i].count);
@@ -801,7 +814,7 @@ static void test_moe_benchmark(void **state)
         return;
     }
     enum { H = 2048, F = 768, E = 128, K = 8 };
-    static const int64_t tokens[] = {1, 8, 16, 24, 32, 64, 512, 1024, 2048};
+    static const int64_t tokens[] = {1, 2, 4, 8, 16, 24, 32, 64, 512, 1024, 2048};
     pio_error err;
     pair gate_up1 = random_pair(PIO_DTYPE_BF16, 2 * F, H, 0); /* one expert, copied E times */
     pair down1 = random_pair(PIO_DTYPE_BF16, H, F, 0);
@@ -825,10 +838,14 @@ static void test_moe_benchmark(void **state)
         double experts = 0.0; /* distinct experts per call, on average */
         for (int r = 0; r < reps; r++)
             experts += moe_distinct_experts(&ids, r * t, t) / (double)reps;
-        for (int path = GEMV_PATH; path <= DECODE_PATH; path++) {
-            if (path == DECODE_PATH && t * K > 256)
+        /* gemv, gemm, decode (its own variant choice), then decode's two variants forced */
+        static const char *const names[] = {"gemv", "gemm", "decode", "dec-1", "dec-4"};
+        for (int run = 0; run < 5; run++) {
+            if ((run >= 2 && t * K > 256) || (run >= 3 && t > 16))
                 continue;
-            force_path((moe_path)path);
+            force_path(run == 0 ? GEMV_PATH : run == 1 ? GEMM_PATH : DECODE_PATH);
+            if (run >= 3)
+                setenv("PIO_CUDA_MOE_DECODE", run == 3 ? "one" : "grouped", 1);
             pk_tensor ir = pk_tensor_rows(&ids.d, (reps - 1) * t, t);
             pk_tensor wr = pk_tensor_rows(&weights.d, (reps - 1) * t, t);
             expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up, &down, &ir, &wr, E, &err),
@@ -844,10 +861,9 @@ static void test_moe_benchmark(void **state)
             sync_gpu("bench moe");
             double per = (seconds_now() - t0) / reps, bytes = experts * (3.0 * F * H) * 2;
             double flops = 6.0 * (double)t * K * H * F;
-            const char *name = path == GEMM_PATH ? "gemm" : path == GEMV_PATH ? "gemv" : "decode";
             print_message("moe_experts %-6s T=%-4lld H=%d F=%d E=%d k=%d: %8.1f us  %6.1f TFLOP/s"
                           "  %7.1f GB/s of the selected experts' weights (%.1f experts a "
-                          "call)\n", name, (long long)t, H, F, E,
+                          "call)\n", names[run], (long long)t, H, F, E,
                           K, per * 1e6, flops / per * 1e-12, bytes / per * 1e-9, experts);
         }
     }
