@@ -14,12 +14,33 @@
  * expf per token, negligible at E = 128, k = 8). Renormalisation is the CPU's: a float sum in
  * slot order by one lane, divided only when positive.
  *
- * Experts: two paths, chosen per call from host-known values only (T, the weights' type and
- * alignment), so either can be captured in a graph: the GEMV path for decode (T below
- * MOE_GEMM_MIN_T_DEFAULT, fp32 throughout) and the grouped GEMM path for prefill and batches
- * (below). PIO_CUDA_MOE_GEMM_MIN_T=N, read at every call, moves the switch (tests, benchmarks).
+ * Experts: three paths, chosen per call from host-known values only (T·k, the weights' type and
+ * alignment), so any can be captured in a graph: the grouped GEMM path for prefill and batches
+ * (T >= MOE_GEMM_MIN_T_DEFAULT, BF16 aligned weights), else the decode path while T·k <= 256
+ * (fp32 throughout), else the general GEMV path (fp32). PIO_CUDA_MOE_GEMM_MIN_T=N and
+ * PIO_CUDA_MOE_DECODE=0|one|grouped, read at every call, move the switches (tests, benchmarks).
  *
- * GEMV path: four launches on the context's stream.
+ * Decode path (moe_decode_gate_up_kernel, moe_decode_down_kernel): two programmatic launches,
+ * no route or reduce kernel. Every block reads the T·k ids itself (one pair a thread) and builds
+ * its plan in shared memory: the distinct experts of the slice in order of their first pair
+ * (leaders by atomicMin on a per-expert word, numbered with warp ballots) and each one's pairs.
+ *   1. gate_up + SwiGLU: warp items (selected expert, 2 outputs = 4 weight rows), item i on
+ *      global warp i mod (warps of the grid); the grid is at most the resident blocks, so every
+ *      selected expert's rows stream at once. Writes act [T·k, F]. Block 0 reports bad ids.
+ *   2. down + weighted sum: block b owns outputs [8b, 8b + 8) of every selected expert (items of
+ *      4 rows), keeps each pair's 8 sums in shared memory, then out[t, r] (+)= Σ_j weights[t, j]
+ *      · sum[t·k + j][r] in slot order. Its plan and an L2 prefetch of its first rows happen
+ *      before the programmatic wait, while gate_up finishes (see the kernel for why reading the
+ *      ids there is safe).
+ * The dots are moe_dot_group's (below) with K unsplit: 16-byte no-L1 loads, 2 steps x 4 rows in
+ * flight a warp. The one-pair variant (T = 1) runs 3 blocks an SM; the grouped one takes up to
+ * 4 pairs of an expert a pass (rows from HBM once). A pair's sums are the same fp32 sequence in
+ * either variant and any batch: bit-identical between runs, variants and batch sizes of the
+ * path. The topk kernel waits and triggers programmatically too, so gate_up is resident when
+ * the routing ends. Workspace: act only.
+ *
+ * GEMV path (T·k > 256 with F32 or unaligned weights, or PIO_CUDA_MOE_DECODE=0): four launches
+ * on the context's stream.
  *   1. moe_route_kernel, one block: counts the (token, slot) pairs of each expert in shared
  *      memory, prefix-sums them into offsets[E + 1], lists the experts with at least one pair
  *      (active[], then -1 up to n_local) and places each pair p = t·k + j under its expert
@@ -91,7 +112,9 @@
  * shape, as for matmul. Steady state allocates nothing.
  *
  * Left: the pair buffer could be bf16 or the T·k rows processed in chunks to bound the
- * workspace; 128-row tiles (or wgmma) for T >= 2048, where the products dominate (124 TFLOP/s).
+ * workspace; 128-row tiles (or wgmma) for T >= 2048, where the products dominate (124 TFLOP/s);
+ * the decode path at T = 1 streams at 2.3 TB/s (33 us for 75 MB): TMA bulk loads, or one
+ * persistent kernel over gate_up and down, are the next things to try.
  */
 #include "kernels/cuda/cuda_internal.h"
 
@@ -1248,17 +1271,18 @@ static bool moe_decode_fits(const moe_call &c)
     return c.n_pairs <= MOE_DECODE_MAX_PAIRS && strcmp(moe_decode_setting(), "0") != 0;
 }
 
-/* The one-pair variant (one pair a pass, 3 blocks an SM) while an expert has about one pair at
- * most: T·k·4 <= n_local (T <= 4 at E = 128, k = 8). Measured on an H100 at
- * Qwen3-Coder-30B-A3B's shape (docs/KERNELS.md): at T = 16 (1.6 pairs an expert) it re-reads
- * the rows of every expert with two pairs and is 15 % slower than the grouped variant. Either
- * gives the same bits. */
+/* The one-pair variant (one pair a pass, 3 blocks an SM) for one token, the grouped one
+ * (groups of up to 4 pairs a pass, 2 blocks an SM) otherwise. Measured on an H100 at
+ * Qwen3-Coder-30B-A3B's shape (docs/KERNELS.md): one pair 33.0 against 36.4 us at T = 1; grouped
+ * 57.3 against 60.5 us at T = 2, 100.5 / 110.4 at T = 4, 173.7 / 192.2 at T = 8 and 272.8 /
+ * 356.8 at T = 16 (where one pair a pass re-reads the rows of every expert with two pairs).
+ * Either gives the same bits. */
 static bool moe_decode_one_pair(const moe_call &c)
 {
     const char *setting = moe_decode_setting();
     if (strcmp(setting, "one") == 0 || strcmp(setting, "grouped") == 0)
         return setting[0] == 'o';
-    return c.n_pairs * 4 <= c.n_local;
+    return c.T == 1;
 }
 
 template <bool BF16, bool VEC, int NPMAX>
