@@ -14,12 +14,33 @@
  * expf per token, negligible at E = 128, k = 8). Renormalisation is the CPU's: a float sum in
  * slot order by one lane, divided only when positive.
  *
- * Experts: two paths, chosen per call from host-known values only (T, the weights' type and
- * alignment), so either can be captured in a graph: the GEMV path for decode (T below
- * MOE_GEMM_MIN_T_DEFAULT, fp32 throughout) and the grouped GEMM path for prefill and batches
- * (below). PIO_CUDA_MOE_GEMM_MIN_T=N, read at every call, moves the switch (tests, benchmarks).
+ * Experts: three paths, chosen per call from host-known values only (T·k, the weights' type and
+ * alignment), so any can be captured in a graph: the grouped GEMM path for prefill and batches
+ * (T >= MOE_GEMM_MIN_T_DEFAULT, BF16 aligned weights), else the decode path while T·k <= 256
+ * (fp32 throughout), else the general GEMV path (fp32). PIO_CUDA_MOE_GEMM_MIN_T=N and
+ * PIO_CUDA_MOE_DECODE=0|one|grouped, read at every call, move the switches (tests, benchmarks).
  *
- * GEMV path: four launches on the context's stream.
+ * Decode path (moe_decode_gate_up_kernel, moe_decode_down_kernel): two programmatic launches,
+ * no route or reduce kernel. Every block reads the T·k ids itself (one pair a thread) and builds
+ * its plan in shared memory: the distinct experts of the slice in order of their first pair
+ * (leaders by atomicMin on a per-expert word, numbered with warp ballots) and each one's pairs.
+ *   1. gate_up + SwiGLU: warp items (selected expert, 2 outputs = 4 weight rows), item i on
+ *      global warp i mod (warps of the grid); the grid is at most the resident blocks, so every
+ *      selected expert's rows stream at once. Writes act [T·k, F]. Block 0 reports bad ids.
+ *   2. down + weighted sum: block b owns outputs [8b, 8b + 8) of every selected expert (items of
+ *      4 rows), keeps each pair's 8 sums in shared memory, then out[t, r] (+)= Σ_j weights[t, j]
+ *      · sum[t·k + j][r] in slot order. Its plan and an L2 prefetch of its first rows happen
+ *      before the programmatic wait, while gate_up finishes (see the kernel for why reading the
+ *      ids there is safe).
+ * The dots are moe_dot_group's (below) with K unsplit: 16-byte no-L1 loads, 2 steps x 4 rows in
+ * flight a warp. The one-pair variant (T = 1) runs 3 blocks an SM; the grouped one takes up to
+ * 4 pairs of an expert a pass (rows from HBM once). A pair's sums are the same fp32 sequence in
+ * either variant and any batch: bit-identical between runs, variants and batch sizes of the
+ * path. The topk kernel waits and triggers programmatically too, so gate_up is resident when
+ * the routing ends. Workspace: act only.
+ *
+ * GEMV path (T·k > 256 with F32 or unaligned weights, or PIO_CUDA_MOE_DECODE=0): four launches
+ * on the context's stream.
  *   1. moe_route_kernel, one block: counts the (token, slot) pairs of each expert in shared
  *      memory, prefix-sums them into offsets[E + 1], lists the experts with at least one pair
  *      (active[], then -1 up to n_local) and places each pair p = t·k + j under its expert
@@ -91,12 +112,15 @@
  * shape, as for matmul. Steady state allocates nothing.
  *
  * Left: the pair buffer could be bf16 or the T·k rows processed in chunks to bound the
- * workspace; 128-row tiles (or wgmma) for T >= 2048, where the products dominate (124 TFLOP/s).
+ * workspace; 128-row tiles (or wgmma) for T >= 2048, where the products dominate (124 TFLOP/s);
+ * the decode path at T = 1 streams at 2.3 TB/s (33 us for 75 MB): TMA bulk loads, or one
+ * persistent kernel over gate_up and down, are the next things to try.
  */
 #include "kernels/cuda/cuda_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 static constexpr int MOE_NP = 4;    /* pairs one pass of a warp dots its weight rows with */
 static constexpr int MOE_ROWS = 4;  /* weight rows per warp (2 outputs of gate_up, 4 of down) */
@@ -134,6 +158,8 @@ __global__ void moe_topk_kernel(int32_t *ids, int64_t is, float *weights, int64_
                                 const float *__restrict__ logits, int64_t ls, int64_t T,
                                 int E, int k, bool normalize)
 {
+    pk_pdl_wait(); /* logits */
+    pk_pdl_launch_dependents(); /* the decode experts kernel may take its place (it waits) */
     int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     int64_t first = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
     for (int64_t t = first; t < T; t += (int64_t)gridDim.x * warps) {
@@ -203,10 +229,12 @@ pio_status pk_cuda_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     constexpr int warps = 4;
     unsigned grid = pk_blocks_for(logits->rows, warps, 1 << 20);
-    moe_topk_kernel<<<grid, warps * 32, 0, st->stream>>>(
-        (int32_t *)ids->data, ids->stride, (float *)weights->data, weights->stride,
-        (const float *)logits->data, logits->stride, logits->rows, (int)logits->cols,
-        (int)ids->cols, normalize != 0);
+    cudaError_t e = pk_cuda_launch_pdl(
+        st, moe_topk_kernel, dim3(grid), dim3(warps * 32), 0, (int32_t *)ids->data, ids->stride,
+        (float *)weights->data, weights->stride, (const float *)logits->data, logits->stride,
+        logits->rows, (int)logits->cols, (int)ids->cols, normalize != 0);
+    if (e != cudaSuccess)
+        return pk_cuda_fail(ctx, op, "cudaLaunchKernelEx (moe topk)", e, err);
     return pk_cuda_check_launch(ctx, op, err);
 }
 
@@ -988,6 +1016,377 @@ static pio_status run_experts_gemv(pk_context *ctx, const char *op, const moe_ca
     return pk_cuda_check_launch(ctx, op, err);
 }
 
+/* ---- Decode path: two launches for T·k <= MOE_DECODE_MAX_PAIRS ------------------------- */
+
+static constexpr int MOE_DECODE_THREADS = MOE_WARPS * 32;
+static constexpr int MOE_DECODE_MAX_PAIRS = MOE_DECODE_THREADS; /* one pair a thread of the plan */
+static constexpr int MOE_DOWN_ROWS = 8; /* down outputs per block (2 row groups of MOE_ROWS) */
+static constexpr int MOE_DOWN_PREFETCH = 2; /* items a warp of down prefetches before the wait */
+
+/* Operands of the two decode launches (see the top of this file). */
+struct moe_decode_args {
+    const int32_t *ids;
+    int64_t is;
+    const float *weights;
+    int64_t ws;
+    int T, k, n_pairs, E, first, n_local;
+    long long *info;
+    moe_gemv_args gu, dn; /* the GEMV operands; order is set to the block's plan in the kernel */
+    float *out;
+    int64_t os;
+    bool accumulate;
+};
+
+/* The block's view of the pairs: the distinct experts of the slice among them (u = 0 .. n_u - 1,
+ * in order of their first pair) and each one's pairs. */
+struct moe_decode_plan {
+    int n_u;
+    int warp_base[MOE_WARPS];
+    int32_t expert[MOE_DECODE_MAX_PAIRS];    /* local expert of u */
+    int32_t begin[MOE_DECODE_MAX_PAIRS + 1]; /* u's pairs: list[begin[u] .. begin[u + 1]) */
+    int32_t count[MOE_DECODE_MAX_PAIRS];     /* pairs of u, then the placing cursors */
+    int32_t list[MOE_DECODE_MAX_PAIRS];      /* pair indices grouped by u */
+    int32_t pair_u[MOE_DECODE_MAX_PAIRS];    /* u of pair p; -1: bad id or outside the slice */
+};
+
+/*
+ * Every block builds the plan from ids (n_pairs <= MOE_DECODE_MAX_PAIRS = blockDim.x: thread p
+ * owns pair p). mark[n_local] (dynamic shared memory) first takes the lowest pair of each local
+ * expert (its leader), then the expert's u; leaders are numbered in pair order with warp ballots.
+ * Pairs are placed under their u with atomics: the order within an expert varies between runs,
+ * which changes no result (a pair's sums do not depend on the pairs beside it). `report`: this
+ * block records bad ids.
+ */
+__device__ __forceinline__ void moe_decode_make_plan(moe_decode_plan &pl, int32_t *mark,
+                                                  const moe_decode_args &a, bool report)
+{
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int l = tid; l < a.n_local; l += blockDim.x)
+        mark[l] = INT32_MAX;
+    pl.count[tid] = 0;
+    int l = -1;
+    if (tid < a.n_pairs) {
+        const int t = tid / a.k, j = tid - t * a.k;
+        const int32_t e = __ldcg(a.ids + (int64_t)t * a.is + j); /* L2: see the down kernel */
+        if (e < 0 || e >= a.E) {
+            if (report)
+                pk_report(a.info, PK_CUDA_OP_MOE_EXPERTS, PK_CUDA_BAD_EXPERT_ID, t, j, e, a.E);
+        } else if (e >= a.first && e - a.first < a.n_local) {
+            l = e - a.first;
+        }
+    }
+    __syncthreads();
+    if (l >= 0)
+        atomicMin(&mark[l], tid);
+    __syncthreads();
+    const bool leader = l >= 0 && mark[l] == tid;
+    const unsigned ballot = __ballot_sync(0xffffffffu, leader);
+    if (lane == 0)
+        pl.warp_base[warp] = __popc(ballot);
+    __syncthreads();
+    if (tid == 0) {
+        int n = 0;
+        for (int w = 0; w < MOE_WARPS; w++) {
+            int c = pl.warp_base[w];
+            pl.warp_base[w] = n;
+            n += c;
+        }
+        pl.n_u = n;
+    }
+    __syncthreads();
+    if (leader) {
+        const int u = pl.warp_base[warp] + __popc(ballot & ((1u << lane) - 1u));
+        pl.expert[u] = l;
+        mark[l] = u;
+    }
+    __syncthreads();
+    const int u = l >= 0 ? mark[l] : -1;
+    pl.pair_u[tid] = u;
+    if (u >= 0)
+        atomicAdd(&pl.count[u], 1);
+    __syncthreads();
+    if (warp == 0) { /* begin[] = exclusive prefix sum of count[0 .. n_u) */
+        int base = 0;
+        for (int c0 = 0; c0 < pl.n_u; c0 += 32) {
+            const int i = c0 + lane, v = i < pl.n_u ? pl.count[i] : 0;
+            int s = v;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                int y = __shfl_up_sync(0xffffffffu, s, o);
+                s += lane >= o ? y : 0;
+            }
+            if (i < pl.n_u)
+                pl.begin[i] = base + s - v;
+            base += __shfl_sync(0xffffffffu, s, 31);
+        }
+        if (lane == 0)
+            pl.begin[pl.n_u] = base;
+    }
+    __syncthreads();
+    if (u >= 0)
+        pl.list[pl.begin[u] + atomicSub(&pl.count[u], 1) - 1] = tid;
+    __syncthreads();
+}
+
+/* The dots of one warp item: the MOE_ROWS rows (from o0) of u's expert with each of u's pairs,
+ * NPMAX pairs a pass; after each pass `finish(i0, n)` runs on the warp (partial[q][j] holds pair
+ * list[i0 + q]'s sum of row j). */
+template <bool BF16, bool VEC, int G, int NPMAX, typename Finish>
+__device__ __forceinline__ void moe_decode_item(const moe_gemv_args &g, const moe_decode_plan &pl,
+                                                int u, int64_t o0, int lane,
+                                                float partial[MOE_NP][MOE_ROWS], Finish finish)
+{
+    const char *rows[MOE_ROWS];
+    moe_warp_rows<BF16, G>(g, pl.expert[u], o0, rows);
+    const int begin = pl.begin[u], end = pl.begin[u + 1];
+    const bool once = end - begin <= NPMAX;
+    for (int i0 = begin; i0 < end; i0 += NPMAX) {
+        const int n = end - i0 < NPMAX ? end - i0 : NPMAX;
+        moe_dot_pairs<BF16, VEC, NPMAX>(n, g, rows, o0 < g.n_out, once, 0, lane, i0, partial);
+        __syncwarp();
+        finish(i0, n);
+        __syncwarp(); /* partial is rewritten by the next pass */
+    }
+}
+
+/*
+ * gate_up with SwiGLU: act[p, c] = silu(gate_e[c] · x_t) · (up_e[c] · x_t). A warp item is
+ * (u, 2 outputs); item i goes to global warp i mod (warps of the grid), so the grid (at most the
+ * resident blocks) streams every selected expert's rows at once. Waits for the routing, then
+ * lets the down kernel start (its blocks take the SMs as these finish).
+ */
+template <bool BF16, bool VEC, int NPMAX>
+__global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
+    moe_decode_gate_up_kernel(moe_decode_args a)
+{
+    extern __shared__ int32_t moe_mark[];
+    __shared__ moe_decode_plan pl;
+    __shared__ float partial[MOE_WARPS][MOE_NP][MOE_ROWS];
+    pk_pdl_wait(); /* ids, x */
+    pk_pdl_launch_dependents();
+    moe_decode_make_plan(pl, moe_mark, a, blockIdx.x == 0);
+    constexpr int R = MOE_ROWS / 2;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    moe_gemv_args g = a.gu;
+    g.order = pl.list;
+    const int64_t groups = (g.n_out + R - 1) / R, items = (int64_t)pl.n_u * groups;
+    for (int64_t i = (int64_t)blockIdx.x * MOE_WARPS + warp; i < items;
+         i += (int64_t)gridDim.x * MOE_WARPS) {
+        const int u = (int)(i / groups);
+        const int64_t o0 = (i - u * groups) * R;
+        moe_decode_item<BF16, VEC, 2, NPMAX>(g, pl, u, o0, lane, partial[warp],
+                                             [&](int i0, int n) {
+            if (lane < R && o0 + lane < g.n_out)
+                moe_finish_group<2>(g, partial, warp, lane, i0, n, o0);
+        });
+    }
+}
+
+/* L2 prefetch of the MOE_ROWS rows from o0 of u's expert (down), 128-byte lines over the lanes. */
+template <bool BF16>
+__device__ __forceinline__ void moe_prefetch_rows(const moe_gemv_args &g,
+                                                  const moe_decode_plan &pl, int u, int64_t o0,
+                                                  int lane)
+{
+    const char *rows[MOE_ROWS];
+    moe_warp_rows<BF16, 1>(g, pl.expert[u], o0, rows);
+    const int64_t bytes = g.K * (BF16 ? 2 : 4);
+#pragma unroll
+    for (int j = 0; j < MOE_ROWS; j++)
+        for (int64_t off = (int64_t)lane * 128; off < bytes; off += 32 * 128)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[j] + off));
+}
+
+/*
+ * down and the weighted sum: block b owns outputs [b·MOE_DOWN_ROWS, +MOE_DOWN_ROWS) of every
+ * selected expert (warp items (u, MOE_ROWS outputs)), keeps each pair's sums in shared memory,
+ * then adds out[t, r] (+)= Σ_j weights[t, j] · sum[t·k + j][r] in slot order: deterministic, and
+ * a token's result does not depend on the batch.
+ *   Before waiting for gate_up (act), the block builds its plan and asks L2 for the first rows
+ * of its warps' items (they stream while gate_up finishes). Reading ids before the wait is safe:
+ * they were written before the routing kernel completed, which every gate_up block waited for
+ * before letting this kernel start; they are read through L2 (__ldcg), the point of coherence.
+ */
+template <bool BF16, bool VEC, int NPMAX>
+__global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
+    moe_decode_down_kernel(moe_decode_args a)
+{
+    extern __shared__ int32_t moe_mark[];
+    __shared__ moe_decode_plan pl;
+    __shared__ float partial[MOE_WARPS][MOE_NP][MOE_ROWS];
+    __shared__ float sums[MOE_DECODE_MAX_PAIRS][MOE_DOWN_ROWS];
+    moe_decode_make_plan(pl, moe_mark, a, false);
+    constexpr int R = MOE_ROWS, GROUPS = MOE_DOWN_ROWS / R;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    moe_gemv_args g = a.dn;
+    g.order = pl.list;
+    const int items = pl.n_u * GROUPS;
+    for (int i = warp; i < items && i < MOE_DOWN_PREFETCH * MOE_WARPS; i += MOE_WARPS) {
+        const int64_t o0 = (int64_t)blockIdx.x * MOE_DOWN_ROWS + (i % GROUPS) * R;
+        if (o0 < g.n_out)
+            moe_prefetch_rows<BF16>(g, pl, i / GROUPS, o0, lane);
+    }
+    pk_pdl_wait(); /* act; out may still be read by nothing earlier once this returns */
+    pk_pdl_launch_dependents();
+    for (int64_t b = blockIdx.x; b * MOE_DOWN_ROWS < g.n_out; b += gridDim.x) {
+        const int64_t r0 = b * MOE_DOWN_ROWS;
+        for (int i = warp; i < items; i += MOE_WARPS) {
+            const int u = i / GROUPS, gr = i % GROUPS;
+            const int64_t o0 = r0 + gr * R;
+            moe_decode_item<BF16, VEC, 1, NPMAX>(g, pl, u, o0, lane, partial[warp],
+                                                 [&](int i0, int n) {
+                if (lane < R && o0 + lane < g.n_out)
+                    for (int q = 0; q < n; q++)
+                        sums[pl.list[i0 + q]][gr * R + lane] = partial[warp][q][lane];
+            });
+        }
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < a.T * MOE_DOWN_ROWS; idx += blockDim.x) {
+            const int t = idx / MOE_DOWN_ROWS, r = idx % MOE_DOWN_ROWS;
+            if (r0 + r >= g.n_out)
+                continue;
+            float *o = a.out + (int64_t)t * a.os + r0 + r;
+            float acc = a.accumulate ? *o : 0.0f;
+            for (int j = 0; j < a.k; j++)
+                if (pl.pair_u[t * a.k + j] >= 0)
+                    acc = fmaf(a.weights[(int64_t)t * a.ws + j], sums[t * a.k + j][r], acc);
+            *o = acc;
+        }
+        __syncthreads(); /* sums is rewritten by the next row block */
+    }
+}
+
+/* PIO_CUDA_MOE_DECODE, read at every call (tests and benchmarks): "0" turns the decode path
+ * off (the general GEMV kernels run), "one" / "grouped" force its variant, anything else or
+ * unset leaves the choice to the backend. */
+static const char *moe_decode_setting(void)
+{
+    const char *text = getenv("PIO_CUDA_MOE_DECODE");
+    return text != NULL ? text : "";
+}
+
+/* Whether the decode path takes the call: few enough pairs for the plan, and not turned off. */
+static bool moe_decode_fits(const moe_call &c)
+{
+    return c.n_pairs <= MOE_DECODE_MAX_PAIRS && strcmp(moe_decode_setting(), "0") != 0;
+}
+
+/* The one-pair variant (one pair a pass, 3 blocks an SM) for one token, the grouped one
+ * (groups of up to 4 pairs a pass, 2 blocks an SM) otherwise. Measured on an H100 at
+ * Qwen3-Coder-30B-A3B's shape (docs/KERNELS.md): one pair 33.0 against 36.4 us at T = 1; grouped
+ * 57.3 against 60.5 us at T = 2, 100.5 / 110.4 at T = 4, 173.7 / 192.2 at T = 8 and 272.8 /
+ * 356.8 at T = 16 (where one pair a pass re-reads the rows of every expert with two pairs).
+ * Either gives the same bits. */
+static bool moe_decode_one_pair(const moe_call &c)
+{
+    const char *setting = moe_decode_setting();
+    if (strcmp(setting, "one") == 0 || strcmp(setting, "grouped") == 0)
+        return setting[0] == 'o';
+    return c.T == 1;
+}
+
+template <bool BF16, bool VEC, int NPMAX>
+static cudaError_t launch_moe_decode_pair(const pk_cuda_state *st, const moe_decode_args &a,
+                                          bool down, unsigned blocks, size_t smem)
+{
+    if (down)
+        return pk_cuda_launch_pdl(st, moe_decode_down_kernel<BF16, VEC, NPMAX>, dim3(blocks),
+                                  dim3(MOE_DECODE_THREADS), smem, a);
+    return pk_cuda_launch_pdl(st, moe_decode_gate_up_kernel<BF16, VEC, NPMAX>, dim3(blocks),
+                              dim3(MOE_DECODE_THREADS), smem, a);
+}
+
+/* One decode launch (down: the down kernel, else gate_up) with the variant the weights and the
+ * pair count ask for. */
+static cudaError_t launch_moe_decode(const pk_cuda_state *st, const moe_decode_args &a, bool down,
+                                     bool bf16, bool vec, bool one_pair, unsigned blocks,
+                                     size_t smem)
+{
+    if (one_pair) {
+        if (bf16)
+            return vec ? launch_moe_decode_pair<true, true, 1>(st, a, down, blocks, smem)
+                       : launch_moe_decode_pair<true, false, 1>(st, a, down, blocks, smem);
+        return vec ? launch_moe_decode_pair<false, true, 1>(st, a, down, blocks, smem)
+                   : launch_moe_decode_pair<false, false, 1>(st, a, down, blocks, smem);
+    }
+    if (bf16)
+        return vec ? launch_moe_decode_pair<true, true, MOE_NP>(st, a, down, blocks, smem)
+                   : launch_moe_decode_pair<true, false, MOE_NP>(st, a, down, blocks, smem);
+    return vec ? launch_moe_decode_pair<false, true, MOE_NP>(st, a, down, blocks, smem)
+               : launch_moe_decode_pair<false, false, MOE_NP>(st, a, down, blocks, smem);
+}
+
+/* The decode path: gate_up (+ SwiGLU), then down with the weighted sum (top of this file). */
+static pio_status run_experts_decode(pk_context *ctx, const char *op, const moe_call &c,
+                                     pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    const int64_t F = c.F, H = c.H, n_pairs = c.n_pairs;
+    const int64_t act_stride = (F + 3) / 4 * 4; /* 16-byte rows for down's input loads */
+    void *scratch = NULL;
+    pio_status status = pk_cuda_scratch(ctx, (size_t)n_pairs * (size_t)act_stride * 4, op,
+                                        &scratch, err);
+    if (status != PIO_OK)
+        return status;
+    const bool gu_bf16 = pk_is_bf16(c.gate_up), down_bf16 = pk_is_bf16(c.down);
+    moe_decode_args a = {};
+    a.ids = (const int32_t *)c.ids->data;
+    a.is = c.ids->stride;
+    a.weights = (const float *)c.weights->data;
+    a.ws = c.weights->stride;
+    a.T = (int)c.T;
+    a.k = (int)c.k;
+    a.n_pairs = (int)n_pairs;
+    a.E = (int)c.E;
+    a.first = (int)c.first;
+    a.n_local = (int)c.n_local;
+    a.info = st->err_info_dev;
+    a.out = (float *)c.out->data;
+    a.os = c.out->stride;
+    a.accumulate = c.accumulate;
+    moe_gemv_args &gu = a.gu, &dn = a.dn;
+    gu.w = c.gate_up->data;
+    gu.ws = c.gate_up->stride;
+    gu.expert_rows = 2 * F;
+    gu.up_offset = F;
+    gu.n_out = F;
+    gu.K = H;
+    gu.in = (const float *)c.x->data;
+    gu.in_stride = c.x->stride;
+    gu.in_div = (int)c.k;
+    gu.out = (float *)scratch;
+    gu.out_stride = act_stride;
+    gu.splits = 1;
+    dn = gu;
+    dn.w = c.down->data;
+    dn.ws = c.down->stride;
+    dn.expert_rows = H;
+    dn.up_offset = 0;
+    dn.n_out = H;
+    dn.K = F;
+    dn.in = (const float *)scratch;
+    dn.in_stride = act_stride;
+    dn.in_div = 1;
+    dn.out = NULL; /* the down kernel keeps its sums in shared memory */
+    const bool gu_vec = aligned16(c.gate_up->data) && c.gate_up->stride % (gu_bf16 ? 8 : 4) == 0 &&
+                        aligned16(c.x->data) && c.x->stride % 4 == 0;
+    const bool down_vec = aligned16(c.down->data) && c.down->stride % (down_bf16 ? 8 : 4) == 0;
+    const bool one_pair = moe_decode_one_pair(c);
+    const int64_t u_max = c.n_local < n_pairs ? c.n_local : n_pairs;
+    const int64_t resident = (int64_t)st->sm_count * (one_pair ? 3 : 2);
+    int64_t gu_blocks = (u_max * ((F + 1) / 2) + MOE_WARPS - 1) / MOE_WARPS;
+    gu_blocks = gu_blocks < resident ? gu_blocks : resident;
+    const unsigned dn_blocks = pk_blocks_for(H, MOE_DOWN_ROWS, GRID_CAP);
+    const size_t smem = (size_t)c.n_local * sizeof(int32_t);
+    cudaError_t e = launch_moe_decode(st, a, false, gu_bf16, gu_vec, one_pair,
+                                      (unsigned)(gu_blocks > 0 ? gu_blocks : 1), smem);
+    if (e == cudaSuccess)
+        e = launch_moe_decode(st, a, true, down_bf16, down_vec, one_pair, dn_blocks, smem);
+    if (e != cudaSuccess)
+        return pk_cuda_fail(ctx, op, "cudaLaunchKernelEx (moe decode)", e, err);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
 /* Tokens from which the grouped GEMM runs: PIO_CUDA_MOE_GEMM_MIN_T when set (read at every
  * call, so tests and benchmarks can force either path), else MOE_GEMM_MIN_T_DEFAULT. */
 static int64_t moe_gemm_min_tokens(void)
@@ -1133,7 +1532,10 @@ static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *
                              "%s: the cuda backend handles up to %lld experts and 2^31 token "
                              "slots (got %lld experts, %lld slots)", op,
                              (long long)MOE_MAX_EXPERTS, (long long)n_local, (long long)c.n_pairs);
-    return moe_gemm_fits(c) ? run_experts_gemm(ctx, op, c, err) : run_experts_gemv(ctx, op, c, err);
+    if (moe_gemm_fits(c))
+        return run_experts_gemm(ctx, op, c, err);
+    return moe_decode_fits(c) ? run_experts_decode(ctx, op, c, err)
+                              : run_experts_gemv(ctx, op, c, err);
 }
 
 pio_status pk_cuda_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,

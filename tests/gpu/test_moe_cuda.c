@@ -1,24 +1,30 @@
 /*
  * The mixture-of-experts ops of the CUDA backend (kernels/cuda/cuda_moe.cu) against their CPU
- * twins: pk_moe_topk_softmax, and pk_moe_experts / pk_moe_experts_slice on both of its paths —
- * the GEMV kernels (fp32 throughout, decode) and the grouped tensor-core GEMM (prefill and
- * batches: x and the SwiGLU activations rounded to bf16). Run by `make test-gpu` on a machine
- * with a GPU; not part of `make test`.
+ * twins: pk_moe_topk_softmax, and pk_moe_experts / pk_moe_experts_slice on its three paths —
+ * the decode kernels (T·k <= 256, two launches, fp32), the general GEMV kernels (fp32, the
+ * fallback at any T) and the grouped tensor-core GEMM (prefill and batches: x and the SwiGLU
+ * activations rounded to bf16). Run by `make test-gpu` on a machine with a GPU; not part of
+ * `make test`. PIO_GPU_TEST_FILTER=PATTERN runs only the tests whose names match.
+ * PIO_CUDA_MOE_DECODE=one|grouped forces the decode path's variant (the benchmark, the
+ * determinism test).
  *
- * The path is forced per test with PIO_CUDA_MOE_GEMM_MIN_T, which the op reads at every call
- * (1: the GEMM whenever the weights allow it; a huge value: always the GEMV kernels).
+ * The path is forced per test with PIO_CUDA_MOE_GEMM_MIN_T and PIO_CUDA_MOE_DECODE, which the op
+ * reads at every call (GEMM_MIN_T 1: the GEMM whenever the weights allow it; a huge value: the
+ * decode kernels for T·k <= 256, else the GEMV kernels; DECODE=0 as well: always the general
+ * GEMV kernels).
  *
  * Tolerances (‖gpu − cpu‖₂ / ‖cpu‖₂ over the view; docs/KERNELS.md, "CUDA backend"):
- *   TOL_F32     2e-5  GEMV path and routing weights: fp32 dots over the same products, in
- *                     another order
+ *   TOL_F32     2e-5  GEMV and decode paths, routing weights: fp32 dots over the same
+ *                     products, in another order
  *   TOL_BF16_X  1e-2  GEMM path: x rounded to bf16 (about 1.1e-3 relative per product) and the
  *                     activation h rounded to bf16 before down (as much again); a wrong layout,
  *                     a dropped K chunk or tail, or a wrong expert gives errors of 3e-2 to 1
- *   exact             routing ids; a GEMM-path token alone or in any batch, graph replay
+ *   exact             routing ids; a GEMM- or decode-path token alone or in any batch (of the
+ *                     same path), graph replay
  *
  * Seeds: PIO_GPU_TEST_SEED=N repeats a run (the seed is printed); otherwise the clock picks one.
  * PIO_GPU_TEST_SANITIZER=1 (under compute-sanitizer) drops the largest shapes.
- * PIO_KERNELS_BENCH=1 also times pk_moe_experts at Qwen3-Coder-30B-A3B's shape on both paths.
+ * PIO_KERNELS_BENCH=1 also times pk_moe_experts at Qwen3-Coder-30B-A3B's shape on every path.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -58,12 +64,15 @@ static int group_teardown(void **state)
 {
     (void)state;
     unsetenv("PIO_CUDA_MOE_GEMM_MIN_T");
+    unsetenv("PIO_CUDA_MOE_DECODE");
     return gpu_test_release_contexts(cpu_ctx, gpu_ctx);
 }
 
 /* Which expert path pk_moe_experts takes from now on: GEMM_PATH wherever the weights allow it
- * (bf16, 16-byte aligned rows), GEMV_PATH always, DEFAULT_PATH by the backend's own threshold. */
-typedef enum moe_path { GEMV_PATH, GEMM_PATH, DEFAULT_PATH } moe_path;
+ * (bf16, 16-byte aligned rows), GEMV_PATH (the general GEMV kernels) always, DECODE_PATH (the
+ * two decode launches) whenever T·k <= 256, else the GEMV kernels, DEFAULT_PATH by the
+ * backend's own choice. */
+typedef enum moe_path { GEMV_PATH, GEMM_PATH, DECODE_PATH, DEFAULT_PATH } moe_path;
 
 static void force_path(moe_path path)
 {
@@ -71,6 +80,10 @@ static void force_path(moe_path path)
         unsetenv("PIO_CUDA_MOE_GEMM_MIN_T");
     else
         setenv("PIO_CUDA_MOE_GEMM_MIN_T", path == GEMM_PATH ? "1" : "2000000000", 1);
+    if (path == GEMV_PATH)
+        setenv("PIO_CUDA_MOE_DECODE", "0", 1);
+    else
+        unsetenv("PIO_CUDA_MOE_DECODE");
 }
 
 static double seconds_now(void)
@@ -504,14 +517,13 @@ static void test_moe_gemm_deterministic_and_batch_independent(void **state)
     }
 }
 
-/* Routing and the GEMM path recorded as a graph replay what running them directly gives, bit
- * for bit, with whatever logits and x hold at replay (the routing changes every time). */
-static void test_moe_gemm_graph_replay(void **state)
+/* Routing and the experts on `path` recorded as a graph replay what running them directly gives,
+ * bit for bit, with whatever logits and x hold at replay (the routing changes every time). */
+static void check_graph_replay(moe_path path, int64_t T)
 {
-    (void)state;
-    const int64_t T = 256, E = 128, K = 8, H = 256, F = 128;
+    const int64_t E = 128, K = 8, H = 256, F = 128;
     pio_error err;
-    force_path(GEMM_PATH);
+    force_path(path);
     pair gate_up = random_pair(PIO_DTYPE_BF16, E * 2 * F, H, 0);
     pair down = random_pair(PIO_DTYPE_BF16, E * H, F, 0);
     pair x = random_pair(PIO_DTYPE_F32, T, H, 0);
@@ -554,6 +566,12 @@ static void test_moe_gemm_graph_replay(void **state)
     pk_graph_destroy(gpu_ctx, graph);
 }
 
+static void test_moe_gemm_graph_replay(void **state)
+{
+    (void)state;
+    check_graph_replay(GEMM_PATH, 256);
+}
+
 /* Bad ids on the GEMM path are reported, their pairs dropped, and every other pair still counts:
  * the CPU reference gives the bad pairs weight 0 (and a valid id). */
 static void test_moe_gemm_bad_expert_id_is_reported(void **state)
@@ -580,6 +598,191 @@ static void test_moe_gemm_bad_expert_id_is_reported(void **state)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* The decode path (T·k <= 256: two launches, the routing read on the device)                 */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The decode path against the CPU at T = 1, 2, 5, 16, E = 8 and 128, k = 2 and 8, within
+ * TOL_F32: odd widths (H 75, F 37: rows not 16-byte aligned, scalar loads) in BF16 and F32,
+ * rows padded to 16 bytes with K % 8 tails (H 1030, F 300), and Qwen3-Coder-30B-A3B's 2048 and
+ * 768 (8 experts). T·k <= E takes the one-pair variant, larger T·k the grouped one. */
+static void test_moe_decode_against_cpu(void **state)
+{
+    (void)state;
+    static const struct { int64_t h, f, pad_h, pad_f, max_e; pio_dtype wdt; } shapes[] = {
+        {75, 37, 0, 0, 128, PIO_DTYPE_BF16}, {75, 37, 0, 0, 128, PIO_DTYPE_F32},
+        {1030, 300, 2, 4, 128, PIO_DTYPE_BF16}, {2048, 768, 0, 0, 8, PIO_DTYPE_BF16},
+    };
+    static const int64_t tokens[] = {1, 2, 5, 16};
+    static const int64_t experts[] = {8, 128};
+    static const int64_t top_k[] = {2, 8};
+    force_path(DECODE_PATH);
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (size_t ei = 0; ei < sizeof experts / sizeof *experts; ei++) {
+            int64_t h = shapes[si].h, f = shapes[si].f, e = experts[ei];
+            if (e > shapes[si].max_e || (sanitizer && si >= 2 && e > 8))
+                continue;
+            pio_dtype wdt = shapes[si].wdt;
+            pair gate_up = random_pair(wdt, e * 2 * f, h, shapes[si].pad_h);
+            pair down = random_pair(wdt, e * h, f, shapes[si].pad_f);
+            for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++)
+                for (size_t ki = 0; ki < sizeof top_k / sizeof *top_k; ki++) {
+                    moe_world w;
+                    w.T = tokens[ti];
+                    w.E = e;
+                    w.k = top_k[ki];
+                    w.H = h;
+                    w.F = f;
+                    w.gate_up = gate_up;
+                    w.down = down;
+                    w.x = random_pair(PIO_DTYPE_F32, w.T, h, shapes[si].pad_h);
+                    w.ids = moe_random_ids(w.T, w.k, e);
+                    w.weights = make_pair(PIO_DTYPE_F32, w.T, w.k, 1, FILL_UNIFORM, 0.0f, 1.0f);
+                    w.out = make_pair(PIO_DTYPE_F32, w.T, h, 3, FILL_UNIFORM, -1.0f, 1.0f);
+                    char what[112];
+                    snprintf(what, sizeof what, "decode T=%lld H=%lld F=%lld E=%lld k=%lld %s",
+                             (long long)w.T, (long long)h, (long long)f, (long long)e,
+                             (long long)w.k, wdt == PIO_DTYPE_BF16 ? "bf16" : "f32");
+                    check_world(&w, what, TOL_F32);
+                }
+            release_all(NULL);
+        }
+}
+
+/* Routing extremes on the decode path: one expert in every token with experts no token chose
+ * and zero weights; all 16 tokens choosing the same 8 experts of 128 (16 pairs an expert); the
+ * most pairs the path takes (T = 32, k = 8: 256 pairs, two an expert on average). */
+static void test_moe_decode_routing_extremes(void **state)
+{
+    (void)state;
+    force_path(DECODE_PATH);
+    moe_world w = make_world(16, 16, 4, 72, 40, 0, 0, PIO_DTYPE_BF16);
+    for (int64_t t = 0; t < w.T; t++) {
+        *ids_at(&w, t, 0) = 5;
+        for (int64_t j = 1; j < w.k; j++)
+            *ids_at(&w, t, j) = (int32_t)((t + j) % 5); /* experts 6 .. 15: nobody's */
+        for (int64_t j = 0; j < w.k; j++)
+            if ((t + j) % 3 == 0)
+                *weight_at(&w, t, j) = 0.0f;
+    }
+    upload(&w.ids);
+    upload(&w.weights);
+    check_world(&w, "decode: expert 5 everywhere, 6-15 never, zero weights", TOL_F32);
+
+    w = make_world(16, 128, 8, 72, 40, 0, 0, PIO_DTYPE_BF16);
+    for (int64_t t = 0; t < w.T; t++)
+        for (int64_t j = 0; j < w.k; j++)
+            *ids_at(&w, t, j) = (int32_t)(120 - 7 * j);
+    upload(&w.ids);
+    check_world(&w, "decode: the same 8 experts for every token", TOL_F32);
+
+    w = make_world(32, 128, 8, 1030, 300, 2, 4, PIO_DTYPE_BF16);
+    check_world(&w, "decode: 256 pairs", TOL_F32);
+}
+
+/* pk_moe_experts_slice on the decode path: slices of 16 experts (whole, middle, end, one
+ * expert), accumulating or overwriting (rows with no expert in the slice become 0), with one
+ * pair an expert or fewer (T = 2) and more (T = 16). */
+static void test_moe_decode_slice(void **state)
+{
+    (void)state;
+    static const struct { int64_t first, n; int accumulate; } slices[] = {
+        {0, 16, 1}, {4, 8, 0}, {12, 4, 1}, {3, 1, 0},
+    };
+    static const int64_t tokens[] = {2, 16};
+    pio_error err;
+    force_path(DECODE_PATH);
+    for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++) {
+        moe_world w = make_world(tokens[ti], 16, 4, 72, 40, 0, 0, PIO_DTYPE_BF16);
+        for (size_t i = 0; i < sizeof slices / sizeof *slices; i++) {
+            int64_t first = slices[i].first, n = slices[i].n, F = w.F, H = w.H;
+            pk_tensor gu_d = pk_tensor_rows(&w.gate_up.d, first * 2 * F, n * 2 * F);
+            pk_tensor gu_h = pk_tensor_rows(&w.gate_up.h, first * 2 * F, n * 2 * F);
+            pk_tensor dn_d = pk_tensor_rows(&w.down.d, first * H, n * H);
+            pk_tensor dn_h = pk_tensor_rows(&w.down.h, first * H, n * H);
+            pair out = make_pair(PIO_DTYPE_F32, w.T, H, 3, FILL_UNIFORM, -1.0f, 1.0f);
+            void *before = snapshot(&out);
+            expect_ok(pk_moe_experts_slice(gpu_ctx, &out.d, &w.x.d, &gu_d, &dn_d, &w.ids.d,
+                                           &w.weights.d, w.E, first, n, slices[i].accumulate,
+                                           &err), &err, "moe_experts_slice");
+            expect_ok(pk_moe_experts_slice(cpu_ctx, &out.h, &w.x.h, &gu_h, &dn_h, &w.ids.h,
+                                           &w.weights.h, w.E, first, n, slices[i].accumulate,
+                                           &err), &err, "moe_experts_slice");
+            char what[112];
+            snprintf(what, sizeof what, "decode slice T=%lld first=%lld n=%lld accumulate=%d",
+                     (long long)w.T, (long long)first, (long long)n, slices[i].accumulate);
+            check_pair(what, &out, NULL, TOL_F32, before);
+        }
+    }
+}
+
+/* Decode path: bit for bit the same result on a second run, with either variant (one pair or
+ * groups of pairs a pass) and for a token alone as in a batch of 16 (its expert's other pairs,
+ * the number of experts and of blocks differ). */
+static void test_moe_decode_deterministic_and_batch_independent(void **state)
+{
+    (void)state;
+    force_path(DECODE_PATH);
+    moe_world w = make_world(16, 128, 8, 1030, 300, 2, 4, PIO_DTYPE_BF16);
+    size_t row_bytes = (size_t)w.H * sizeof(float);
+    const float *batch = gpu_experts_rows(&w, 0, w.T);
+    const float *again = gpu_experts_rows(&w, 0, w.T);
+    assert_memory_equal(batch, again, (size_t)w.T * row_bytes);
+    static const char *const variants[] = {"one", "grouped"};
+    for (int v = 0; v < 2; v++) {
+        setenv("PIO_CUDA_MOE_DECODE", variants[v], 1);
+        const float *forced = gpu_experts_rows(&w, 0, w.T);
+        if (memcmp(forced, batch, (size_t)w.T * row_bytes) != 0) {
+            print_error("decode: the %s variant differs from the default\n", variants[v]);
+            fail();
+        }
+    }
+    force_path(DECODE_PATH);
+    static const struct { int64_t first, count; } parts[] = {{0, 1}, {7, 1}, {15, 1}, {3, 5}};
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
+        const float *part = gpu_experts_rows(&w, parts[i].first, parts[i].count);
+        if (memcmp(part, batch + parts[i].first * w.H, (size_t)parts[i].count * row_bytes) != 0) {
+            print_error("decode: tokens %lld .. +%lld alone differ from the batch\n",
+                        (long long)parts[i].first, (long long)parts[i].count);
+            fail();
+        }
+    }
+}
+
+/* Decode path, recorded with the routing (programmatic launches inside the graph), T = 1 and
+ * 16: replay equals direct runs bit for bit. */
+static void test_moe_decode_graph_replay(void **state)
+{
+    (void)state;
+    check_graph_replay(DECODE_PATH, 1);
+    check_graph_replay(DECODE_PATH, 16);
+}
+
+/* Bad ids on the decode path are reported, their pairs dropped, and every other pair still
+ * counts (the CPU reference gives the bad pairs weight 0 and a valid id). */
+static void test_moe_decode_bad_expert_id_is_reported(void **state)
+{
+    (void)state;
+    pio_error err;
+    force_path(DECODE_PATH);
+    moe_world w = make_world(5, 12, 2, 40, 24, 0, 0, PIO_DTYPE_BF16);
+    *ids_at(&w, 3, 1) = 12;
+    *ids_at(&w, 1, 0) = -1;
+    upload(&w.ids);
+    void *before = snapshot(&w.out);
+    expect_ok(pk_moe_experts(gpu_ctx, &w.out.d, &w.x.d, &w.gate_up.d, &w.down.d, &w.ids.d,
+                             &w.weights.d, w.E, &err), &err, "experts");
+    assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "pk_moe_experts"));
+    assert_non_null(strstr(err.message, "outside [0, 12)"));
+    sync_gpu("after the reported error"); /* reported once; the context still works */
+    *ids_at(&w, 3, 1) = *ids_at(&w, 1, 0) = 0;
+    *weight_at(&w, 3, 1) = *weight_at(&w, 1, 0) = 0.0f;
+    expect_ok(pk_moe_experts(cpu_ctx, &w.out.h, &w.x.h, &w.gate_up.h, &w.down.h, &w.ids.h,
+                             &w.weights.h, w.E, &err), &err, "experts (cpu)");
+    check_pair("decode with bad ids", &w.out, NULL, TOL_F32, before);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Benchmark                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -598,7 +801,7 @@ static int moe_distinct_experts(const pair *ids, int64_t first, int64_t count)
 }
 
 /* Times pk_moe_experts at Qwen3-Coder-30B-A3B's shape (H 2048, F 768, 128 BF16 experts, top-8)
- * (PIO_KERNELS_BENCH=1) for T tokens on both paths (to place the switch between them):
+ * (PIO_KERNELS_BENCH=1) for T tokens on every path (the decode path up to T·k = 256):
  * TFLOP/s of the experts' products (6·T·k·H·F) and GB/s of the selected experts' weights (the
  * distinct experts of a call × their gate_up and down bytes). Every call has its own random
  * ids, so the weights come from HBM (1.2 GB of experts against a 50 MB L2). */
@@ -611,7 +814,7 @@ static void test_moe_benchmark(void **state)
         return;
     }
     enum { H = 2048, F = 768, E = 128, K = 8 };
-    static const int64_t tokens[] = {1, 8, 16, 24, 32, 64, 512, 1024, 2048};
+    static const int64_t tokens[] = {1, 2, 4, 8, 16, 24, 32, 64, 512, 1024, 2048};
     pio_error err;
     pair gate_up1 = random_pair(PIO_DTYPE_BF16, 2 * F, H, 0); /* one expert, copied E times */
     pair down1 = random_pair(PIO_DTYPE_BF16, H, F, 0);
@@ -635,8 +838,14 @@ static void test_moe_benchmark(void **state)
         double experts = 0.0; /* distinct experts per call, on average */
         for (int r = 0; r < reps; r++)
             experts += moe_distinct_experts(&ids, r * t, t) / (double)reps;
-        for (int path = GEMV_PATH; path <= GEMM_PATH; path++) {
-            force_path((moe_path)path);
+        /* gemv, gemm, decode (its own variant choice), then decode's two variants forced */
+        static const char *const names[] = {"gemv", "gemm", "decode", "dec-1", "dec-4"};
+        for (int run = 0; run < 5; run++) {
+            if ((run >= 2 && t * K > 256) || (run >= 3 && t > 16))
+                continue;
+            force_path(run == 0 ? GEMV_PATH : run == 1 ? GEMM_PATH : DECODE_PATH);
+            if (run >= 3)
+                setenv("PIO_CUDA_MOE_DECODE", run == 3 ? "one" : "grouped", 1);
             pk_tensor ir = pk_tensor_rows(&ids.d, (reps - 1) * t, t);
             pk_tensor wr = pk_tensor_rows(&weights.d, (reps - 1) * t, t);
             expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up, &down, &ir, &wr, E, &err),
@@ -652,9 +861,9 @@ static void test_moe_benchmark(void **state)
             sync_gpu("bench moe");
             double per = (seconds_now() - t0) / reps, bytes = experts * (3.0 * F * H) * 2;
             double flops = 6.0 * (double)t * K * H * F;
-            print_message("moe_experts %s T=%-4lld H=%d F=%d E=%d k=%d: %8.1f us  %6.1f TFLOP/s"
+            print_message("moe_experts %-6s T=%-4lld H=%d F=%d E=%d k=%d: %8.1f us  %6.1f TFLOP/s"
                           "  %7.1f GB/s of the selected experts' weights (%.1f experts a "
-                          "call)\n", path == GEMM_PATH ? "gemm" : "gemv", (long long)t, H, F, E,
+                          "call)\n", names[run], (long long)t, H, F, E,
                           K, per * 1e6, flops / per * 1e-12, bytes / per * 1e-9, experts);
         }
     }
@@ -676,8 +885,18 @@ int main(void)
         cmocka_unit_test_teardown(test_moe_gemm_deterministic_and_batch_independent, release_all),
         cmocka_unit_test_teardown(test_moe_gemm_graph_replay, release_all),
         cmocka_unit_test_teardown(test_moe_gemm_bad_expert_id_is_reported, release_all),
+        cmocka_unit_test_teardown(test_moe_decode_against_cpu, release_all),
+        cmocka_unit_test_teardown(test_moe_decode_routing_extremes, release_all),
+        cmocka_unit_test_teardown(test_moe_decode_slice, release_all),
+        cmocka_unit_test_teardown(test_moe_decode_deterministic_and_batch_independent,
+                                  release_all),
+        cmocka_unit_test_teardown(test_moe_decode_graph_replay, release_all),
+        cmocka_unit_test_teardown(test_moe_decode_bad_expert_id_is_reported, release_all),
         cmocka_unit_test_teardown(test_moe_benchmark, release_all),
     };
+    const char *filter = getenv("PIO_GPU_TEST_FILTER"); /* e.g. "*decode*" (sanitizer runs) */
+    if (filter != NULL && *filter != '\0')
+        cmocka_set_test_filter(filter);
     return cmocka_run_group_tests_name("cuda moe ops vs cpu backend", tests, group_setup,
                                        group_teardown);
 }
