@@ -165,9 +165,8 @@ pio_status qwen3_moe_block(void *model, pio_decoder *d, int32_t layer,
     pk_tensor ids = pk_tensor_in(&q->route_ids, 0, PIO_DTYPE_I32, n, q->top_k);
     pk_tensor weights = pk_tensor_in(&q->route_weights, 0, PIO_DTYPE_F32, n, q->top_k);
     pio_status st;
-    if ((st = pk_rmsnorm(d->ctx, &a->h, &a->x, &d->layers[layer].post_norm,
-                         (float)d->config.rms_norm_eps, err)) ||
-        (st = pk_matmul(d->ctx, &logits, &a->h, &w->router, err)) ||
+    if ((st = pk_rmsnorm_matmul(d->ctx, &logits, &a->h, &a->x, &d->layers[layer].post_norm,
+                                (float)d->config.rms_norm_eps, &w->router, err)) ||
         (st = pk_moe_topk_softmax(d->ctx, &ids, &weights, &logits, q->norm_topk_prob, err)))
         return st;
     if (d->comm == NULL || pk_comm_size(d->comm) == 1)
