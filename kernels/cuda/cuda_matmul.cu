@@ -277,14 +277,21 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
     }
 }
 
-/* Warps per row group: enough warps in all for about 48 per SM (bytes in flight), as long as
- * every split still gets at least two 16-byte steps of each row. */
+/*
+ * Warps per row group: K is split until there are about `target` warps per SM in all, as long
+ * as every split still gets at least two 16-byte steps of each row. The targets were measured
+ * on an H100 at Qwen3-4B's decode shapes (docs/KERNELS.md, "GEMV split sweep"): one row of x
+ * wants 32 warps per SM for matrices of up to 32 row groups per SM (qkv, o, down: fewer, longer
+ * blocks) and 96 above (gate_up: short blocks even out the tail of many waves); two rows of x
+ * hold twice the accumulators and want 16.
+ */
 template <int M> static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_count)
 {
     int64_t per_step = 32 * (bf16 ? 8 : 4);
     int64_t groups = (N + gemv_shape<M>::ROWS - 1) / gemv_shape<M>::ROWS;
+    int64_t target = M >= 2 ? 16 : groups >= 32 * (int64_t)sm_count ? 96 : 32;
     int s = 1;
-    while (s < GEMV_WARPS && groups * s < (int64_t)sm_count * 48 && K >= 2 * s * per_step)
+    while (s < GEMV_WARPS && groups * s < (int64_t)sm_count * target && K >= 2 * s * per_step)
         s *= 2;
     return s;
 }

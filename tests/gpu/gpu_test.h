@@ -287,4 +287,13 @@ static inline void *snapshot(const pair *p)
     return copy;
 }
 
+/* PIO_GPU_TEST_FILTER=PATTERN runs only the tests whose names match (e.g. "*decode*" for a
+ * sanitizer run, "*benchmark*" for timings alone). Call before cmocka_run_group_tests. */
+static inline void apply_test_filter(void)
+{
+    const char *filter = getenv("PIO_GPU_TEST_FILTER");
+    if (filter != NULL && *filter != '\0')
+        cmocka_set_test_filter(filter);
+}
+
 #endif

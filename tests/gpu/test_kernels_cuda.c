@@ -1233,6 +1233,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fused_norm_benchmark, release_all),
         cmocka_unit_test_teardown(test_attention_benchmark, release_all),
     };
+    apply_test_filter();
     return cmocka_run_group_tests_name("cuda backend vs cpu backend", tests, group_setup,
                                        group_teardown);
 }

@@ -894,9 +894,7 @@ int main(void)
         cmocka_unit_test_teardown(test_moe_decode_bad_expert_id_is_reported, release_all),
         cmocka_unit_test_teardown(test_moe_benchmark, release_all),
     };
-    const char *filter = getenv("PIO_GPU_TEST_FILTER"); /* e.g. "*decode*" (sanitizer runs) */
-    if (filter != NULL && *filter != '\0')
-        cmocka_set_test_filter(filter);
+    apply_test_filter();
     return cmocka_run_group_tests_name("cuda moe ops vs cpu backend", tests, group_setup,
                                        group_teardown);
 }
