@@ -76,10 +76,13 @@ pio_status pk_cuda_embedding(pk_context *ctx, const pk_tensor *out, const pk_ten
 /* RMSNorm                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-/* One block per group_width-wide slice; HF order: (x · rsqrt(mean(x²) + eps)) · w. */
+/* One block per group_width-wide slice; HF order: (x · rsqrt(mean(x²) + eps)) · w. With xb
+ * (not NULL) the result is also written rounded to bf16 into xb (row stride xbs), the operand
+ * of a following cuBLASLt GEMM, which then needs no conversion pass of its own. */
 __global__ void rmsnorm_kernel(float *out, int64_t os, const float *x, int64_t xs,
                                const void *__restrict__ w, bool bf16, int64_t rows,
-                               int64_t groups, int64_t width, float eps)
+                               int64_t groups, int64_t width, float eps, uint16_t *xb,
+                               int64_t xbs)
 {
     __shared__ float shared[33];
     for (int64_t item = blockIdx.x; item < rows * groups; item += gridDim.x) {
@@ -92,16 +95,20 @@ __global__ void rmsnorm_kernel(float *out, int64_t os, const float *x, int64_t x
         s = pk_block_sum(s, shared);
         float inv_rms = 1.0f / sqrtf(s / (float)width + eps);
         /* out may be x: each element is read and written by the same thread */
-        for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
-            o[i] = (xr[i] * inv_rms) * pk_load(w, bf16, i);
+        for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+            float v = (xr[i] * inv_rms) * pk_load(w, bf16, i);
+            o[i] = v;
+            if (xb != NULL)
+                xb[r * xbs + g * width + i] = pk_f32_to_bf16(v);
+        }
     }
 }
 
-pio_status pk_cuda_rmsnorm(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
-                           const pk_tensor *weight, int64_t group_width, float eps,
-                           pio_error *err)
+static pio_status launch_rmsnorm(pk_context *ctx, const char *op, const pk_tensor *out,
+                                 const pk_tensor *x, const pk_tensor *weight,
+                                 int64_t group_width, float eps, uint16_t *xb, int64_t xbs,
+                                 pio_error *err)
 {
-    const char *op = group_width == out->cols ? "pk_rmsnorm" : "pk_head_rmsnorm";
     pio_status status = pk_cuda_enter(ctx, op, err);
     if (status != PIO_OK || out->rows == 0)
         return status;
@@ -109,8 +116,23 @@ pio_status pk_cuda_rmsnorm(pk_context *ctx, const pk_tensor *out, const pk_tenso
     int64_t groups = out->cols / group_width;
     rmsnorm_kernel<<<row_grid(out->rows * groups), row_threads(group_width), 0, st->stream>>>(
         (float *)out->data, out->stride, (const float *)x->data, x->stride, weight->data,
-        pk_is_bf16(weight), out->rows, groups, group_width, eps);
+        pk_is_bf16(weight), out->rows, groups, group_width, eps, xb, xbs);
     return pk_cuda_check_launch(ctx, op, err);
+}
+
+pio_status pk_cuda_rmsnorm(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                           const pk_tensor *weight, int64_t group_width, float eps,
+                           pio_error *err)
+{
+    const char *op = group_width == out->cols ? "pk_rmsnorm" : "pk_head_rmsnorm";
+    return launch_rmsnorm(ctx, op, out, x, weight, group_width, eps, NULL, 0, err);
+}
+
+pio_status pk_cuda_rmsnorm_bf16(pk_context *ctx, const char *op, const pk_tensor *out,
+                                const pk_tensor *x, const pk_tensor *weight, float eps,
+                                uint16_t *xb, int64_t xbs, pio_error *err)
+{
+    return launch_rmsnorm(ctx, op, out, x, weight, out->cols, eps, xb, xbs, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -164,6 +164,11 @@ pio_status pk_cuda_embedding(pk_context *ctx, const pk_tensor *out, const pk_ten
 pio_status pk_cuda_rmsnorm(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
                            const pk_tensor *weight, int64_t group_width, float eps,
                            pio_error *err);
+/* pk_cuda_rmsnorm over whole rows that also writes the result rounded to bf16 into xb [rows,
+ * xbs] (a cuBLASLt operand); op names the calling op in errors. */
+pio_status pk_cuda_rmsnorm_bf16(pk_context *ctx, const char *op, const pk_tensor *out,
+                                const pk_tensor *x, const pk_tensor *weight, float eps,
+                                uint16_t *xb, int64_t xbs, pio_error *err);
 pio_status pk_cuda_rope(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
                         const pk_tensor *positions, const pk_rope_params *params,
                         pio_error *err);

@@ -510,6 +510,62 @@ __global__ void f32_to_bf16_rows(uint16_t *__restrict__ xb, int64_t ld,
             xb[r * ld + c] = pk_f32_to_bf16(x[r * xs + c]);
 }
 
+/* The bf16 operand of a cuBLASLt product of M rows of K: scratch of M rows padded to 16
+ * bytes (*ld elements apart). */
+static pio_status bf16_operand(pk_context *ctx, int64_t M, int64_t K, const char *op,
+                               uint16_t **xb, int64_t *ld, pio_error *err)
+{
+    *ld = (K + 7) / 8 * 8; /* 16-byte rows for the tensor-core kernels */
+    void *scratch = NULL;
+    pio_status status = pk_cuda_scratch(ctx, (size_t)(M * *ld) * 2, op, &scratch, err);
+    *xb = (uint16_t *)scratch;
+    return status;
+}
+
+/* y (+)= b · wᵀ with cuBLASLt, b the [M, K] operand at b_data (row stride ldb; bf16 when w is,
+ * else x itself); x, the F32 activations b came from, serves the GEMV fallback when the
+ * heuristic has no algorithm for the layout. */
+static pio_status lt_matmul(pk_context *ctx, const char *op, const pk_tensor *y,
+                            const pk_tensor *x, const void *b_data, int64_t ldb,
+                            const pk_tensor *w, int accumulate, pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    pk_cuda_matmul_plan key;
+    memset(&key, 0, sizeof key);
+    key.m = y->rows;
+    key.n = y->cols;
+    key.k = x->cols;
+    key.lda = w->stride;
+    key.ldb = ldb;
+    key.ldc = y->stride;
+    key.w_dtype = w->dtype;
+    key.accumulate = accumulate;
+    key.align_a = alignment_of(w->data);
+    key.align_b = alignment_of(b_data);
+    key.align_c = alignment_of(y->data);
+    pk_cuda_matmul_plan *plan = plan_for(st, &key, err, op);
+    if (plan == NULL)
+        return PIO_ERR_DEVICE;
+    if (!plan->has_algo) { /* odd strides or alignment cuBLASLt will not take */
+        return pk_cuda_fail(ctx, op, "GEMV launch", run_gemv(st, y, x, w, accumulate),
+                            err);
+    }
+    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cublasStatus_t cs = cublasLtMatmul(st->lt, st->lt_desc, &alpha, w->data, plan->a, b_data,
+                                       plan->b, &beta, y->data, plan->c, y->data, plan->c,
+                                       &plan->algo, st->lt_workspace, st->lt_workspace_bytes,
+                                       st->stream);
+    if (cs != CUBLAS_STATUS_SUCCESS) {
+        pio_status status = pk_cuda_check_launch(ctx, op, err); /* a sticky CUDA error? */
+        if (status != PIO_OK)
+            return status;
+        return pio_error_set(err, PIO_ERR_DEVICE, "%s: cublasLtMatmul [%lld x %lld x %lld] "
+                             "failed: %s", op, (long long)y->rows, (long long)y->cols,
+                             (long long)x->cols, cublasLtGetStatusString(cs));
+    }
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
 pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *x,
                           const pk_tensor *w, int accumulate, pio_error *err)
 {
@@ -533,58 +589,18 @@ pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *
         return pk_cuda_fail(ctx, op, "GEMV launch", run_gemv(st, y, x, w, accumulate),
                             err);
     }
-
-    bool bf16 = pk_is_bf16(w);
-    const void *b_data = x->data;
-    int64_t ldb = x->stride;
-    if (bf16) {
-        int64_t ld = (K + 7) / 8 * 8; /* 16-byte rows for the tensor-core kernels */
-        void *scratch = NULL;
-        if ((status = pk_cuda_scratch(ctx, (size_t)(M * ld) * 2, op, &scratch, err)) != PIO_OK)
-            return status;
-        uint16_t *xb = (uint16_t *)scratch;
-        dim3 grid(pk_blocks_for(K, 256, 64), (unsigned)(M < 65535 ? M : 65535));
-        f32_to_bf16_rows<<<grid, 256, 0, st->stream>>>(xb, ld, (const float *)x->data, x->stride,
-                                                        M, K);
-        if ((status = pk_cuda_check_launch(ctx, op, err)) != PIO_OK)
-            return status;
-        b_data = xb;
-        ldb = ld;
-    }
-    pk_cuda_matmul_plan key;
-    memset(&key, 0, sizeof key);
-    key.m = M;
-    key.n = N;
-    key.k = K;
-    key.lda = w->stride;
-    key.ldb = ldb;
-    key.ldc = y->stride;
-    key.w_dtype = w->dtype;
-    key.accumulate = accumulate;
-    key.align_a = alignment_of(w->data);
-    key.align_b = alignment_of(b_data);
-    key.align_c = alignment_of(y->data);
-    pk_cuda_matmul_plan *plan = plan_for(st, &key, err, op);
-    if (plan == NULL)
-        return PIO_ERR_DEVICE;
-    if (!plan->has_algo) { /* odd strides or alignment cuBLASLt will not take */
-        return pk_cuda_fail(ctx, op, "GEMV launch", run_gemv(st, y, x, w, accumulate),
-                            err);
-    }
-    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    cublasStatus_t cs = cublasLtMatmul(st->lt, st->lt_desc, &alpha, w->data, plan->a, b_data,
-                                       plan->b, &beta, y->data, plan->c, y->data, plan->c,
-                                       &plan->algo, st->lt_workspace, st->lt_workspace_bytes,
-                                       st->stream);
-    if (cs != CUBLAS_STATUS_SUCCESS) {
-        status = pk_cuda_check_launch(ctx, op, err); /* a sticky CUDA error underneath? */
-        if (status != PIO_OK)
-            return status;
-        return pio_error_set(err, PIO_ERR_DEVICE, "%s: cublasLtMatmul [%lld x %lld x %lld] "
-                             "failed: %s", op, (long long)M, (long long)N, (long long)K,
-                             cublasLtGetStatusString(cs));
-    }
-    return pk_cuda_check_launch(ctx, op, err);
+    if (!pk_is_bf16(w))
+        return lt_matmul(ctx, op, y, x, x->data, x->stride, w, accumulate, err);
+    uint16_t *xb = NULL;
+    int64_t ld = 0;
+    if ((status = bf16_operand(ctx, M, K, op, &xb, &ld, err)) != PIO_OK)
+        return status;
+    dim3 grid(pk_blocks_for(K, 256, 64), (unsigned)(M < 65535 ? M : 65535));
+    f32_to_bf16_rows<<<grid, 256, 0, st->stream>>>(xb, ld, (const float *)x->data, x->stride, M,
+                                                    K);
+    if ((status = pk_cuda_check_launch(ctx, op, err)) != PIO_OK)
+        return status;
+    return lt_matmul(ctx, op, y, x, xb, ld, w, accumulate, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -612,6 +628,26 @@ static bool fused_norm_gemv_fits(const pk_cuda_state *st, const pk_tensor *out,
            (uintptr_t)x->data + pk_tensor_span_bytes(x) <= (uintptr_t)h->data;
 }
 
+/* The unfused pair: for a cuBLASLt product with BF16 weights the norm also writes the bf16
+ * operand (no conversion pass); otherwise the two ops. */
+static pio_status norm_then_matmul(pk_context *ctx, const char *op, const pk_tensor *y,
+                                   const pk_tensor *h, const pk_tensor *x,
+                                   const pk_tensor *norm_weight, float eps, const pk_tensor *w,
+                                   pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    if (y->rows <= st->gemv_max_m || !pk_is_bf16(w) || y->cols == 0) {
+        pio_status status = pk_cuda_rmsnorm(ctx, h, x, norm_weight, h->cols, eps, err);
+        return status != PIO_OK ? status : pk_cuda_matmul(ctx, y, h, w, 0, err);
+    }
+    uint16_t *xb = NULL;
+    int64_t ld = 0;
+    pio_status status = bf16_operand(ctx, y->rows, h->cols, op, &xb, &ld, err);
+    if (status == PIO_OK)
+        status = pk_cuda_rmsnorm_bf16(ctx, op, h, x, norm_weight, eps, xb, ld, err);
+    return status != PIO_OK ? status : lt_matmul(ctx, op, y, h, xb, ld, w, 0, err);
+}
+
 pio_status pk_cuda_rmsnorm_matmul(pk_context *ctx, const pk_tensor *out, const pk_tensor *y,
                                   const pk_tensor *h, const pk_tensor *x,
                                   const pk_tensor *norm_weight, float eps, const pk_tensor *w,
@@ -623,12 +659,11 @@ pio_status pk_cuda_rmsnorm_matmul(pk_context *ctx, const pk_tensor *out, const p
         return status;
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     if (!fused_norm_gemv_fits(st, out, y, h, x, norm_weight, w)) {
-        pk_tensor gate, up;
-        if ((status = pk_cuda_rmsnorm(ctx, h, x, norm_weight, h->cols, eps, err)) ||
-            (status = pk_cuda_matmul(ctx, y, h, w, 0, err)) || out == NULL)
+        if ((status = norm_then_matmul(ctx, op, y, h, x, norm_weight, eps, w, err)) ||
+            out == NULL)
             return status;
-        gate = pk_tensor_cols(y, 0, out->cols);
-        up = pk_tensor_cols(y, out->cols, out->cols);
+        pk_tensor gate = pk_tensor_cols(y, 0, out->cols);
+        pk_tensor up = pk_tensor_cols(y, out->cols, out->cols);
         return pk_cuda_swiglu(ctx, out, &gate, &up, err);
     }
     gemv_args a = {};
