@@ -242,18 +242,12 @@ pio_status pk_cuda_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
 /* Experts                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-/* One block. active[0 .. n_active) lists the experts with pairs, active[n_active .. n_local) is
- * -1. Experts are counted by local index e - first, only those of the slice
- * [first, first + n_local); every id is checked against [0, E). Shared: counts [n_local + 1]
- * then cursors [n_local]. */
-__global__ void moe_route_kernel(const int32_t *__restrict__ ids, int64_t is, int64_t T, int k,
-                                 int E, int first, int n_local, int32_t *offsets, int32_t *active,
-                                 int32_t *order, long long *info)
+/* count[e + 1] = the (token, slot) pairs of local expert e (experts first .. first+n_local-1),
+ * count[0] = 0; ids outside [0, E) are reported and skipped. Called by the whole block; ends
+ * with a barrier. */
+__device__ void moe_count_pairs(int32_t *count, const int32_t *ids, int64_t is, int64_t n_pairs,
+                                int k, int E, int first, int n_local, long long *info)
 {
-    extern __shared__ int32_t moe_shared[];
-    int32_t *count = moe_shared;       /* count[e + 1]: pairs of local expert e, then offsets */
-    int32_t *cursor = moe_shared + n_local + 1;
-    int64_t n_pairs = T * k;
     for (int e = threadIdx.x; e <= n_local; e += blockDim.x)
         count[e] = 0;
     __syncthreads();
@@ -266,6 +260,21 @@ __global__ void moe_route_kernel(const int32_t *__restrict__ ids, int64_t is, in
             atomicAdd(&count[e - first + 1], 1);
     }
     __syncthreads();
+}
+
+/* One block. active[0 .. n_active) lists the experts with pairs, active[n_active .. n_local) is
+ * -1. Experts are counted by local index e - first, only those of the slice
+ * [first, first + n_local); every id is checked against [0, E). Shared: counts [n_local + 1]
+ * then cursors [n_local]. */
+__global__ void moe_route_kernel(const int32_t *__restrict__ ids, int64_t is, int64_t T, int k,
+                                 int E, int first, int n_local, int32_t *offsets, int32_t *active,
+                                 int32_t *order, long long *info)
+{
+    extern __shared__ int32_t moe_shared[];
+    int32_t *count = moe_shared;       /* count[e + 1]: pairs of local expert e, then offsets */
+    int32_t *cursor = moe_shared + n_local + 1;
+    int64_t n_pairs = T * k;
+    moe_count_pairs(count, ids, is, n_pairs, k, E, first, n_local, info);
     if (threadIdx.x == 0) {
         int n = 0;
         for (int e = 0; e < n_local; e++) {
@@ -596,18 +605,7 @@ __global__ void moe_plan_kernel(const int32_t *__restrict__ ids, int64_t is, int
     int32_t *count = moe_shared;
     __shared__ int n_tiles;
     int64_t n_pairs = T * k;
-    for (int e = threadIdx.x; e <= n_local; e += blockDim.x)
-        count[e] = 0;
-    __syncthreads();
-    for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) {
-        int64_t t = p / k, j = p % k;
-        int32_t e = ids[t * is + j];
-        if (e < 0 || e >= E)
-            pk_report(info, PK_CUDA_OP_MOE_EXPERTS, PK_CUDA_BAD_EXPERT_ID, t, j, e, E);
-        else if (e >= first && e - first < n_local)
-            atomicAdd(&count[e - first + 1], 1);
-    }
-    __syncthreads();
+    moe_count_pairs(count, ids, is, n_pairs, k, E, first, n_local, info);
     if (threadIdx.x == 0) {
         int n = 0;
         for (int e = 0; e < n_local; e++) {
