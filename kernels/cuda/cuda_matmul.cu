@@ -323,6 +323,21 @@ static cudaError_t launch_gemv(int m, bool vec, const gemv_args &a, const pk_cud
     }
 }
 
+/* The operands of y = x · wᵀ as a GEMV launch takes them (no epilogue, no accumulation). */
+static gemv_args make_gemv_args(const pk_tensor *y, const pk_tensor *x, const pk_tensor *w)
+{
+    gemv_args a = {};
+    a.y = (float *)y->data;
+    a.ys = y->stride;
+    a.x = (const float *)x->data;
+    a.xs = x->stride;
+    a.w = w->data;
+    a.ws = w->stride;
+    a.N = y->cols;
+    a.K = x->cols;
+    return a;
+}
+
 static bool aligned16(const void *p)
 {
     return ((uintptr_t)p & 15u) == 0;
@@ -340,15 +355,8 @@ static cudaError_t run_gemv(pk_cuda_state *st, const pk_tensor *y, const pk_tens
     cudaError_t e = cudaSuccess;
     for (int64_t m0 = 0; m0 < y->rows && e == cudaSuccess; m0 += GEMV_MAX_M) {
         int m = (int)(y->rows - m0 < GEMV_MAX_M ? y->rows - m0 : GEMV_MAX_M);
-        gemv_args a = {};
-        a.y = (float *)y->data + m0 * y->stride;
-        a.ys = y->stride;
-        a.x = (const float *)x->data + m0 * x->stride;
-        a.xs = x->stride;
-        a.w = w->data;
-        a.ws = w->stride;
-        a.N = y->cols;
-        a.K = x->cols;
+        pk_tensor ym = pk_tensor_rows(y, m0, m), xm = pk_tensor_rows(x, m0, m);
+        gemv_args a = make_gemv_args(&ym, &xm, w);
         a.accumulate = accumulate;
         e = bf16 ? launch_gemv<true>(m, vec, a, st) : launch_gemv<false>(m, vec, a, st);
     }
@@ -666,15 +674,11 @@ pio_status pk_cuda_rmsnorm_matmul(pk_context *ctx, const pk_tensor *out, const p
         pk_tensor up = pk_tensor_cols(y, out->cols, out->cols);
         return pk_cuda_swiglu(ctx, out, &gate, &up, err);
     }
-    gemv_args a = {};
-    a.y = (float *)(out != NULL ? out->data : y->data);
-    a.ys = out != NULL ? out->stride : y->stride;
-    a.x = (const float *)x->data;
-    a.xs = x->stride;
-    a.w = w->data;
-    a.ws = w->stride;
-    a.N = y->cols;
-    a.K = x->cols;
+    gemv_args a = make_gemv_args(y, x, w);
+    if (out != NULL) { /* the SwiGLU epilogue writes out, N stays W's rows */
+        a.y = (float *)out->data;
+        a.ys = out->stride;
+    }
     a.norm_w = norm_weight->data;
     a.norm_bf16 = pk_is_bf16(norm_weight);
     a.eps = eps;
