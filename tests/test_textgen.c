@@ -22,6 +22,7 @@
 
 #define TOKENIZER "tests/fixtures/models/qwen3_tiny/tokenizer.json"
 #define VOCAB 1024     /* embedding rows; the tokenizer knows 1003 ids */
+#define TOKENIZER_VOCAB 1003
 #define IM_END 1002
 #define ENDOFTEXT 1000
 #define MAX_SEQS 4
@@ -47,7 +48,10 @@ typedef struct fake_model {
     int64_t prompt[MAX_SEQS];
     int open[MAX_SEQS];
     int64_t capacity;   /* tokens over all sequences */
+    int64_t vocab;      /* logits per row: VOCAB, or TOKENIZER_VOCAB for a model without padding */
     int forwards;
+    int argmax_forwards; /* forwards that returned ids (PIO_TEXTGEN_FEATURE_ARGMAX) */
+    int logits_forwards; /* forwards that returned logits rows */
     int fail_with;      /* non-zero: status of the next forward */
 } fake_model;
 
@@ -81,7 +85,7 @@ static int64_t fake_length(void *self, int32_t seq)
 
 static void fake_row(const fake_model *m, int64_t generated, int64_t position, float *row)
 {
-    for (size_t v = 0; v < VOCAB; v++) {
+    for (int64_t v = 0; v < m->vocab; v++) {
         int64_t scrambled = (position * 7919 + (int64_t)v * 104729) % 1000;
         row[v] = m->mode == FAKE_RANDOM ? (float)scrambled * 0.01f : 0.0f;
     }
@@ -89,7 +93,8 @@ static void fake_row(const fake_model *m, int64_t generated, int64_t position, f
         row[m->prefers_a] = 2.0f;
         row[m->prefers_b] = 1.5f;
     } else if (m->mode == FAKE_SCRIPT) {
-        row[VOCAB - 1] = 100.0f; /* a padding row: never sampled */
+        if (m->vocab > TOKENIZER_VOCAB)
+            row[m->vocab - 1] = 100.0f; /* a padding row: never sampled */
         row[(size_t)generated < m->n_script ? m->script[generated] : IM_END] = 50.0f;
     }
 }
@@ -112,8 +117,23 @@ static pio_status fake_forward(void *self, const pio_textgen_batch *b, pio_error
     if (m->prompt[seq] < 0)
         m->prompt[seq] = m->length[seq];
     m->forwards++;
-    for (size_t i = 0; i < b->n_logits_rows; i++)
-        fake_row(m, m->length[seq] - m->prompt[seq], m->length[seq], b->logits + i * VOCAB);
+    int64_t generated = m->length[seq] - m->prompt[seq];
+    if (b->logits != NULL) {
+        m->logits_forwards++;
+        for (size_t i = 0; i < b->n_logits_rows; i++)
+            fake_row(m, generated, m->length[seq], b->logits + i * m->vocab);
+    }
+    if (PIO_HAS_FIELD(b, pio_textgen_batch, argmax) && b->argmax != NULL) {
+        m->argmax_forwards++;
+        float row[VOCAB];
+        for (size_t i = 0; i < b->n_logits_rows; i++) {
+            fake_row(m, generated, m->length[seq], row);
+            int32_t best = 0; /* the lowest index among ties, as pk_argmax */
+            for (int64_t v = 1; v < m->vocab; v++)
+                best = row[v] > row[best] ? (int32_t)v : best;
+            b->argmax[i] = best;
+        }
+    }
     return PIO_OK;
 }
 
@@ -122,6 +142,7 @@ static void fake_init(fake_model *m, fake_mode mode, size_t context)
     memset(m, 0, sizeof *m);
     m->mode = mode;
     m->capacity = 1 << 20;
+    m->vocab = VOCAB;
     m->ops = (pio_textgen_model){.struct_size = sizeof m->ops, .self = m, .vocab_size = VOCAB,
                                  .context_length = context, .seq_open = fake_open,
                                  .seq_close = fake_close, .seq_length = fake_length,
@@ -604,6 +625,63 @@ static void repetition_penalty_changes_the_greedy_choice(void **state)
     pio_token_ids_free(&ids);
 }
 
+/* A model that finds the argmax itself (PIO_TEXTGEN_FEATURE_ARGMAX) and whose logits rows are
+ * exactly the tokenizer's ids gets plain greedy requests as ids only, with the same tokens as
+ * sampling on the host; a request that draws, or one with penalties, still gets logits. A model
+ * with padding ids (more rows than the tokenizer) never gets the argmax path: it could pick a
+ * padding id. */
+static void greedy_requests_use_the_models_argmax(void **state)
+{
+    fixture *f = *state;
+    const char *text = "the same words either way";
+    script_text(f, text);
+    pio_generate_response host, device;
+    gen_options o = {0};
+    generate_ok(f, &o, &host); /* the fixture's model: no feature, host sampling */
+    assert_int_equal(f->model.argmax_forwards, 0);
+
+    pio_textgen_destroy(f->tg);
+    f->model.vocab = TOKENIZER_VOCAB;
+    f->model.ops.vocab_size = TOKENIZER_VOCAB;
+    f->model.ops.features = PIO_TEXTGEN_FEATURE_ARGMAX;
+    f->tg = make_textgen(f, TOKENIZER);
+    f->model.logits_forwards = 0;
+    generate_ok(f, &o, &device);
+    assert_int_equal(f->model.logits_forwards, 0);
+    assert_int_equal(f->model.argmax_forwards, (int)device.n_tokens);
+    assert_int_equal(device.n_tokens, host.n_tokens);
+    assert_memory_equal(device.token_ids, host.token_ids, host.n_tokens * sizeof(int32_t));
+    assert_string_equal(device.text, host.text);
+    pio_textgen_free_response(&device);
+
+    pio_sampling_params drawn = {.struct_size = sizeof drawn,
+                                 .fields_set = PIO_SAMPLING_TEMPERATURE | PIO_SAMPLING_SEED,
+                                 .temperature = 0.7f, .seed = 5};
+    pio_sampling_params penalised = {.struct_size = sizeof penalised,
+                                     .fields_set = PIO_SAMPLING_REPETITION_PENALTY,
+                                     .repetition_penalty = 1.3f};
+    const pio_sampling_params *others[] = {&drawn, &penalised};
+    for (int i = 0; i < 2; i++) {
+        f->model.argmax_forwards = f->model.logits_forwards = 0;
+        gen_options with = {.sampling = others[i]};
+        generate_ok(f, &with, &device);
+        assert_int_equal(f->model.argmax_forwards, 0);
+        assert_int_equal(f->model.logits_forwards, (int)device.n_tokens);
+        pio_textgen_free_response(&device);
+    }
+
+    pio_textgen_destroy(f->tg); /* padding rows again, the feature still declared */
+    f->model.vocab = VOCAB;
+    f->model.ops.vocab_size = VOCAB;
+    f->tg = make_textgen(f, TOKENIZER);
+    f->model.argmax_forwards = f->model.logits_forwards = 0;
+    generate_ok(f, &o, &device);
+    assert_int_equal(f->model.argmax_forwards, 0);
+    assert_memory_equal(device.token_ids, host.token_ids, host.n_tokens * sizeof(int32_t));
+    pio_textgen_free_response(&device);
+    pio_textgen_free_response(&host);
+}
+
 static void seeded_sampling_repeats(void **state)
 {
     fixture *f = *state;
@@ -888,6 +966,7 @@ int main(void)
         T(full_cache_is_soft_at_prefill_and_a_length_finish_later),
         T(model_errors_are_returned),
         T(repetition_penalty_changes_the_greedy_choice),
+        T(greedy_requests_use_the_models_argmax),
         T(seeded_sampling_repeats),
         T(timings_and_usage),
         T(chat_renders_chatml_and_parses_tool_calls),
