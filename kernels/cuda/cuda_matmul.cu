@@ -17,6 +17,11 @@
  * cuBLASLt is column-major, so the row-major product is computed as y^T = W · x^T ("TN"):
  * A = W seen as [K, N] (ld = w stride) transposed, B = x seen as [K, M], D = y seen as [N, M].
  * Layouts and the heuristic's choice are cached per shape, stride and alignment.
+ *
+ * The fused pre-norm ops (pk_rmsnorm_matmul, pk_rmsnorm_matmul_swiglu; end of the file) use the
+ * same two paths: at decode the GEMV with the norm (and the SwiGLU epilogue) inside, in prefill
+ * the RMSNorm kernel writing the bf16 cuBLASLt operand directly. GEMVs are programmatic
+ * dependent launches that request their first weights before waiting for the previous kernel.
  */
 #include "kernels/cuda/cuda_internal.h"
 
