@@ -20,19 +20,20 @@
 
 static const char bench_help[] =
     "usage: pio bench (-c CONFIG | -m MODEL_DIR | --plugin NAME --set model.load_format=dummy)\n"
-    "                 [-p N] [-n N] [--depth D,...] [--batch B,...] [-r N]\n"
+    "                 [-p N,...] [-n N] [--depth D,...] [--batch B,...] [-r N]\n"
     "                 [--bandwidth-gbs X] [--json]\n"
     "Measures, each test after one warm-up run and then -r times (mean ± standard deviation):\n"
     "  ppN      one forward pass over N tokens of a fresh sequence (also time to first token)\n"
     "  tgN      N greedy decode steps of one sequence after a 4-token prompt, EOS ignored\n"
     "  tgN@dD   N decode steps of one sequence prefilled with D tokens (KV depth D)\n"
-    "  tgN@bB   B sequences, each prefilled with the -p tokens (4 when -p is 0), then N steps of\n"
+    "  tgN@bB   B sequences, each prefilled with the first -p count (4 when -p is 0), then N steps of\n"
     "           one token per sequence; aggregate tokens/s (like llama-batched-bench)\n"
     "Decode tests report GB/s: the bytes a step must read (active weights once plus the KV\n"
     "cache of every sequence at its length) over the step time; with --bandwidth-gbs also the\n"
     "percentage of that roofline. Unless kv_cache.max_tokens or kv_cache.memory_gb is set, the\n"
     "KV cache is sized for the largest test.\n\n"
-    "  -p, --prompt-tokens N  tokens for ppN and the batch prompts (default 512; 0 skips ppN)\n"
+    "  -p, --prompt-tokens N,...  prompt lengths: a ppN test each, the first also for the batch\n"
+    "                         prompts (default 512; 0 alone skips ppN; e.g. 512,2048)\n"
     "  -n, --gen-tokens N     decode steps of tgN, tgN@dD, tgN@bB (default 128; 0 skips them)\n"
     "      --depth D,...      KV depths for tgN@dD (default none; e.g. 4096,16384)\n"
     "      --batch B,...      batch sizes for tgN@bB (default none; e.g. 1,2,4,8,16,32,64)\n"
@@ -45,7 +46,8 @@ static const char bench_help[] =
 #define BENCH_SHORT_PROMPT 4
 
 typedef struct bench_settings {
-    int pp, tg, reps, json;
+    int pps[BENCH_MAX_LIST], n_pps; /* prompt lengths of the ppN tests; {0}: none */
+    int tg, reps, json;
     int depths[BENCH_MAX_LIST], n_depths;
     int batches[BENCH_MAX_LIST], n_batches;
     double bandwidth_gbs; /* 0 = unknown */
@@ -317,10 +319,10 @@ static pio_status run_test(bench_run *r, bench_result *t)
 /* The tests the settings ask for, in order; returns how many. */
 static int plan_tests(const bench_settings *b, int raw, bench_result *tests)
 {
-    int n = 0, batch_prompt = b->pp > 0 ? b->pp : BENCH_SHORT_PROMPT;
-    if (b->pp > 0) {
-        tests[n] = (bench_result){.kind = "pp", .n_prompt = b->pp, .batch = 1};
-        snprintf(tests[n++].test, sizeof tests->test, "pp%d", b->pp);
+    int n = 0, batch_prompt = b->pps[0] > 0 ? b->pps[0] : BENCH_SHORT_PROMPT;
+    for (int i = 0; b->pps[0] > 0 && i < b->n_pps; i++) {
+        tests[n] = (bench_result){.kind = "pp", .n_prompt = b->pps[i], .batch = 1};
+        snprintf(tests[n++].test, sizeof tests->test, "pp%d", b->pps[i]);
     }
     if (b->tg <= 0)
         return n;
@@ -343,7 +345,7 @@ static int plan_tests(const bench_settings *b, int raw, bench_result *tests)
 /* KV-cache tokens the largest test needs, with a block's slack per sequence. */
 static long long kv_tokens_needed(const bench_settings *b)
 {
-    bench_result tests[2 + 2 * BENCH_MAX_LIST];
+    bench_result tests[1 + 3 * BENCH_MAX_LIST];
     int n = plan_tests(b, 1, tests);
     long long need = 0;
     for (int i = 0; i < n; i++) {
@@ -394,7 +396,10 @@ static void print_json(const pio_session *s, const pio_model_info *info, const b
            (unsigned long long)(has_new ? info->active_weight_bytes : 0),
            (unsigned long long)(has_new ? info->kv_bytes_per_token : 0));
     printf(", \"settings\": {\"prompt_tokens\": %d, \"gen_tokens\": %d, \"repetitions\": %d, "
-           "\"warmup\": 1, \"depths\": [", b->pp, b->tg, b->reps);
+           "\"warmup\": 1, \"prompt_lengths\": [", b->pps[0], b->tg, b->reps);
+    for (int i = 0; i < b->n_pps; i++)
+        printf("%s%d", i ? ", " : "", b->pps[i]);
+    printf("], \"depths\": [");
     for (int i = 0; i < b->n_depths; i++)
         printf("%s%d", i ? ", " : "", b->depths[i]);
     printf("], \"batches\": [");
@@ -513,6 +518,20 @@ static int parse_list(const char *name, const char *text, int min, int *out, int
     }
 }
 
+/* -p: a list of prompt lengths; 0 (no ppN test) only on its own. */
+static int parse_prompt_lengths(const char *text, bench_settings *b)
+{
+    if (parse_list("-p", text, 0, b->pps, &b->n_pps) != 0)
+        return -1;
+    for (int i = 0; b->n_pps > 1 && i < b->n_pps; i++)
+        if (b->pps[i] == 0) {
+            fprintf(stderr, "pio bench: -p: 0 (skip the ppN tests) must be the only count, "
+                    "got '%s'\n", text);
+            return -1;
+        }
+    return 0;
+}
+
 static int parse_bandwidth(const char *text, double *out)
 {
     char *end;
@@ -563,7 +582,7 @@ static int run_benchmarks(pio_session *s, const bench_settings *b)
         b->tg > 0)
         fprintf(stderr, "pio bench: the plugin has no %s extension; skipping the depth and "
                 "batch tests\n", PIO_TEXTGEN_MODEL_EXTENSION);
-    bench_result tests[2 + 2 * BENCH_MAX_LIST];
+    bench_result tests[1 + 3 * BENCH_MAX_LIST];
     int n = plan_tests(b, raw.model != NULL, tests);
     bench_run run = {.session = s, .info = &info, .raw = raw.model ? &raw : NULL,
                      .reps = b->reps};
@@ -597,14 +616,14 @@ int pio_cmd_bench(int argc, char **argv)
         {"bandwidth-gbs", required_argument, NULL, 2003},
         {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     pio_cli_options options = {0};
-    bench_settings b = {.pp = 512, .tg = 128, .reps = 3};
+    bench_settings b = {.pps = {512}, .n_pps = 1, .tg = 128, .reps = 3};
     int opt, bad = 0;
     optind = 1;
     while (!bad && (opt = getopt_long(argc, argv, PIO_CLI_COMMON_SHORT_OPTIONS "p:n:r:h",
                                       long_options, NULL)) != -1) {
         switch (opt) {
         case 'h': fputs(bench_help, stdout); return 0;
-        case 'p': bad = parse_count("-p", optarg, &b.pp); break;
+        case 'p': bad = parse_prompt_lengths(optarg, &b); break;
         case 'n': bad = parse_count("-n", optarg, &b.tg); break;
         case 'r': bad = parse_count("-r", optarg, &b.reps) || b.reps == 0; break;
         case 2001: bad = parse_list("--depth", optarg, 1, b.depths, &b.n_depths); break;

@@ -260,6 +260,16 @@ static void bench_reports_json(void **state)
     expect_output(out, "\"depths\": [8], \"batches\": [2]");
     assert_null(strstr(out, "tg4@"));
     free(out);
+    /* -p takes a list, like llama-bench: a ppN test per count; 0 only alone. */
+    assert_int_equal(run(&out, PIO " bench" ECHO "-p 8,16 -n 0 -r 1 --json"), 0);
+    expect_output(out, "\"test\": \"pp8\"");
+    expect_output(out, "\"test\": \"pp16\"");
+    expect_output(out, "\"prompt_tokens\": 8, ");
+    expect_output(out, "\"prompt_lengths\": [8, 16]");
+    free(out);
+    assert_int_equal(run(&out, PIO " bench" ECHO "-p 8,0"), 2);
+    expect_output(out, "-p: 0 (skip the ppN tests) must be the only count");
+    free(out);
     assert_int_equal(run(&out, PIO " bench" ECHO "--batch 1,,2"), 2);
     expect_output(out, "--batch expects a comma-separated list");
     free(out);
