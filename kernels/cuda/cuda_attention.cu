@@ -671,9 +671,9 @@ __global__ void __launch_bounds__(SPLIT_THREADS) split_kernel(split_args a)
     const int64_t stride = gridDim.x;
     for (int64_t base = blockIdx.x; base < a.T; base += stride * 32) {
         int64_t mine = base + lane * stride;
-        bool todo = mine < a.T &&
-                    (a.tile_done == NULL || __ldg(a.tile_done + mine / a.tile_tokens) == 0);
-        unsigned pending = __ballot_sync(0xffffffffu, todo);
+        bool left_to_us = mine < a.T &&
+                          (a.tile_done == NULL || __ldg(a.tile_done + mine / a.tile_tokens) == 0);
+        unsigned pending = __ballot_sync(0xffffffffu, left_to_us);
         while (pending != 0) {
             int i = __ffs(pending) - 1;
             pending &= pending - 1;
