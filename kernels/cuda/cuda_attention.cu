@@ -81,7 +81,8 @@
  * Programmatic dependent launch: the kernels that end a decode step's attention (0, 1 and the
  * combine kernel) call pk_pdl_launch_dependents() first, so the o_proj GEMV launched after them
  * as a dependent can start loading its weights (it waits for their results with pk_pdl_wait).
- * They are not launched as dependents themselves.
+ * The tensor-core decode kernel (0) is itself launched as a dependent of the QK-norm/RoPE/store
+ * kernel before it and waits for it first thing (its launch then overlaps that kernel's end).
  *
  * Numerics: kernels 0, 1 and 3 are fp32 (the CPU's results to ~1e-6). Kernel 2 rounds q
  * and the softmax weights to bf16 (as a bf16 model does): 1-3e-3 relative.
@@ -1212,6 +1213,7 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kern
     const int g0 = chunk * DEC_HEADS, hn = min(DEC_HEADS, a.group - g0);
     const int h_first = kvh * a.group + g0;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
+    pk_pdl_wait();              /* q and the cache: the QK-norm/RoPE/store kernel before */
     pk_pdl_launch_dependents(); /* the o_proj GEMV may start loading its weights */
 
     /* q first (it depends on nothing): lane (g, tq) of k-step s holds head g's dims
@@ -1686,10 +1688,11 @@ static pio_status launch_tc_decode(pk_context *ctx, split_args a, int n_kv, cons
     if (n_kv > 65535 || (int64_t)chunks * a.splits > 65535)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: batch too large for one launch", op);
     dim3 grid((unsigned)a.T, (unsigned)n_kv, (unsigned)(chunks * a.splits));
-    if (a.head_dim == 64)
-        tc_decode_kernel<64><<<grid, DEC_THREADS, 0, st->stream>>>(a);
-    else
-        tc_decode_kernel<128><<<grid, DEC_THREADS, 0, st->stream>>>(a);
+    cudaError_t e = a.head_dim == 64
+                        ? pk_cuda_launch_pdl(st, tc_decode_kernel<64>, grid, dim3(DEC_THREADS), 0, a)
+                        : pk_cuda_launch_pdl(st, tc_decode_kernel<128>, grid, dim3(DEC_THREADS), 0, a);
+    if (e != cudaSuccess)
+        return pk_cuda_fail(ctx, op, "kernel launch", e, err);
     return pk_cuda_check_launch(ctx, op, err);
 }
 

@@ -335,7 +335,9 @@ __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_kernel(qk_nor
  * rotated pair (i, i + head_dim/2) then sits in one lane (j and j + E/2), so a warp needs no
  * shared memory, no block barrier and only its own E/2 angles. The head's values are loaded
  * before the token's position and cache slot are looked up, so the two latencies overlap. Same
- * expressions as qk_norm_rope_head. Grid and reporting as qk_norm_rope_kernel.
+ * expressions as qk_norm_rope_head. Grid and reporting as qk_norm_rope_kernel. Launched as a
+ * programmatic dependent of the projection before it (it waits for it first thing), and lets
+ * the attention after it launch early.
  */
 template <int E>
 __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_lanes_kernel(qk_norm_rope_args a)
@@ -344,6 +346,8 @@ __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_lanes_kernel(
     const int lane = threadIdx.x & 31;
     const int head = blockIdx.y * QK_NORM_WARPS + (threadIdx.x >> 5);
     const int heads = a.n_q + a.n_kv + (a.v_cache != NULL ? a.n_kv : 0);
+    pk_pdl_wait(); /* q, k, v: the projection before */
+    pk_pdl_launch_dependents();
     if (head >= heads)
         return; /* no barriers below */
     const bool is_v = head >= a.n_q + a.n_kv, is_q = head < a.n_q;
@@ -456,14 +460,18 @@ pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const
     dim3 grid((unsigned)(q->rows < 65535 ? q->rows : 65535),
               (unsigned)((heads + QK_NORM_WARPS - 1) / QK_NORM_WARPS));
     bool lanes = !a.interleaved && a.offset == 0 && a.rotary_dim == a.head_dim;
+    dim3 threads(QK_NORM_WARPS * 32);
+    cudaError_t e = cudaSuccess;
     if (lanes && a.head_dim == 64)
-        qk_norm_rope_lanes_kernel<2><<<grid, QK_NORM_WARPS * 32, 0, st->stream>>>(a);
+        e = pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<2>, grid, threads, 0, a);
     else if (lanes && a.head_dim == 128)
-        qk_norm_rope_lanes_kernel<4><<<grid, QK_NORM_WARPS * 32, 0, st->stream>>>(a);
+        e = pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<4>, grid, threads, 0, a);
     else if (lanes && a.head_dim == 256)
-        qk_norm_rope_lanes_kernel<8><<<grid, QK_NORM_WARPS * 32, 0, st->stream>>>(a);
+        e = pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<8>, grid, threads, 0, a);
     else
-        qk_norm_rope_kernel<<<grid, QK_NORM_WARPS * 32, smem, st->stream>>>(a);
+        qk_norm_rope_kernel<<<grid, threads, smem, st->stream>>>(a);
+    if (e != cudaSuccess)
+        return pk_cuda_fail(ctx, op, "kernel launch", e, err);
     return pk_cuda_check_launch(ctx, op, err);
 }
 

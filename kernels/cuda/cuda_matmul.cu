@@ -62,11 +62,17 @@ enum gemv_epilogue {
     GEMV_NORM_SWIGLU = 2, /* y = silu(g) · u with [g | u] = rmsnorm(x) · Wᵀ, W = [gate; up] */
 };
 
-/* Rows of W one warp dots: every x value a lane loads serves that many rows, which keeps the
- * load/store pipe (not DRAM) from being the limit; fewer for large M (registers). */
+/* Rows of W one warp dots, 16-byte steps along K it loads per loop iteration, and the blocks
+ * per SM its registers are capped for. x comes from L1/L2 next to every weight load and each x
+ * value a lane loads serves ROWS rows, so more rows keep the load/store pipe from being the
+ * limit; more resident warps keep more loads in flight. One row of x (decode) takes 8 rows ×
+ * 1 step at 3 blocks (24 warps) per SM: measured best over 12 shapes on 36 layers of Qwen3-4B
+ * projections in a graph (docs/KERNELS.md, "GEMV shape sweep"). More rows of x hold more
+ * accumulators: fewer rows. */
 template <int M> struct gemv_shape {
-    static constexpr int ROWS = M <= 2 ? 4 : 2;  /* rows of W per warp */
-    static constexpr int STEPS = M <= 2 ? 4 : 2; /* 16-byte steps along K per loop iteration */
+    static constexpr int ROWS = M == 1 ? 8 : M == 2 ? 4 : 2;
+    static constexpr int STEPS = M == 1 ? 1 : M == 2 ? 4 : 2;
+    static constexpr int MIN_BLOCKS = M == 1 ? 3 : 1;
 };
 
 /* Row r of a warp's row group `group`: consecutive rows, or for the SwiGLU epilogue R/2 gate
@@ -140,7 +146,7 @@ __device__ __forceinline__ void gemv_load_steps(uint4 (&wq)[U][R], const char *c
  * silu(g) · u.
  */
 template <int M, bool BF16, bool VEC, int EPI>
-__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
+__global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_shape<M>::MIN_BLOCKS) gemv_kernel(gemv_args a)
 {
     constexpr int E = BF16 ? 8 : 4;
     constexpr int R = gemv_shape<M>::ROWS, U = gemv_shape<M>::STEPS;
@@ -288,7 +294,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(gemv_args a)
  * on an H100 at Qwen3-4B's decode shapes (docs/KERNELS.md, "GEMV split sweep"): one row of x
  * wants 32 warps per SM for matrices of up to 32 row groups per SM (qkv, o, down: fewer, longer
  * blocks) and 96 above (gate_up: short blocks even out the tail of many waves); two rows of x
- * hold twice the accumulators and want 16.
+ * hold twice the accumulators and want 16. With the 8-row shape of one row of x the targets
+ * 24 and 32 tie and 48 loses on the decode chain.
  */
 template <int M> static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_count)
 {

@@ -340,6 +340,87 @@ static void test_matmul_benchmark(void **state)
     }
 }
 
+/*
+ * The matmuls of 36 Qwen3-4B decode layers back to back (PIO_KERNELS_BENCH=1): per layer the
+ * qkv projection with its norm, o_proj added to the residual, gate/up with its norm and SwiGLU,
+ * down added to the residual; one row of x, every layer its own weights (7.3 GB, so nothing
+ * stays in L2), recorded as one graph and replayed, and also issued directly. What the
+ * projections of a decode step cost without attention and sampling: the boundaries between
+ * kernels count here, which the single-kernel timings above leave out.
+ */
+static void test_decode_chain_benchmark(void **state)
+{
+    (void)state;
+    const char *env = getenv("PIO_KERNELS_BENCH");
+    if (env == NULL || atoi(env) == 0) {
+        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+        return;
+    }
+    enum { LAYERS = 36, HIDDEN = 2560, QKV = 6144, Q = 4096, FF = 9728, REPS = 20 };
+    static const int64_t shapes[4][2] = {{QKV, HIDDEN}, {HIDDEN, Q}, {2 * FF, HIDDEN},
+                                         {HIDDEN, FF}};
+    pio_error err;
+    pk_tensor w[LAYERS][4];
+    double bytes = 0.0;
+    for (int l = 0; l < LAYERS; l++)
+        for (int j = 0; j < 4; j++) {
+            int64_t n = shapes[j][0], k = shapes[j][1];
+            w[l][j] = pk_tensor_make(dev_alloc((size_t)(n * k * 2)), PIO_DTYPE_BF16,
+                                     PK_DEVICE_CUDA, n, k);
+            expect_ok(pk_fill_dummy(gpu_ctx, &w[l][j], 7, (uint64_t)(l * 4 + j), 0.02f, 0.0f, &err),
+                      &err, "chain weights");
+            bytes += (double)n * k * 2;
+        }
+    pair g = make_pair(PIO_DTYPE_BF16, 1, HIDDEN, 0, FILL_UNIFORM, 0.5f, 1.5f);
+    pair resid = random_pair(PIO_DTYPE_F32, 1, HIDDEN, 0);
+    pair h = nan_pair(PIO_DTYPE_F32, 1, HIDDEN, 0);
+    pair qkv = random_pair(PIO_DTYPE_F32, 1, QKV, 0);
+    pair gate_up = nan_pair(PIO_DTYPE_F32, 1, 2 * FF, 0);
+    pk_tensor attn = pk_tensor_cols(&qkv.d, 0, Q); /* stands in for the attention output */
+    pk_tensor act = pk_tensor_cols(&gate_up.d, 0, FF);
+    sync_gpu("chain uploads");
+    for (int mode = 0; mode < 2; mode++) {
+        pk_graph *graph = NULL;
+        if (mode == 1)
+            expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "chain record");
+        double t0 = 0.0;
+        for (int r = 0; r < (mode == 1 ? 1 : REPS + 2); r++) {
+            if (mode == 0 && r == 2) {
+                sync_gpu("chain warm-up");
+                t0 = seconds_now();
+            }
+            for (int l = 0; l < LAYERS; l++) {
+                expect_ok(pk_rmsnorm_matmul(gpu_ctx, &qkv.d, &h.d, &resid.d, &g.d, 1e-6f,
+                                            &w[l][0], &err), &err, "chain qkv");
+                expect_ok(pk_matmul_add(gpu_ctx, &resid.d, &attn, &w[l][1], &err), &err,
+                          "chain o");
+                expect_ok(pk_rmsnorm_matmul_swiglu(gpu_ctx, &act, &gate_up.d, &h.d, &resid.d,
+                                                   &g.d, 1e-6f, &w[l][2], &err), &err,
+                          "chain gate_up");
+                expect_ok(pk_matmul_add(gpu_ctx, &resid.d, &act, &w[l][3], &err), &err,
+                          "chain down");
+            }
+        }
+        if (mode == 1) {
+            expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "chain record");
+            for (int r = 0; r < REPS + 2; r++) {
+                if (r == 2) {
+                    sync_gpu("chain warm-up");
+                    t0 = seconds_now();
+                }
+                expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "chain replay");
+            }
+        }
+        sync_gpu("chain");
+        double per = (seconds_now() - t0) / REPS;
+        print_message("decode chain %-7s 36 x (qkv+norm, o, gate_up+norm+SwiGLU, down) M=1: "
+                      "%8.1f us  %7.1f GB/s of W\n", mode ? "graph" : "direct", per * 1e6,
+                      bytes / per * 1e-9);
+        if (graph != NULL)
+            pk_graph_destroy(gpu_ctx, graph);
+    }
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Row ops                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
@@ -832,6 +913,64 @@ static void run_attention_case(const attention_case *c)
 /* Fused ops                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
+/*
+ * The GEMV (M <= 2) adds the partial sums of the warps that split a row group's K in a fixed
+ * order, so the same product run again gives the same bits whatever the timing of the warps,
+ * and agrees with the CPU. Shapes: few long rows (the most splits), the decode shapes (row
+ * groups of 8 and 4 rows with a partial last group), and the fused norm and SwiGLU epilogues.
+ */
+static void test_gemv_repeats_bitwise(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][3] = {{1, 5, 4096}, {2, 9, 9728}, {1, 6146, 2560},
+                                        {2, 1022, 2560}, {1, 2560, 9728}};
+    pio_error err;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int epi = 0; epi < 3; epi++) {
+            int64_t m = shapes[s][0], n = shapes[s][1] * (epi == 2 ? 2 : 1), k = shapes[s][2];
+            if (sanitizer && n * k > 4000000)
+                continue;
+            pair x = make_pair(PIO_DTYPE_F32, m, k, 0, FILL_UNIFORM, -2.0f, 2.0f);
+            pair w = random_pair(PIO_DTYPE_BF16, n, k, 0);
+            pair g = make_pair(PIO_DTYPE_BF16, 1, k, 0, FILL_UNIFORM, 0.5f, 1.5f);
+            pair h = nan_pair(PIO_DTYPE_F32, m, k, 0);
+            pair y = nan_pair(PIO_DTYPE_F32, m, n, 0);
+            pair out = nan_pair(PIO_DTYPE_F32, m, n / 2, 0);
+            pair *result = epi == 2 ? &out : &y;
+            void *before = snapshot(result);
+            char what[128];
+            snprintf(what, sizeof what, "%s [%lld x %lld x %lld] repeated",
+                     epi == 0 ? "pk_matmul" : epi == 1 ? "pk_rmsnorm_matmul"
+                                                       : "pk_rmsnorm_matmul_swiglu",
+                     (long long)m, (long long)n, (long long)k);
+            void *first = NULL;
+            for (int run = 0; run < 4; run++) {
+                pio_status st =
+                    epi == 0 ? pk_matmul(gpu_ctx, &y.d, &x.d, &w.d, &err)
+                    : epi == 1 ? pk_rmsnorm_matmul(gpu_ctx, &y.d, &h.d, &x.d, &g.d, 1e-6f,
+                                                   &w.d, &err)
+                               : pk_rmsnorm_matmul_swiglu(gpu_ctx, &out.d, &y.d, &h.d, &x.d,
+                                                          &g.d, 1e-6f, &w.d, &err);
+                expect_ok(st, &err, what);
+                download(result);
+                if (first == NULL)
+                    first = memcpy(host_alloc(result->span_bytes), result->got,
+                                   result->span_bytes);
+                else if (memcmp(first, result->got, result->span_bytes) != 0)
+                    fail_msg("%s: run %d differs from run 0", what, run);
+            }
+            pio_status st =
+                epi == 0 ? pk_matmul(cpu_ctx, &y.h, &x.h, &w.h, &err)
+                : epi == 1 ? pk_rmsnorm_matmul(cpu_ctx, &y.h, &h.h, &x.h, &g.h, 1e-6f, &w.h,
+                                               &err)
+                           : pk_rmsnorm_matmul_swiglu(cpu_ctx, &out.h, &y.h, &h.h, &x.h, &g.h,
+                                                      1e-6f, &w.h, &err);
+            expect_ok(st, &err, what);
+            check_pair(what, result, NULL, TOL_F32, before);
+            release_all(NULL);
+        }
+}
+
 /* pk_rmsnorm_matmul against the CPU's (which runs pk_rmsnorm then pk_matmul): the fused GEMV up
  * to gemv_max_m rows (normalising on the fly: only the order of fp32 roundings differs), the
  * norm kernel + cuBLASLt above (bf16-rounded x: TOL_BF16_X). */
@@ -1227,12 +1366,14 @@ int main(void)
         cmocka_unit_test_teardown(test_attention_gqa1, release_all),
         cmocka_unit_test_teardown(test_attention_value_width_and_latent, release_all),
         cmocka_unit_test_teardown(test_attention_bad_block_is_reported, release_all),
+        cmocka_unit_test_teardown(test_gemv_repeats_bitwise, release_all),
         cmocka_unit_test_teardown(test_rmsnorm_matmul, release_all),
         cmocka_unit_test_teardown(test_rmsnorm_matmul_swiglu, release_all),
         cmocka_unit_test_teardown(test_qk_norm_rope_store, release_all),
         cmocka_unit_test_teardown(test_graph_replay, release_all),
         cmocka_unit_test_teardown(test_matmul_benchmark, release_all),
         cmocka_unit_test_teardown(test_fused_norm_benchmark, release_all),
+        cmocka_unit_test_teardown(test_decode_chain_benchmark, release_all),
         cmocka_unit_test_teardown(test_attention_benchmark, release_all),
     };
     apply_test_filter();
