@@ -344,6 +344,12 @@ __device__ __forceinline__ void pk_report(long long *info, int op, int kind, lon
     info[5] = d;
 }
 
+/* Asks L2 for the 128-byte line holding p: no register is tied up and nothing waits. */
+__device__ __forceinline__ void pk_prefetch_l2(const void *p)
+{
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 /*
  * Programmatic dependent launch (sm_90). A kernel launched with pk_cuda_launch_pdl may start
  * while the kernel before it in the stream is still running; it must call pk_pdl_wait() before

@@ -12,7 +12,9 @@
  * round j takes the best expert that comes after round j-1's choice in that order, so nothing
  * needs a "taken" mask and any k <= E works. The probabilities are recomputed each round (k·E
  * expf per token, negligible at E = 128, k = 8). Renormalisation is the CPU's: a float sum in
- * slot order by one lane, divided only when positive.
+ * slot order by one lane, divided only when positive. moe_topk_regs_kernel is the same with a
+ * token's logits in registers (E <= 256, k <= 32; the decode step's routing): same bits, less
+ * latency.
  *
  * Experts: three paths, chosen per call from host-known values only (T·k, the weights' type and
  * alignment), so any can be captured in a graph: the grouped GEMM path for prefill and batches
@@ -218,6 +220,92 @@ __global__ void moe_topk_kernel(int32_t *ids, int64_t is, float *weights, int64_
     }
 }
 
+/* The same selection with a token's logits held in registers (V a lane: E <= 32·V, k <= 32):
+ * the probabilities are computed once, the k rounds compare registers, lane j keeps slot j's
+ * id and weight and the renormalisation adds them in slot order through shuffles. The same
+ * float operations as moe_topk_kernel, so the same bits; what changes is the latency of the
+ * decode step's routing (about a third: no global round trips between rounds). */
+template <int V>
+__global__ void moe_topk_regs_kernel(int32_t *ids, int64_t is, float *weights, int64_t ws,
+                                     const float *__restrict__ logits, int64_t ls, int64_t T,
+                                     int E, int k, bool normalize)
+{
+    pk_pdl_wait(); /* logits */
+    pk_pdl_launch_dependents(); /* the decode experts kernel may take its place (it waits) */
+    int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    int64_t first = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
+    for (int64_t t = first; t < T; t += (int64_t)gridDim.x * warps) {
+        const float *x = logits + t * ls;
+        float p[V];
+        float m = -INFINITY;
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            int e = lane + 32 * v;
+            p[v] = e < E ? x[e] : -INFINITY;
+            m = p[v] > m ? p[v] : m;
+        }
+        m = pk_warp_max(m);
+        bool uniform = m == -INFINITY; /* no mass anywhere: uniform by convention */
+        float inv = 1.0f / (float)E;
+        if (!uniform) {
+            double s = 0.0;
+#pragma unroll
+            for (int v = 0; v < V; v++)
+                if (lane + 32 * v < E)
+                    s += (double)expf(p[v] - m);
+            s = moe_warp_sum_double(s);
+            inv = (float)(1.0 / s);
+        }
+#pragma unroll
+        for (int v = 0; v < V; v++)
+            p[v] = uniform ? inv : expf(p[v] - m) * inv;
+        float prev = 0.0f, my_w = 0.0f;
+        int prev_i = -1, my_id = -1;
+        for (int j = 0; j < k; j++) {
+            float best = 0.0f;
+            int best_i = -1;
+#pragma unroll
+            for (int v = 0; v < V; v++) {
+                int e = lane + 32 * v;
+                if (e < E && (prev_i < 0 || moe_before(prev, prev_i, p[v], e)) &&
+                    moe_before(p[v], e, best, best_i)) {
+                    best = p[v];
+                    best_i = e;
+                }
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                float ob = __shfl_xor_sync(0xffffffffu, best, o);
+                int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+                if (moe_before(ob, oi, best, best_i)) {
+                    best = ob;
+                    best_i = oi;
+                }
+            }
+            if (lane == j) {
+                my_w = best;
+                my_id = best_i;
+            }
+            prev = best;
+            prev_i = best_i;
+        }
+        if (normalize) { /* as the CPU: float sum in slot order, divided only when positive */
+            float sum = 0.0f;
+            for (int j = 0; j < k; j++)
+                sum += __shfl_sync(0xffffffffu, my_w, j);
+            if (sum > 0.0f)
+                my_w /= sum;
+        }
+        if (lane < k) {
+            ids[t * is + lane] = my_id;
+            weights[t * ws + lane] = my_w;
+        }
+    }
+}
+
+/* Logits a lane holds in the register variant (E <= 32 · MOE_TOPK_REGS, k <= 32). */
+static constexpr int MOE_TOPK_REGS = 8;
+
 pio_status pk_cuda_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
                                     const pk_tensor *weights, const pk_tensor *logits,
                                     int normalize, pio_error *err)
@@ -229,10 +317,15 @@ pio_status pk_cuda_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     constexpr int warps = 4;
     unsigned grid = pk_blocks_for(logits->rows, warps, 1 << 20);
+    int E = (int)logits->cols, k = (int)ids->cols;
+    void (*kernel)(int32_t *, int64_t, float *, int64_t, const float *, int64_t, int64_t, int,
+                   int, bool) = k > 32 || E > 32 * MOE_TOPK_REGS ? moe_topk_kernel
+                                : E <= 32 * 4                    ? moe_topk_regs_kernel<4>
+                                                                 : moe_topk_regs_kernel<MOE_TOPK_REGS>;
     cudaError_t e = pk_cuda_launch_pdl(
-        st, moe_topk_kernel, dim3(grid), dim3(warps * 32), 0, (int32_t *)ids->data, ids->stride,
+        st, kernel, dim3(grid), dim3(warps * 32), 0, (int32_t *)ids->data, ids->stride,
         (float *)weights->data, weights->stride, (const float *)logits->data, logits->stride,
-        logits->rows, (int)logits->cols, (int)ids->cols, normalize != 0);
+        logits->rows, E, k, normalize != 0);
     if (e != cudaSuccess)
         return pk_cuda_fail(ctx, op, "cudaLaunchKernelEx (moe topk)", e, err);
     return pk_cuda_check_launch(ctx, op, err);
@@ -1192,7 +1285,7 @@ __device__ __forceinline__ void moe_prefetch_rows(const moe_gemv_args &g,
 #pragma unroll
     for (int j = 0; j < MOE_ROWS; j++)
         for (int64_t off = (int64_t)lane * 128; off < bytes; off += 32 * 128)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[j] + off));
+            pk_prefetch_l2(rows[j] + off);
 }
 
 /*
