@@ -128,10 +128,12 @@ static constexpr int DEC_KEYS = 16;                        /* keys per warp step
 static constexpr int DEC_SPLIT_KEYS = DEC_WARPS * DEC_KEYS; /* a split's keys: a multiple */
 static constexpr int DEC_BLOCKS_PER_SM = 3;                /* resident blocks (registers) */
 static constexpr int DEC_SPLIT_WAVES = 2;                  /* blocks the split count aims for */
-/* Fewest keys of a split. Larger minimums (one split, no merge, for short contexts) measured
- * slower on an H100: each warp then walks several 16-key tiles, one HBM round trip each
- * (B = 1 at depth 640: 13.3 us at 64, 14.0 at 128, 16.7 at 256, 25.3 at 640). */
-static constexpr int DEC_MIN_SPLIT_KEYS = 64;
+/* Fewest keys of a split. A larger minimum means fewer splits to merge but more 16-key tiles
+ * a warp walks, one HBM round trip each. Measured on an H100 (docs/KERNELS.md): B = 1 at depth
+ * 640 13.3 us at 64, 14.0 at 128, 16.7 at 256, 25.3 at 640; whole decode steps of Qwen3-4B at
+ * 128 against 64: tg128 from an empty context +1 % (no merge up to 128 keys), batch 8 after
+ * 512 tokens +4.5 %, batch 1 after 512 -0.3 %; 256 loses 3 % at batch 1. */
+static constexpr int DEC_MIN_SPLIT_KEYS = 128;
 /* The attention workspace starts with one split counter per (token, kv head, head chunk). */
 static constexpr int ATTN_COUNTERS = 16384;
 static constexpr size_t ATTN_COUNTER_BYTES = sizeof(unsigned) * ATTN_COUNTERS;

@@ -53,9 +53,10 @@
 /* The kernel choice the tests aim at (kernels/cuda/cuda_attention.cu): more tokens than this
  * take the tensor-core kernel when the caches are BF16. */
 #define DECODE_MAX_TOKENS 64
-/* The tensor-core decode kernel's fewest keys per split (DEC_MIN_SPLIT_KEYS; the environment
- * variable PIO_CUDA_DECODE_SPLIT_MIN_KEYS overrides it at every call) and its split granule. */
-#define DEC_MIN_SPLIT_KEYS 64
+/* The tensor-core decode kernel's fewest keys per split by default (DEC_MIN_SPLIT_KEYS; the
+ * environment variable PIO_CUDA_DECODE_SPLIT_MIN_KEYS overrides it at every call) and its split
+ * granule, which is also the smallest minimum (every split as short as it can be). */
+#define DEC_MIN_SPLIT_KEYS 128
 #define DEC_SPLIT_KEYS 64
 
 static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes */
@@ -456,12 +457,13 @@ static void test_decode_head_shapes(void **state)
 /* tc_decode_kernel's fused merge: one token, so 32 splits of 64 keys up to depth 2048 (on GPUs
  * of 43 SMs or more), at depths that leave 1..32 splits with keys: every count of partials is
  * merged by the last split to finish. */
-/* 1..32 splits holding keys (the fused merge at every count), with the default fewest keys a
- * split (one 16-key tile a warp) and with 256 (four tiles a warp); then a malformed override. */
+/* 1..32 splits holding keys (the fused merge at every count), with the smallest fewest keys a
+ * split (64: one 16-key tile a warp) and with 256 (four tiles a warp); then a malformed
+ * override. */
 static void test_decode_split_counts(void **state)
 {
     (void)state;
-    static const int32_t min_keys[] = {DEC_MIN_SPLIT_KEYS, 4 * DEC_SPLIT_KEYS};
+    static const int32_t min_keys[] = {DEC_SPLIT_KEYS, 4 * DEC_SPLIT_KEYS};
     for (int i = 0; i < 2; i++) {
         char value[16];
         snprintf(value, sizeof value, "%d", min_keys[i]);
