@@ -66,13 +66,13 @@ enum gemv_epilogue {
  * per SM its registers are capped for. x comes from L1/L2 next to every weight load and each x
  * value a lane loads serves ROWS rows, so more rows keep the load/store pipe from being the
  * limit; more resident warps keep more loads in flight. One row of x (decode) takes 8 rows ×
- * 1 step at 3 blocks (24 warps) per SM: measured best over 12 shapes on 36 layers of Qwen3-4B
- * projections in a graph (docs/KERNELS.md, "GEMV shape sweep"). More rows of x hold more
- * accumulators: fewer rows. */
+ * 1 step and two rows 4 × 1, both at 3 blocks (24 warps) per SM: measured best over 12 and
+ * 9 shapes on 36 layers of Qwen3-4B projections in a graph (docs/KERNELS.md, "GEMV shape
+ * sweep"). More rows of x hold more accumulators: fewer rows. */
 template <int M> struct gemv_shape {
     static constexpr int ROWS = M == 1 ? 8 : M == 2 ? 4 : 2;
-    static constexpr int STEPS = M == 1 ? 1 : M == 2 ? 4 : 2;
-    static constexpr int MIN_BLOCKS = M == 1 ? 3 : 1;
+    static constexpr int STEPS = M <= 2 ? 1 : 2;
+    static constexpr int MIN_BLOCKS = M <= 2 ? 3 : 1;
 };
 
 /* Row r of a warp's row group `group`: consecutive rows, or for the SwiGLU epilogue R/2 gate

@@ -340,11 +340,64 @@ static void test_matmul_benchmark(void **state)
     }
 }
 
+/* Qwen3-4B's projection shapes for the decode chain below. */
+enum { CHAIN_LAYERS = 36, CHAIN_HIDDEN = 2560, CHAIN_QKV = 6144, CHAIN_Q = 4096, CHAIN_FF = 9728 };
+
+/* Seconds per step of the decode chain for `rows` rows of x, issued directly or replayed from
+ * one recorded graph (mean of 20 after 2 warm-ups). */
+static double decode_chain_seconds(pk_tensor (*w)[4], int64_t rows, int graph)
+{
+    enum { REPS = 20 };
+    pio_error err;
+    pair g = make_pair(PIO_DTYPE_BF16, 1, CHAIN_HIDDEN, 0, FILL_UNIFORM, 0.5f, 1.5f);
+    pair resid = random_pair(PIO_DTYPE_F32, rows, CHAIN_HIDDEN, 0);
+    pair h = nan_pair(PIO_DTYPE_F32, rows, CHAIN_HIDDEN, 0);
+    pair qkv = random_pair(PIO_DTYPE_F32, rows, CHAIN_QKV, 0);
+    pair gate_up = nan_pair(PIO_DTYPE_F32, rows, 2 * CHAIN_FF, 0);
+    pk_tensor attn = pk_tensor_cols(&qkv.d, 0, CHAIN_Q); /* stands in for the attention output */
+    pk_tensor act = pk_tensor_cols(&gate_up.d, 0, CHAIN_FF);
+    sync_gpu("chain uploads");
+    pk_graph *recorded = NULL;
+    if (graph)
+        expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "chain record");
+    double t0 = 0.0;
+    for (int r = 0; r < (graph ? 1 : REPS + 2); r++) {
+        if (!graph && r == 2) {
+            sync_gpu("chain warm-up");
+            t0 = seconds_now();
+        }
+        for (int l = 0; l < CHAIN_LAYERS; l++) {
+            expect_ok(pk_rmsnorm_matmul(gpu_ctx, &qkv.d, &h.d, &resid.d, &g.d, 1e-6f, &w[l][0],
+                                        &err), &err, "chain qkv");
+            expect_ok(pk_matmul_add(gpu_ctx, &resid.d, &attn, &w[l][1], &err), &err, "chain o");
+            expect_ok(pk_rmsnorm_matmul_swiglu(gpu_ctx, &act, &gate_up.d, &h.d, &resid.d, &g.d,
+                                               1e-6f, &w[l][2], &err), &err, "chain gate_up");
+            expect_ok(pk_matmul_add(gpu_ctx, &resid.d, &act, &w[l][3], &err), &err,
+                      "chain down");
+        }
+    }
+    if (graph) {
+        expect_ok(pk_graph_end(gpu_ctx, &recorded, &err), &err, "chain record");
+        for (int r = 0; r < REPS + 2; r++) {
+            if (r == 2) {
+                sync_gpu("chain warm-up");
+                t0 = seconds_now();
+            }
+            expect_ok(pk_graph_launch(gpu_ctx, recorded, &err), &err, "chain replay");
+        }
+    }
+    sync_gpu("chain");
+    double per = (seconds_now() - t0) / REPS;
+    if (recorded != NULL)
+        pk_graph_destroy(gpu_ctx, recorded);
+    return per;
+}
+
 /*
  * The matmuls of 36 Qwen3-4B decode layers back to back (PIO_KERNELS_BENCH=1): per layer the
  * qkv projection with its norm, o_proj added to the residual, gate/up with its norm and SwiGLU,
- * down added to the residual; one row of x, every layer its own weights (7.3 GB, so nothing
- * stays in L2), recorded as one graph and replayed, and also issued directly. What the
+ * down added to the residual; one and two rows of x, every layer its own weights (7.3 GB, so
+ * nothing stays in L2), recorded as one graph and replayed, and also issued directly. What the
  * projections of a decode step cost without attention and sampling: the boundaries between
  * kernels count here, which the single-kernel timings above leave out.
  */
@@ -356,69 +409,27 @@ static void test_decode_chain_benchmark(void **state)
         print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
         return;
     }
-    enum { LAYERS = 36, HIDDEN = 2560, QKV = 6144, Q = 4096, FF = 9728, REPS = 20 };
-    static const int64_t shapes[4][2] = {{QKV, HIDDEN}, {HIDDEN, Q}, {2 * FF, HIDDEN},
-                                         {HIDDEN, FF}};
+    static const int64_t shapes[4][2] = {{CHAIN_QKV, CHAIN_HIDDEN}, {CHAIN_HIDDEN, CHAIN_Q},
+                                         {2 * CHAIN_FF, CHAIN_HIDDEN}, {CHAIN_HIDDEN, CHAIN_FF}};
     pio_error err;
-    pk_tensor w[LAYERS][4];
+    pk_tensor w[CHAIN_LAYERS][4];
     double bytes = 0.0;
-    for (int l = 0; l < LAYERS; l++)
+    for (int l = 0; l < CHAIN_LAYERS; l++)
         for (int j = 0; j < 4; j++) {
             int64_t n = shapes[j][0], k = shapes[j][1];
             w[l][j] = pk_tensor_make(dev_alloc((size_t)(n * k * 2)), PIO_DTYPE_BF16,
                                      PK_DEVICE_CUDA, n, k);
-            expect_ok(pk_fill_dummy(gpu_ctx, &w[l][j], 7, (uint64_t)(l * 4 + j), 0.02f, 0.0f, &err),
-                      &err, "chain weights");
+            expect_ok(pk_fill_dummy(gpu_ctx, &w[l][j], 7, (uint64_t)(l * 4 + j), 0.02f, 0.0f,
+                                    &err), &err, "chain weights");
             bytes += (double)n * k * 2;
         }
-    pair g = make_pair(PIO_DTYPE_BF16, 1, HIDDEN, 0, FILL_UNIFORM, 0.5f, 1.5f);
-    pair resid = random_pair(PIO_DTYPE_F32, 1, HIDDEN, 0);
-    pair h = nan_pair(PIO_DTYPE_F32, 1, HIDDEN, 0);
-    pair qkv = random_pair(PIO_DTYPE_F32, 1, QKV, 0);
-    pair gate_up = nan_pair(PIO_DTYPE_F32, 1, 2 * FF, 0);
-    pk_tensor attn = pk_tensor_cols(&qkv.d, 0, Q); /* stands in for the attention output */
-    pk_tensor act = pk_tensor_cols(&gate_up.d, 0, FF);
-    sync_gpu("chain uploads");
-    for (int mode = 0; mode < 2; mode++) {
-        pk_graph *graph = NULL;
-        if (mode == 1)
-            expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "chain record");
-        double t0 = 0.0;
-        for (int r = 0; r < (mode == 1 ? 1 : REPS + 2); r++) {
-            if (mode == 0 && r == 2) {
-                sync_gpu("chain warm-up");
-                t0 = seconds_now();
-            }
-            for (int l = 0; l < LAYERS; l++) {
-                expect_ok(pk_rmsnorm_matmul(gpu_ctx, &qkv.d, &h.d, &resid.d, &g.d, 1e-6f,
-                                            &w[l][0], &err), &err, "chain qkv");
-                expect_ok(pk_matmul_add(gpu_ctx, &resid.d, &attn, &w[l][1], &err), &err,
-                          "chain o");
-                expect_ok(pk_rmsnorm_matmul_swiglu(gpu_ctx, &act, &gate_up.d, &h.d, &resid.d,
-                                                   &g.d, 1e-6f, &w[l][2], &err), &err,
-                          "chain gate_up");
-                expect_ok(pk_matmul_add(gpu_ctx, &resid.d, &act, &w[l][3], &err), &err,
-                          "chain down");
-            }
+    for (int64_t rows = 1; rows <= 2; rows++)
+        for (int graph = 0; graph < 2; graph++) {
+            double per = decode_chain_seconds(w, rows, graph);
+            print_message("decode chain %-6s 36 x (qkv+norm, o, gate_up+norm+SwiGLU, down) "
+                          "M=%lld: %8.1f us  %7.1f GB/s of W\n", graph ? "graph" : "direct",
+                          (long long)rows, per * 1e6, bytes / per * 1e-9);
         }
-        if (mode == 1) {
-            expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "chain record");
-            for (int r = 0; r < REPS + 2; r++) {
-                if (r == 2) {
-                    sync_gpu("chain warm-up");
-                    t0 = seconds_now();
-                }
-                expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "chain replay");
-            }
-        }
-        sync_gpu("chain");
-        double per = (seconds_now() - t0) / REPS;
-        print_message("decode chain %-7s 36 x (qkv+norm, o, gate_up+norm+SwiGLU, down) M=1: "
-                      "%8.1f us  %7.1f GB/s of W\n", mode ? "graph" : "direct", per * 1e6,
-                      bytes / per * 1e-9);
-        if (graph != NULL)
-            pk_graph_destroy(gpu_ctx, graph);
-    }
 }
 
 /* ------------------------------------------------------------------------------------------ */
