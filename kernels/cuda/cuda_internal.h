@@ -125,7 +125,8 @@ pio_status pk_cuda_sample_workspace(pk_context *ctx, size_t bytes, const char *o
 /* Rows of x up to which matmul uses the GEMV kernel rather than cuBLASLt, unless the
  * environment variable PIO_CUDA_GEMV_MAX_M says otherwise at context creation (tests and tuning
  * force one path with it). Measured on an H100 at Qwen3-4B shapes (docs/KERNELS.md): the GEMV
- * kernel wins or ties up to M = 2, cuBLASLt from M = 3. The kernel takes PK_CUDA_GEMV_ROWS rows
+ * kernel wins up to M = 2; at M = 3-4 it is faster alone but whole decode steps are not (batch
+ * 3 +1.6 %, batch 4 -1.1 %), so cuBLASLt from M = 3. The kernel takes PK_CUDA_GEMV_ROWS rows
  * of x per launch; a larger PIO_CUDA_GEMV_MAX_M (up to PK_CUDA_GEMV_MAX_M_EXACT) runs bigger
  * matmuls in chunks of that many rows: fp32 throughout, no bf16 rounding of x, slow for
  * prefill (the exact-fp32 mode of the end-to-end GPU tests). */

@@ -66,13 +66,14 @@ enum gemv_epilogue {
  * per SM its registers are capped for. x comes from L1/L2 next to every weight load and each x
  * value a lane loads serves ROWS rows, so more rows keep the load/store pipe from being the
  * limit; more resident warps keep more loads in flight. One row of x (decode) takes 8 rows ×
- * 1 step and two rows 4 × 1, both at 3 blocks (24 warps) per SM: measured best over 12 and
+ * 1 step and two rows 4 × 1, all at 3 blocks (24 warps) per SM: measured best over 12 and
  * 9 shapes on 36 layers of Qwen3-4B projections in a graph (docs/KERNELS.md, "GEMV shape
- * sweep"). More rows of x hold more accumulators: fewer rows. */
+ * sweep"). More rows of x hold more accumulators: 2 × 1 (faster than the 2 × 2 at one block
+ * it replaced at every M from 3 to 8). */
 template <int M> struct gemv_shape {
     static constexpr int ROWS = M == 1 ? 8 : M == 2 ? 4 : 2;
-    static constexpr int STEPS = M <= 2 ? 1 : 2;
-    static constexpr int MIN_BLOCKS = M <= 2 ? 3 : 1;
+    static constexpr int STEPS = 1;
+    static constexpr int MIN_BLOCKS = 3;
 };
 
 /* Row r of a warp's row group `group`: consecutive rows, or for the SwiGLU epilogue R/2 gate
