@@ -287,6 +287,17 @@ static inline void *snapshot(const pair *p)
     return copy;
 }
 
+/* Whether PIO_KERNELS_BENCH asks for the timing tests; when not, says how to get them (the
+ * test then returns without asserting anything). */
+static inline int gpu_bench_enabled(void)
+{
+    const char *env = getenv("PIO_KERNELS_BENCH");
+    if (env != NULL && atoi(env) != 0)
+        return 1;
+    print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+    return 0;
+}
+
 /* PIO_GPU_TEST_FILTER=PATTERN runs only the tests whose names match (e.g. "*decode*" for a
  * sanitizer run, "*benchmark*" for timings alone). Call before cmocka_run_group_tests. */
 static inline void apply_test_filter(void)

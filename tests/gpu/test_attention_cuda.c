@@ -967,11 +967,8 @@ static void bench_prefill(int32_t n, int general)
 static void test_attention_benchmark(void **state)
 {
     (void)state;
-    const char *env = getenv("PIO_KERNELS_BENCH");
-    if (env == NULL || atoi(env) == 0) {
-        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+    if (!gpu_bench_enabled())
         return;
-    }
     static const int32_t depths[] = {512, 4096, 16384};
     /* B = 1 at the short contexts of a tg128 run, by the fewest keys a split (the default is
      * DEC_MIN_SPLIT_KEYS; 64 is every split as short as it can be). */

@@ -290,11 +290,8 @@ static double seconds_now(void)
 static void test_matmul_benchmark(void **state)
 {
     (void)state;
-    const char *env = getenv("PIO_KERNELS_BENCH");
-    if (env == NULL || atoi(env) == 0) {
-        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+    if (!gpu_bench_enabled())
         return;
-    }
     static const struct { int64_t n, k; const char *name; } weights[] = {
         {19456, 2560, "gate_up"}, {2560, 9728, "down"}, {6144, 2560, "qkv"},
     };
@@ -404,11 +401,8 @@ static double decode_chain_seconds(pk_tensor (*w)[4], int64_t rows, int graph)
 static void test_decode_chain_benchmark(void **state)
 {
     (void)state;
-    const char *env = getenv("PIO_KERNELS_BENCH");
-    if (env == NULL || atoi(env) == 0) {
-        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+    if (!gpu_bench_enabled())
         return;
-    }
     static const int64_t shapes[4][2] = {{CHAIN_QKV, CHAIN_HIDDEN}, {CHAIN_HIDDEN, CHAIN_Q},
                                          {2 * CHAIN_FF, CHAIN_HIDDEN}, {CHAIN_HIDDEN, CHAIN_FF}};
     pio_error err;
@@ -1057,11 +1051,8 @@ static void test_rmsnorm_matmul_swiglu(void **state)
 static void test_fused_norm_benchmark(void **state)
 {
     (void)state;
-    const char *env = getenv("PIO_KERNELS_BENCH");
-    if (env == NULL || atoi(env) == 0) {
-        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+    if (!gpu_bench_enabled())
         return;
-    }
     enum { COPIES = 4, REPS = 40 };
     static const struct { int64_t n, k; int swiglu; const char *name; } shapes[] = {
         {6144, 2560, 0, "qkv"}, {19456, 2560, 1, "gate_up"}};
@@ -1310,11 +1301,8 @@ static void test_attention_bad_block_is_reported(void **state)
 static void test_attention_benchmark(void **state)
 {
     (void)state;
-    const char *env = getenv("PIO_KERNELS_BENCH");
-    if (env == NULL || atoi(env) == 0) {
-        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+    if (!gpu_bench_enabled())
         return;
-    }
     enum { BS = 16, NQ = 32, NKV = 8, HD = 128, CTX = 4096, MAX_B = 8, REPS = 20 };
     static const struct { int b; int prefill; } runs[] = {{1, 0}, {8, 0}, {1, 512}};
     pio_error err;

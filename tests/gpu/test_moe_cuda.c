@@ -814,11 +814,8 @@ static int moe_distinct_experts(const pair *ids, int64_t first, int64_t count)
 static void test_moe_benchmark(void **state)
 {
     (void)state;
-    const char *env = getenv("PIO_KERNELS_BENCH");
-    if (env == NULL || atoi(env) == 0) {
-        print_message("(skipped: set PIO_KERNELS_BENCH=1)\n");
+    if (!gpu_bench_enabled())
         return;
-    }
     enum { H = 2048, F = 768, E = 128, K = 8 };
     static const int64_t tokens[] = {1, 2, 4, 8, 16, 24, 32, 64, 512, 1024, 2048};
     pio_error err;
