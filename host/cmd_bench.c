@@ -28,8 +28,9 @@ static const char bench_help[] =
     "  tgN@dD   N decode steps of one sequence prefilled with D tokens (KV depth D)\n"
     "  tgN@bB   B sequences, each prefilled with the first -p count (4 when -p is 0), then N steps of\n"
     "           one token per sequence; aggregate tokens/s (like llama-batched-bench)\n"
-    "Decode tests report GB/s: the bytes a step must read (active weights once plus the KV\n"
-    "cache of every sequence at its length) over the step time; with --bandwidth-gbs also the\n"
+    "Decode tests report GB/s: the bytes a step must read (active weights once, for a MoE the\n"
+    "experts its B tokens are expected to touch under uniform routing, plus the KV cache of\n"
+    "every sequence at its length) over the step time; with --bandwidth-gbs also the\n"
     "percentage of that roofline. Unless kv_cache.max_tokens or kv_cache.memory_gb is set, the\n"
     "KV cache is sized for the largest test.\n\n"
     "  -p, --prompt-tokens N,...  prompt lengths: a ppN test each, the first also for the batch\n"
@@ -264,17 +265,32 @@ static pio_status one_run(bench_run *r, const bench_result *t, double *seconds)
                : generate_run(r->session, t->n_gen, seconds);
 }
 
-/* Bytes the timed decode steps read: the active weights once per step and every sequence's
- * cache at its length (prompt + the steps so far + the new token). */
+/* The weight bytes one decoding step of `batch` tokens reads: the active weights, except that
+ * a MoE's tokens route to different experts. Under uniform routing a token passes over a given
+ * expert with probability 1 - k/E, so a step is expected to touch E·(1 - (1 - k/E)^B) of the
+ * E experts of a layer (k of them at B = 1: the active weights). */
+static double step_weight_bytes(const pio_model_info *info, int batch)
+{
+    double active = 0;
+    if (PIO_HAS_FIELD(info, pio_model_info, kv_bytes_per_token))
+        active = (double)info->active_weight_bytes;
+    if (active <= 0 && PIO_HAS_FIELD(info, pio_model_info, weight_bytes))
+        return (double)info->weight_bytes;
+    if (!PIO_HAS_FIELD(info, pio_model_info, experts_per_token) || info->routed_experts == 0 ||
+        info->experts_per_token == 0 || info->experts_per_token > info->routed_experts)
+        return active;
+    double routed = (double)info->routed_weight_bytes;
+    double share = (double)info->experts_per_token / info->routed_experts;
+    return active - routed * share + routed * (1.0 - pow(1.0 - share, batch));
+}
+
+/* Bytes the timed decode steps read: the weights each step reads (step_weight_bytes) and every
+ * sequence's cache at its length (prompt + the steps so far + the new token). */
 static double decode_bytes(const pio_model_info *info, const bench_result *t)
 {
-    double weights = 0, kv = 0;
-    if (PIO_HAS_FIELD(info, pio_model_info, kv_bytes_per_token)) {
-        weights = (double)info->active_weight_bytes;
+    double weights = step_weight_bytes(info, t->batch), kv = 0;
+    if (PIO_HAS_FIELD(info, pio_model_info, kv_bytes_per_token))
         kv = (double)info->kv_bytes_per_token;
-    }
-    if (weights <= 0 && PIO_HAS_FIELD(info, pio_model_info, weight_bytes))
-        weights = (double)info->weight_bytes;
     if (weights <= 0)
         return 0;
     double n = t->n_gen, cached = t->batch * (n * t->n_prompt + n * (n + 1) / 2);
@@ -383,6 +399,7 @@ static void print_json(const pio_session *s, const pio_model_info *info, const b
                        const bench_result *r, int n)
 {
     int has_new = PIO_HAS_FIELD(info, pio_model_info, kv_bytes_per_token);
+    int has_routed = PIO_HAS_FIELD(info, pio_model_info, experts_per_token);
     printf("{\"plugin\": ");
     json_string(s->plugin->descriptor->name);
     printf(", \"model\": {\"architecture\": ");
@@ -390,11 +407,14 @@ static void print_json(const pio_session *s, const pio_model_info *info, const b
     printf(", \"backend\": ");
     json_string(info->backend);
     printf(", \"vocab_size\": %zu, \"context_length\": %zu, \"n_parameters\": %llu, "
-           "\"weight_bytes\": %llu, \"active_weight_bytes\": %llu, \"kv_bytes_per_token\": %llu}",
+           "\"weight_bytes\": %llu, \"active_weight_bytes\": %llu, \"kv_bytes_per_token\": %llu, "
+           "\"routed_weight_bytes\": %llu, \"routed_experts\": %u, \"experts_per_token\": %u}",
            info->vocab_size, info->context_length, (unsigned long long)info->n_parameters,
            (unsigned long long)info->weight_bytes,
            (unsigned long long)(has_new ? info->active_weight_bytes : 0),
-           (unsigned long long)(has_new ? info->kv_bytes_per_token : 0));
+           (unsigned long long)(has_new ? info->kv_bytes_per_token : 0),
+           (unsigned long long)(has_routed ? info->routed_weight_bytes : 0),
+           has_routed ? info->routed_experts : 0u, has_routed ? info->experts_per_token : 0u);
     printf(", \"settings\": {\"prompt_tokens\": %d, \"gen_tokens\": %d, \"repetitions\": %d, "
            "\"warmup\": 1, \"prompt_lengths\": [", b->pps[0], b->tg, b->reps);
     for (int i = 0; i < b->n_pps; i++)

@@ -85,10 +85,13 @@ FROZEN_OFFSET(pio_infer_request, positions, 24);
 FROZEN_OFFSET(pio_infer_request, logits_mode, 32);
 FROZEN_OFFSET(pio_infer_request, logits, 40);
 FROZEN_SIZE(pio_infer_result, 24);
-FROZEN_SIZE(pio_model_info, 72);
+FROZEN_SIZE(pio_model_info, 88);
 FROZEN_OFFSET(pio_model_info, backend, 48);
 FROZEN_OFFSET(pio_model_info, active_weight_bytes, 56);
 FROZEN_OFFSET(pio_model_info, kv_bytes_per_token, 64);
+FROZEN_OFFSET(pio_model_info, routed_weight_bytes, 72); /* ABI 1.1 */
+FROZEN_OFFSET(pio_model_info, routed_experts, 80);
+FROZEN_OFFSET(pio_model_info, experts_per_token, 84);
 FROZEN_SIZE(pio_init_params, 48);
 FROZEN_SIZE(pio_load_params, 40);
 FROZEN_OFFSET(pio_load_params, device, 24);
@@ -135,6 +138,9 @@ static void has_field_respects_struct_size(void **state)
     info.struct_size = (uint32_t)offsetof(pio_model_info, active_weight_bytes);
     assert_true(PIO_HAS_FIELD(&info, pio_model_info, backend));
     assert_false(PIO_HAS_FIELD(&info, pio_model_info, active_weight_bytes));
+    info.struct_size = (uint32_t)offsetof(pio_model_info, routed_weight_bytes); /* an ABI 1.0 peer */
+    assert_true(PIO_HAS_FIELD(&info, pio_model_info, kv_bytes_per_token));
+    assert_false(PIO_HAS_FIELD(&info, pio_model_info, experts_per_token));
     const pio_model_info *none = NULL;
     assert_false(PIO_HAS_FIELD(none, pio_model_info, vocab_size));
 }

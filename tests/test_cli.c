@@ -81,7 +81,7 @@ static void version_and_help(void **state)
     (void)state;
     char *out;
     assert_int_equal(run(&out, PIO " --version"), 0);
-    expect_output(out, "plugin ABI 1.0");
+    expect_output(out, "plugin ABI 1.1");
     free(out);
     const char *commands[] = {"list", "run", "chat", "bench", "logits", "serve", "tokenize",
                               "detokenize"};
@@ -105,7 +105,7 @@ static void list_shows_good_plugins_and_one_line_per_bad_file(void **state)
     expect_output(out, "good_b ");
     expect_output(out, "not_an_elf.so: not an ELF shared object");
     expect_output(out, "abi_major_mismatch.so: built for ABI 2.0");
-    expect_output(out, "newer_minor.so: built for ABI 1.1, newer than this host's ABI 1.0");
+    expect_output(out, "newer_minor.so: built for ABI 1.2, newer than this host's ABI 1.1");
     expect_output(out, "good_a_copy.so: duplicate plugin name 'good_a'");
     expect_output(out, "unresolved_symbol.so: cannot be loaded");
     int skipped = 0;
@@ -340,15 +340,34 @@ static void bench_runs_every_test_on_a_fixture_model(void **state)
                                "tests/fixtures/models/qwen3_tiny -p 0 -n 2 --depth 600 -r 1"), 1);
     expect_output(out, "pio: bench tg2@d600: ");
     free(out);
-    /* A MoE with untied embeddings reads less than all its weights per token. */
+    /* A MoE with untied embeddings reads less than all its weights per token; a step of B
+     * tokens is counted as reading the experts they are expected to touch. */
     assert_int_equal(run(&out, PIO " bench --plugin qwen3_coder_30b -m "
-                               "tests/fixtures/models/qwen3_moe_tiny -p 0 -n 1 -r 1 --json"), 0);
+                               "tests/fixtures/models/qwen3_moe_tiny -p 0 -n 1 -r 1 --batch 1,3 "
+                               "--json"), 0);
     root = json_loads(strstr(out, "{\"plugin\""), JSON_DISABLE_EOF_CHECK, &error);
     assert_non_null(root);
     model = json_object_get(root, "model");
     json_int_t active = json_integer_value(json_object_get(model, "active_weight_bytes"));
+    json_int_t routed = json_integer_value(json_object_get(model, "routed_weight_bytes"));
+    json_int_t n_experts = json_integer_value(json_object_get(model, "routed_experts"));
+    json_int_t k = json_integer_value(json_object_get(model, "experts_per_token"));
+    json_int_t kv = json_integer_value(json_object_get(model, "kv_bytes_per_token"));
     assert_true(active > 0);
     assert_true(active < json_integer_value(json_object_get(model, "weight_bytes")));
+    assert_true(n_experts > k && k > 0 && routed > 0 && routed < active * n_experts / k);
+    results = json_object_get(root, "results");
+    for (size_t i = 0; i < json_array_size(results); i++) {
+        json_t *r = json_array_get(results, i);
+        json_int_t batch = json_integer_value(json_object_get(r, "batch"));
+        double share = (double)k / (double)n_experts;
+        double weights = (double)active - (double)routed * share +
+                         (double)routed * (1.0 - pow(1.0 - share, (double)batch));
+        double expected = weights + (double)kv * batch * 5; /* 1 step after the 4-token prompt */
+        if (batch > 1)
+            assert_true(weights > (double)active);
+        assert_true(fabs(json_number_value(json_object_get(r, "bytes_per_run")) - expected) < 1);
+    }
     json_decref(root);
     free(out);
 }

@@ -211,17 +211,18 @@ pio_status qwen3_moe_shard(void *model, const pio_decoder *d, const void *full_m
     return status;
 }
 
-/* A decoded token reads top_k of the E experts of each layer; the rest are skipped. */
-uint64_t qwen3_moe_skipped_weight_bytes(void *model, const pio_decoder *d)
+/* Every layer's packed experts; a token is routed to top_k of the n_experts of each layer. */
+uint64_t qwen3_moe_routed_weights(void *model, const pio_decoder *d, uint32_t *experts,
+                                  uint32_t *per_token)
 {
     const qwen3_moe *q = model;
-    uint64_t skipped = 0;
-    for (long l = 0; q->layers != NULL && l < d->config.n_layers; l++) {
-        uint64_t experts = pk_tensor_span_bytes(&q->layers[l].gate_up) +
-                           pk_tensor_span_bytes(&q->layers[l].down);
-        skipped += experts / (uint64_t)q->n_experts * (uint64_t)(q->n_experts - q->top_k);
-    }
-    return skipped;
+    uint64_t bytes = 0;
+    for (long l = 0; q->layers != NULL && l < d->config.n_layers; l++)
+        bytes += pk_tensor_span_bytes(&q->layers[l].gate_up) +
+                 pk_tensor_span_bytes(&q->layers[l].down);
+    *experts = (uint32_t)q->n_experts;
+    *per_token = (uint32_t)q->top_k;
+    return bytes;
 }
 
 void qwen3_moe_release(void *model, pio_decoder *d)

@@ -68,6 +68,7 @@ pio_status qwen3_moe_block(void *model, pio_decoder *d, int32_t layer,
 pio_status qwen3_moe_shard(void *model, const pio_decoder *d, const void *full_model,
                            const pio_decoder *full, pio_error *err);
 void qwen3_moe_release(void *model, pio_decoder *d);
-uint64_t qwen3_moe_skipped_weight_bytes(void *model, const pio_decoder *d);
+uint64_t qwen3_moe_routed_weights(void *model, const pio_decoder *d, uint32_t *experts,
+                                  uint32_t *per_token);
 
 #endif

@@ -19,7 +19,7 @@ static const pio_decoder_spec qwen3_moe_spec = {
     .workspace = qwen3_moe_workspace,
     .ffn_block = qwen3_moe_block,
     .release = qwen3_moe_release,
-    .skipped_weight_bytes = qwen3_moe_skipped_weight_bytes,
+    .routed_weights = qwen3_moe_routed_weights,
     .shard = qwen3_moe_shard,
 };
 

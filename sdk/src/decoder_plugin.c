@@ -272,9 +272,19 @@ pio_status pio_decoder_plugin_get_model_info(pio_instance *inst, pio_model_info 
     }
     if (PIO_HAS_FIELD(info, pio_model_info, backend)) /* with ranks: theirs, not the host's */
         info->backend = pk_context_backend_name(m->ranks != NULL ? m->ranks[0]->ctx : m->ctx);
+    uint32_t experts = 0, per_token = 0;
+    uint64_t routed = inst->spec->routed_weights != NULL
+                          ? inst->spec->routed_weights(m->model, m, &experts, &per_token) : 0;
+    if (experts == 0 || per_token == 0 || per_token > experts)
+        routed = experts = per_token = 0;
+    if (PIO_HAS_FIELD(info, pio_model_info, experts_per_token)) {
+        info->routed_weight_bytes = routed;
+        info->routed_experts = experts;
+        info->experts_per_token = per_token;
+    }
     if (PIO_HAS_FIELD(info, pio_model_info, kv_bytes_per_token)) {
-        uint64_t skipped = inst->spec->skipped_weight_bytes != NULL
-                               ? inst->spec->skipped_weight_bytes(m->model, m) : 0;
+        /* a decoded token reads per_token of every `experts` routed experts */
+        uint64_t skipped = experts ? routed / experts * (experts - per_token) : 0;
         if (!m->config.tie_word_embeddings) /* decoding reads one row of the input table */
             skipped += pk_tensor_span_bytes(&m->embed) -
                        pk_tensor_span_bytes(&m->embed) / (uint64_t)m->config.vocab_size;

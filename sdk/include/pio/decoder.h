@@ -121,10 +121,13 @@ typedef struct pio_decoder_spec {
                             const pk_attention_activations *a, pio_error *err);
     /* Frees what the hooks allocated (workspace buffers excepted); may be NULL. */
     void (*release)(void *model, pio_decoder *d);
-    /* Bytes of the plugin's weights one decoded token does not read (a MoE's experts it is
-     * not routed to, on average); NULL when it reads them all. For pio_model_info's
-     * active_weight_bytes. */
-    uint64_t (*skipped_weight_bytes)(void *model, const pio_decoder *d);
+    /* A MoE's routed experts: returns the bytes of all of them (every layer's) and sets
+     * *experts to how many a layer routes among and *per_token to how many a token is routed
+     * to; NULL when the model routes nothing. The SDK derives pio_model_info's
+     * active_weight_bytes (a token reads per_token / experts of them) and its routed_* fields
+     * from it. */
+    uint64_t (*routed_weights)(void *model, const pio_decoder *d, uint32_t *experts,
+                               uint32_t *per_token);
     /* Tensor parallelism: fills `model` (zeroed) as rank d->shard.rank of d->shard.size, its
      * tensors views of the slices of full_model's (no copies): column-parallel projections
      * take rows, row-parallel ones columns. Refuses sizes that do not divide, naming the

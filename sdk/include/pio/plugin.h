@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define PIO_ABI_MAJOR 1
-#define PIO_ABI_MINOR 0
+#define PIO_ABI_MINOR 1
 
 /* SDK release this header belongs to. */
 #define PIO_SDK_VERSION_MAJOR 0
@@ -339,6 +339,12 @@ typedef struct pio_model_info {
                                      what it skips (the experts a MoE does not route to, an
                                      untied input embedding table but its one row) */
     uint64_t kv_bytes_per_token;  /* KV-cache bytes one token's entry takes, all layers */
+    /* Appended in ABI 1.1 (check with PIO_HAS_FIELD); 0 when the model routes nothing. A MoE's
+     * routed experts, for what a decoding step of several tokens reads: they pick different
+     * experts, so a step of B tokens reads more of them than one token does. */
+    uint64_t routed_weight_bytes; /* every layer's routed experts (part of weight_bytes) */
+    uint32_t routed_experts;      /* experts a layer routes among (E) */
+    uint32_t experts_per_token;   /* experts a token is routed to in each layer (k) */
 } pio_model_info;
 
 /* Arguments to initialize(): the seed's `initialize(**kwargs)` as key/value strings. */
