@@ -959,6 +959,29 @@ static size_t align_up(size_t n)
     return (n + 255) & ~(size_t)255;
 }
 
+/* One part of the context's scratch: `bytes` asked for, `at` where it starts. */
+struct scratch_part {
+    size_t bytes;
+    void *at;
+};
+
+/* Takes the scratch (pk_cuda_scratch) for the parts, each starting align_up apart, in order. */
+static pio_status carve_scratch(pk_context *ctx, const char *op, scratch_part *parts, int n,
+                                pio_error *err)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += align_up(parts[i].bytes);
+    void *scratch = NULL;
+    pio_status status = pk_cuda_scratch(ctx, total, op, &scratch, err);
+    size_t offset = 0;
+    for (int i = 0; status == PIO_OK && i < n; i++) {
+        parts[i].at = (char *)scratch + offset;
+        offset += align_up(parts[i].bytes);
+    }
+    return status;
+}
+
 static bool aligned16(const void *p)
 {
     return ((uintptr_t)p & 15u) == 0;
@@ -1037,23 +1060,20 @@ static pio_status run_experts_gemv(pk_context *ctx, const char *op, const moe_ca
 {
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     const int64_t n_local = c.n_local, n_pairs = c.n_pairs, F = c.F, H = c.H, k = c.k;
-    size_t off_offsets = 0;
-    size_t off_active = off_offsets + align_up((size_t)(n_local + 1) * 4);
-    size_t off_order = off_active + align_up((size_t)n_local * 4);
-    size_t off_act = off_order + align_up((size_t)n_pairs * 4);
     int64_t act_stride = (F + 3) / 4 * 4; /* 16-byte rows for the down GEMV's input loads */
-    size_t off_pair = off_act + align_up((size_t)n_pairs * (size_t)act_stride * 4);
-    size_t total = off_pair + align_up((size_t)n_pairs * (size_t)H * 4);
-    void *scratch = NULL;
-    pio_status status = pk_cuda_scratch(ctx, total, op, &scratch, err);
+    scratch_part parts[] = {{(size_t)(n_local + 1) * 4, NULL},
+                            {(size_t)n_local * 4, NULL},
+                            {(size_t)n_pairs * 4, NULL},
+                            {(size_t)n_pairs * (size_t)act_stride * 4, NULL},
+                            {(size_t)n_pairs * (size_t)H * 4, NULL}};
+    pio_status status = carve_scratch(ctx, op, parts, 5, err);
     if (status != PIO_OK)
         return status;
-    char *base = (char *)scratch;
-    int32_t *offsets = (int32_t *)(base + off_offsets);
-    int32_t *active = (int32_t *)(base + off_active);
-    int32_t *order = (int32_t *)(base + off_order);
-    float *act = (float *)(base + off_act);
-    float *pair_out = (float *)(base + off_pair);
+    int32_t *offsets = (int32_t *)parts[0].at;
+    int32_t *active = (int32_t *)parts[1].at;
+    int32_t *order = (int32_t *)parts[2].at;
+    float *act = (float *)parts[3].at;
+    float *pair_out = (float *)parts[4].at;
 
     size_t route_smem = (size_t)(2 * n_local + 1) * sizeof(int32_t);
     moe_route_kernel<<<1, 1024, route_smem, st->stream>>>(
@@ -1538,26 +1558,23 @@ static pio_status run_experts_gemm(pk_context *ctx, const char *op, const moe_ca
     const int64_t max_tiles = n_pairs / GG_BM + (n_local < n_pairs ? n_local : n_pairs);
     const int64_t hp = (H + 7) / 8 * 8, fp = (F + 7) / 8 * 8; /* 16-byte bf16 rows */
     const int64_t po_stride = (H + 1) / 2 * 2;                  /* 8-byte float2 stores */
-    size_t off_offsets = 0;
-    size_t off_tile_e = off_offsets + align_up((size_t)(n_local + 1) * 4);
-    size_t off_tile_r = off_tile_e + align_up((size_t)max_tiles * 4);
-    size_t off_order = off_tile_r + align_up((size_t)max_tiles * 4);
-    size_t off_xb = off_order + align_up((size_t)n_pairs * 4);
-    size_t off_h = off_xb + align_up((size_t)c.T * (size_t)hp * 2);
-    size_t off_pair = off_h + align_up((size_t)n_pairs * (size_t)fp * 2);
-    size_t total = off_pair + align_up((size_t)n_pairs * (size_t)po_stride * 4);
-    void *scratch = NULL;
-    pio_status status = pk_cuda_scratch(ctx, total, op, &scratch, err);
+    scratch_part parts[] = {{(size_t)(n_local + 1) * 4, NULL},
+                            {(size_t)max_tiles * 4, NULL},
+                            {(size_t)max_tiles * 4, NULL},
+                            {(size_t)n_pairs * 4, NULL},
+                            {(size_t)c.T * (size_t)hp * 2, NULL},
+                            {(size_t)n_pairs * (size_t)fp * 2, NULL},
+                            {(size_t)n_pairs * (size_t)po_stride * 4, NULL}};
+    pio_status status = carve_scratch(ctx, op, parts, 7, err);
     if (status != PIO_OK)
         return status;
-    char *base = (char *)scratch;
-    int32_t *offsets = (int32_t *)(base + off_offsets);
-    int32_t *tile_expert = (int32_t *)(base + off_tile_e);
-    int32_t *tile_row0 = (int32_t *)(base + off_tile_r);
-    int32_t *order = (int32_t *)(base + off_order);
-    uint16_t *xb = (uint16_t *)(base + off_xb);
-    uint16_t *h = (uint16_t *)(base + off_h);
-    float *pair_out = (float *)(base + off_pair);
+    int32_t *offsets = (int32_t *)parts[0].at;
+    int32_t *tile_expert = (int32_t *)parts[1].at;
+    int32_t *tile_row0 = (int32_t *)parts[2].at;
+    int32_t *order = (int32_t *)parts[3].at;
+    uint16_t *xb = (uint16_t *)parts[4].at;
+    uint16_t *h = (uint16_t *)parts[5].at;
+    float *pair_out = (float *)parts[6].at;
     const int32_t *ids = (const int32_t *)c.ids->data;
 
     moe_plan_kernel<<<1, 1024, (size_t)(n_local + 1) * sizeof(int32_t), st->stream>>>(

@@ -578,16 +578,16 @@ static void test_moe_gemm_graph_replay(void **state)
     check_graph_replay(GEMM_PATH, 256);
 }
 
-/* Bad ids on the GEMM path are reported, their pairs dropped, and every other pair still counts:
- * the CPU reference gives the bad pairs weight 0 (and a valid id). */
-static void test_moe_gemm_bad_expert_id_is_reported(void **state)
+/* Bad ids on `path` (T tokens, E = 12, k = 2) are reported, their pairs dropped, and every other
+ * pair still counts: the CPU reference gives the bad pairs weight 0 (and a valid id). Tokens 3
+ * (slot 1: id 12) and `second` (slot 0: id -1) are the bad ones. */
+static void check_bad_expert_ids(int path, int64_t T, int64_t second, double tol, const char *what)
 {
-    (void)state;
     pio_error err;
-    force_path(GEMM_PATH);
-    moe_world w = make_world(64, 12, 2, 40, 24, 0, 0, PIO_DTYPE_BF16);
+    force_path(path);
+    moe_world w = make_world(T, 12, 2, 40, 24, 0, 0, PIO_DTYPE_BF16);
     *ids_at(&w, 3, 1) = 12;
-    *ids_at(&w, 10, 0) = -1;
+    *ids_at(&w, second, 0) = -1;
     upload(&w.ids);
     void *before = snapshot(&w.out);
     expect_ok(pk_moe_experts(gpu_ctx, &w.out.d, &w.x.d, &w.gate_up.d, &w.down.d, &w.ids.d,
@@ -596,11 +596,17 @@ static void test_moe_gemm_bad_expert_id_is_reported(void **state)
     assert_non_null(strstr(err.message, "pk_moe_experts"));
     assert_non_null(strstr(err.message, "outside [0, 12)"));
     sync_gpu("after the reported error"); /* reported once; the context still works */
-    *ids_at(&w, 3, 1) = *ids_at(&w, 10, 0) = 0;
-    *weight_at(&w, 3, 1) = *weight_at(&w, 10, 0) = 0.0f;
+    *ids_at(&w, 3, 1) = *ids_at(&w, second, 0) = 0;
+    *weight_at(&w, 3, 1) = *weight_at(&w, second, 0) = 0.0f;
     expect_ok(pk_moe_experts(cpu_ctx, &w.out.h, &w.x.h, &w.gate_up.h, &w.down.h, &w.ids.h,
                              &w.weights.h, w.E, &err), &err, "experts (cpu)");
-    check_pair("gemm with bad ids", &w.out, NULL, TOL_BF16_X, before);
+    check_pair(what, &w.out, NULL, tol, before);
+}
+
+static void test_moe_gemm_bad_expert_id_is_reported(void **state)
+{
+    (void)state;
+    check_bad_expert_ids(GEMM_PATH, 64, 10, TOL_BF16_X, "gemm with bad ids");
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -763,29 +769,11 @@ static void test_moe_decode_graph_replay(void **state)
     check_graph_replay(DECODE_PATH, 16);
 }
 
-/* Bad ids on the decode path are reported, their pairs dropped, and every other pair still
- * counts (the CPU reference gives the bad pairs weight 0 and a valid id). */
+/* The same on the decode path (5 tokens). */
 static void test_moe_decode_bad_expert_id_is_reported(void **state)
 {
     (void)state;
-    pio_error err;
-    force_path(DECODE_PATH);
-    moe_world w = make_world(5, 12, 2, 40, 24, 0, 0, PIO_DTYPE_BF16);
-    *ids_at(&w, 3, 1) = 12;
-    *ids_at(&w, 1, 0) = -1;
-    upload(&w.ids);
-    void *before = snapshot(&w.out);
-    expect_ok(pk_moe_experts(gpu_ctx, &w.out.d, &w.x.d, &w.gate_up.d, &w.down.d, &w.ids.d,
-                             &w.weights.d, w.E, &err), &err, "experts");
-    assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(err.message, "pk_moe_experts"));
-    assert_non_null(strstr(err.message, "outside [0, 12)"));
-    sync_gpu("after the reported error"); /* reported once; the context still works */
-    *ids_at(&w, 3, 1) = *ids_at(&w, 1, 0) = 0;
-    *weight_at(&w, 3, 1) = *weight_at(&w, 1, 0) = 0.0f;
-    expect_ok(pk_moe_experts(cpu_ctx, &w.out.h, &w.x.h, &w.gate_up.h, &w.down.h, &w.ids.h,
-                             &w.weights.h, w.E, &err), &err, "experts (cpu)");
-    check_pair("decode with bad ids", &w.out, NULL, TOL_F32, before);
+    check_bad_expert_ids(DECODE_PATH, 5, 1, TOL_F32, "decode with bad ids");
 }
 
 /* ------------------------------------------------------------------------------------------ */
