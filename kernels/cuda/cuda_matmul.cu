@@ -293,10 +293,11 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_shape<M>::MIN_BLOCKS) ge
  * Warps per row group: K is split until there are about `target` warps per SM in all, as long
  * as every split still gets at least two 16-byte steps of each row. The targets were measured
  * on an H100 at Qwen3-4B's decode shapes (docs/KERNELS.md, "GEMV split sweep"): one row of x
- * wants 32 warps per SM for matrices of up to 32 row groups per SM (qkv, o, down: fewer, longer
- * blocks) and 96 above (gate_up: short blocks even out the tail of many waves); two rows of x
- * hold twice the accumulators and want 16. With the 8-row shape of one row of x the targets
- * 24 and 32 tie and 48 loses on the decode chain.
+ * wants 32 warps per SM for matrices of up to 32 row groups per SM (fewer, longer blocks) and
+ * 96 above (short blocks even out the tail of many waves); two rows of x hold twice the
+ * accumulators and want 16. With the 8-row groups of one row of x every Qwen3-4B projection
+ * but the lm_head is under the 32 (gate/up included), and the targets 24 and 32 tie and 48
+ * loses on the decode chain.
  */
 template <int M> static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_count)
 {
