@@ -222,12 +222,17 @@ static inline int64_t view_index(const pair *parent, const pk_tensor *view, int6
 }
 
 /*
- * Downloads p and compares the view `view` (p itself or a view of it) with the CPU's result in
- * p->h: normalised L2 error within tol (0: bit-exact), and every element outside the view (in
- * the span) unchanged from `before` (the bytes uploaded before the op, NULL: skip).
+ * Downloads p and compares the view `hview` (p itself when NULL, or a view of it) with the
+ * CPU's result in p->h: normalised L2 error within tol (0: bit-exact; the error is returned),
+ * and every element outside the view (in the span) unchanged from `before` (the bytes uploaded
+ * before the op, NULL: skip). Rows r of the view with nan_rows[r] set (NULL: none) must be NaN
+ * throughout instead (a bad token; the CPU's values there are ignored). want_finite: the CPU's
+ * values must be finite (an output that a NaN on both sides would otherwise hide, e.g. read
+ * from an unwritten cache slot).
  */
-static inline void check_pair(const char *what, pair *p, const pk_tensor *hview, double tol,
-                       const void *before)
+static inline double check_pair_rows(const char *what, pair *p, const pk_tensor *hview,
+                                     double tol, const void *before,
+                                     const unsigned char *nan_rows, int want_finite)
 {
     download(p);
     pio_dtype dt = p->h.dtype;
@@ -246,6 +251,19 @@ static inline void check_pair(const char *what, pair *p, const pk_tensor *hview,
                 continue;
             }
             float g = load_value(p->got, dt, i), w = load_value(p->h.data, dt, i);
+            if (nan_rows != NULL && nan_rows[r]) {
+                if (!isnan(g)) {
+                    print_error("%s[%lld, %lld]: got %.9g, want NaN (bad token)\n", what,
+                                (long long)r, (long long)c, g);
+                    fail();
+                }
+                continue;
+            }
+            if (want_finite && !isfinite(w)) {
+                print_error("%s[%lld, %lld]: the cpu's value is %.9g\n", what, (long long)r,
+                            (long long)c, w);
+                fail();
+            }
             if (isnan(w) != isnan(g) || (isfinite(w) && !isfinite(g)) ||
                 (isinf(w) && g != w) || (tol == 0.0 && !isnan(w) && g != w)) {
                 print_error("%s[%lld, %lld]: got %.9g, want %.9g\n", what, (long long)r,
@@ -278,6 +296,14 @@ static inline void check_pair(const char *what, pair *p, const pk_tensor *hview,
             }
         }
     }
+    return rel;
+}
+
+/* check_pair_rows with no NaN rows and no finiteness demand. */
+static inline void check_pair(const char *what, pair *p, const pk_tensor *hview, double tol,
+                              const void *before)
+{
+    (void)check_pair_rows(what, p, hview, tol, before, NULL, 0);
 }
 
 static inline void *snapshot(const pair *p)

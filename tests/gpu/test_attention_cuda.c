@@ -64,68 +64,6 @@ static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes */
 #include "tests/gpu/gpu_setup.h"
 #include "tests/gpu/gpu_test.h"
 
-/*
- * Downloads p and compares it with the CPU's result in p->h: normalised L2 error within tol
- * (0: bit for bit), every element finite where the CPU's is, and the gaps between rows unchanged
- * from `before` (NULL: skip). Rows with nan_rows[r] set must be NaN throughout instead (a bad
- * token; the CPU's values there come from a good run and are ignored). want_finite: the CPU's
- * values must be finite (an attention output; a NaN there would be a fixture that reads an
- * unwritten slot, which a NaN on both sides would hide).
- */
-static double check_out(const char *what, pair *p, double tol, const void *before,
-                        const unsigned char *nan_rows, int want_finite)
-{
-    download(p);
-    pio_dtype dt = p->h.dtype;
-    const pk_tensor *v = &p->h;
-    double diff2 = 0.0, ref2 = 0.0;
-    for (int64_t r = 0; r < v->rows; r++)
-        for (int64_t c = 0; c < v->cols; c++) {
-            int64_t i = r * v->stride + c;
-            float g = load_value(p->got, dt, i), w = load_value(p->h.data, dt, i);
-            if (nan_rows != NULL && nan_rows[r]) {
-                if (!isnan(g)) {
-                    print_error("%s[%lld, %lld]: got %.9g, want NaN (bad token)\n", what,
-                                (long long)r, (long long)c, g);
-                    fail();
-                }
-                continue;
-            }
-            if (want_finite && !isfinite(w)) {
-                print_error("%s[%lld, %lld]: the cpu's value is %.9g\n", what, (long long)r,
-                            (long long)c, w);
-                fail();
-            }
-            if (isnan(w) != isnan(g) || (isfinite(w) && !isfinite(g)) ||
-                (tol == 0.0 && !isnan(w) && g != w)) {
-                print_error("%s[%lld, %lld]: got %.9g, want %.9g\n", what, (long long)r,
-                            (long long)c, g, w);
-                fail();
-            }
-            if (isfinite(w)) {
-                diff2 += ((double)g - w) * ((double)g - w);
-                ref2 += (double)w * w;
-            }
-        }
-    double rel = sqrt(diff2) / (ref2 > 0.0 ? sqrt(ref2) : 1.0);
-    if (rel > tol) {
-        print_error("%s: normalised error %.3g > %.3g\n", what, rel, tol);
-        fail();
-    }
-    if (before != NULL) {
-        size_t elem = pio_dtype_size(dt);
-        int64_t n = (int64_t)(p->span_bytes / elem);
-        for (int64_t i = 0; i < n; i++)
-            if (i % v->stride >= v->cols &&
-                memcmp((const char *)p->got + i * elem, (const char *)before + i * elem, elem) != 0) {
-                print_error("%s: element %lld outside the view was written\n", what,
-                            (long long)i);
-                fail();
-            }
-    }
-    return rel;
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Setup                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
@@ -336,13 +274,14 @@ static double run_batch(world *w, const tokens *tl, int store, const char *what)
     snprintf(name, sizeof name, "%s (cpu)", what);
     expect_ok(pk_attention(cpu_ctx, &out.h, &q.h, kn_h, vn_h, &w->k_cache_h, &w->v_cache_h, &b.h,
                            &p, &err), &err, name);
-    double rel = check_out(what, &out, tolerance_for(&w->s, tl->n), before, NULL, 1);
+    double rel =
+        check_pair_rows(what, &out, NULL, tolerance_for(&w->s, tl->n), before, NULL, 1);
     if (store) {
         snprintf(name, sizeof name, "%s: k plane", what);
-        check_out(name, &w->k_plane, 0.0, NULL, NULL, 0);
+        check_pair_rows(name, &w->k_plane, NULL, 0.0, NULL, NULL, 0);
         if (!w->s.latent) {
             snprintf(name, sizeof name, "%s: v plane", what);
-            check_out(name, &w->v_plane, 0.0, NULL, NULL, 0);
+            check_pair_rows(name, &w->v_plane, NULL, 0.0, NULL, NULL, 0);
         }
     }
     return rel;
@@ -709,7 +648,7 @@ static void run_bad(corruption kind, int prefill, const char *want)
     sync_gpu("after the reported error");
     char name[96];
     snprintf(name, sizeof name, "bad tokens (%d, %s)", (int)kind, prefill ? "prefill" : "decode");
-    check_out(name, &out, prefill ? TOL_TC : TOL_F32, NULL, nan_rows, 1);
+    check_pair_rows(name, &out, NULL, prefill ? TOL_TC : TOL_F32, NULL, nan_rows, 1);
     release_all(NULL);
 }
 
@@ -788,7 +727,7 @@ static void test_graph_replay_at_new_positions(void **state)
         char name[64];
         snprintf(name, sizeof name, "graph replay at positions %d, %d", positions[r][0],
                  positions[r][1]);
-        check_out(name, &out, TOL_F32, NULL, NULL, 1);
+        check_pair_rows(name, &out, NULL, TOL_F32, NULL, NULL, 1);
     }
     pk_graph_destroy(gpu_ctx, graph);
     release_all(NULL);
@@ -837,7 +776,7 @@ static void test_graph_replay_growing_positions(void **state)
                                &p, &err), &err, "cpu");
         char name[64];
         snprintf(name, sizeof name, "graph replay at position %d", positions[r]);
-        check_out(name, &out, TOL_F32, NULL, NULL, 1);
+        check_pair_rows(name, &out, NULL, TOL_F32, NULL, NULL, 1);
     }
     pk_graph_destroy(gpu_ctx, graph);
     release_all(NULL);
