@@ -318,8 +318,9 @@ typedef struct moe_world {
     pair gate_up, down, x, ids, weights, out;
 } moe_world;
 
-static moe_world make_world(int64_t T, int64_t E, int64_t k, int64_t H, int64_t F, int64_t pad_h,
-                            int64_t pad_f, pio_dtype wdt)
+/* T tokens of fresh inputs, ids, routing weights and out over the given experts' weights. */
+static moe_world world_on(pair gate_up, pair down, int64_t T, int64_t E, int64_t k, int64_t H,
+                          int64_t F, int64_t pad_h)
 {
     moe_world w;
     w.T = T;
@@ -327,13 +328,21 @@ static moe_world make_world(int64_t T, int64_t E, int64_t k, int64_t H, int64_t 
     w.k = k;
     w.H = H;
     w.F = F;
-    w.gate_up = random_pair(wdt, E * 2 * F, H, pad_h);
-    w.down = random_pair(wdt, E * H, F, pad_f);
+    w.gate_up = gate_up;
+    w.down = down;
     w.x = random_pair(PIO_DTYPE_F32, T, H, pad_h);
     w.ids = moe_random_ids(T, k, E);
     w.weights = make_pair(PIO_DTYPE_F32, T, k, 1, FILL_UNIFORM, 0.0f, 1.0f);
     w.out = make_pair(PIO_DTYPE_F32, T, H, 3, FILL_UNIFORM, -1.0f, 1.0f);
     return w;
+}
+
+static moe_world make_world(int64_t T, int64_t E, int64_t k, int64_t H, int64_t F, int64_t pad_h,
+                            int64_t pad_f, pio_dtype wdt)
+{
+    pair gate_up = random_pair(wdt, E * 2 * F, H, pad_h);
+    pair down = random_pair(wdt, E * H, F, pad_f);
+    return world_on(gate_up, down, T, E, k, H, F, pad_h);
 }
 
 /* Runs the op on both backends (ids and weights as they are on each side) and compares out. */
@@ -384,18 +393,7 @@ static void test_moe_gemm_against_cpu(void **state)
                     int64_t t = tokens[ti], k = top_k[ki];
                     if (t > shapes[si].max_t || (sanitizer && t > 64))
                         continue;
-                    moe_world w;
-                    w.T = t;
-                    w.E = e;
-                    w.k = k;
-                    w.H = h;
-                    w.F = f;
-                    w.gate_up = gate_up;
-                    w.down = down;
-                    w.x = random_pair(PIO_DTYPE_F32, t, h, shapes[si].pad_h);
-                    w.ids = moe_random_ids(t, k, e);
-                    w.weights = make_pair(PIO_DTYPE_F32, t, k, 1, FILL_UNIFORM, 0.0f, 1.0f);
-                    w.out = make_pair(PIO_DTYPE_F32, t, h, 3, FILL_UNIFORM, -1.0f, 1.0f);
+                    moe_world w = world_on(gate_up, down, t, e, k, h, f, shapes[si].pad_h);
                     char what[112];
                     snprintf(what, sizeof what, "gemm T=%lld H=%lld F=%lld E=%lld k=%lld",
                              (long long)t, (long long)h, (long long)f, (long long)e,
@@ -638,18 +636,8 @@ static void test_moe_decode_against_cpu(void **state)
             pair down = random_pair(wdt, e * h, f, shapes[si].pad_f);
             for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++)
                 for (size_t ki = 0; ki < sizeof top_k / sizeof *top_k; ki++) {
-                    moe_world w;
-                    w.T = tokens[ti];
-                    w.E = e;
-                    w.k = top_k[ki];
-                    w.H = h;
-                    w.F = f;
-                    w.gate_up = gate_up;
-                    w.down = down;
-                    w.x = random_pair(PIO_DTYPE_F32, w.T, h, shapes[si].pad_h);
-                    w.ids = moe_random_ids(w.T, w.k, e);
-                    w.weights = make_pair(PIO_DTYPE_F32, w.T, w.k, 1, FILL_UNIFORM, 0.0f, 1.0f);
-                    w.out = make_pair(PIO_DTYPE_F32, w.T, h, 3, FILL_UNIFORM, -1.0f, 1.0f);
+                    moe_world w = world_on(gate_up, down, tokens[ti], e, top_k[ki], h, f,
+                                           shapes[si].pad_h);
                     char what[112];
                     snprintf(what, sizeof what, "decode T=%lld H=%lld F=%lld E=%lld k=%lld %s",
                              (long long)w.T, (long long)h, (long long)f, (long long)e,
