@@ -357,6 +357,16 @@ static void check_world(moe_world *w, const char *what, double tol)
     check_pair(what, &w->out, NULL, tol, before);
 }
 
+/* check_world, named by the path and the world's shape and weight type. */
+static void check_world_shape(moe_world *w, const char *path, double tol)
+{
+    char what[112];
+    snprintf(what, sizeof what, "%s T=%lld H=%lld F=%lld E=%lld k=%lld %s", path,
+             (long long)w->T, (long long)w->H, (long long)w->F, (long long)w->E,
+             (long long)w->k, pio_dtype_name(w->gate_up.h.dtype));
+    check_world(w, what, tol);
+}
+
 static int32_t *ids_at(moe_world *w, int64_t t, int64_t j)
 {
     return (int32_t *)w->ids.h.data + t * w->ids.h.stride + j;
@@ -394,11 +404,7 @@ static void test_moe_gemm_against_cpu(void **state)
                     if (t > shapes[si].max_t || (sanitizer && t > 64))
                         continue;
                     moe_world w = world_on(gate_up, down, t, e, k, h, f, shapes[si].pad_h);
-                    char what[112];
-                    snprintf(what, sizeof what, "gemm T=%lld H=%lld F=%lld E=%lld k=%lld",
-                             (long long)t, (long long)h, (long long)f, (long long)e,
-                             (long long)k);
-                    check_world(&w, what, TOL_BF16_X);
+                    check_world_shape(&w, "gemm", TOL_BF16_X);
                 }
             release_all(NULL);
         }
@@ -638,11 +644,7 @@ static void test_moe_decode_against_cpu(void **state)
                 for (size_t ki = 0; ki < sizeof top_k / sizeof *top_k; ki++) {
                     moe_world w = world_on(gate_up, down, tokens[ti], e, top_k[ki], h, f,
                                            shapes[si].pad_h);
-                    char what[112];
-                    snprintf(what, sizeof what, "decode T=%lld H=%lld F=%lld E=%lld k=%lld %s",
-                             (long long)w.T, (long long)h, (long long)f, (long long)e,
-                             (long long)w.k, wdt == PIO_DTYPE_BF16 ? "bf16" : "f32");
-                    check_world(&w, what, TOL_F32);
+                    check_world_shape(&w, "decode", TOL_F32);
                 }
             release_all(NULL);
         }
