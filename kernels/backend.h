@@ -109,6 +109,13 @@ struct pk_backend {
                                      const pk_rope_params *rope, const pk_tensor *k_cache,
                                      const pk_tensor *v_cache, const pk_token_batch *batch,
                                      const pk_attention_params *params, pio_error *err);
+    pio_status (*qk_norm_rope_attention)(pk_context *ctx, const pk_tensor *out,
+                                         const pk_tensor *q, const pk_tensor *k,
+                                         const pk_tensor *v, const pk_tensor *q_norm,
+                                         const pk_tensor *k_norm, float eps,
+                                         const pk_rope_params *rope, const pk_tensor *k_cache,
+                                         const pk_tensor *v_cache, const pk_token_batch *batch,
+                                         const pk_attention_params *params, pio_error *err);
 
     /* Page-locked host memory (ops.h); NULL: plain aligned host memory. */
     pio_status (*host_alloc)(pk_context *ctx, size_t bytes, void **data, pio_error *err);

@@ -732,6 +732,42 @@ static pio_status check_qk_norm_rope(pk_context *ctx, const char *op, const pk_t
     return PIO_OK;
 }
 
+/* The checks of pk_qk_norm_rope_store (params resolved). */
+static pio_status check_qk_norm_rope_store(pk_context *ctx, const char *op, const pk_tensor *q,
+                                           const pk_tensor *k, const pk_tensor *v,
+                                           const pk_tensor *q_norm, const pk_tensor *k_norm,
+                                           float eps, const pk_rope_params *rope,
+                                           const pk_tensor *k_cache, const pk_tensor *v_cache,
+                                           const pk_token_batch *batch,
+                                           const pk_attention_params *p, pio_error *err)
+{
+    pio_status st;
+    if ((st = check_store(ctx, op, k_cache, v_cache, k, v, batch, p, err)) ||
+        (st = check_qk_norm_rope(ctx, op, q, k, q_norm, k_norm, eps, rope, batch, p, err)))
+        return st;
+    return v != NULL ? check_no_overlap(op, "q", q, "v", v, 0, err) : PIO_OK;
+}
+
+/* pk_qk_norm_rope_store once checked: the backend's fused kernel, or the five ops. */
+static pio_status qk_norm_rope_store_run(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
+                                         const pk_tensor *v, const pk_tensor *q_norm,
+                                         const pk_tensor *k_norm, float eps,
+                                         const pk_rope_params *rope, const pk_tensor *k_cache,
+                                         const pk_tensor *v_cache, const pk_token_batch *batch,
+                                         const pk_attention_params *p, pio_error *err)
+{
+    pio_status st;
+    if (ctx->backend->qk_norm_rope_store != NULL)
+        return ctx->backend->qk_norm_rope_store(ctx, q, k, v, q_norm, k_norm, eps, rope, k_cache,
+                                                v_cache, batch, p, err);
+    if ((st = ctx->backend->rmsnorm(ctx, q, q, q_norm, p->head_dim, eps, err)) ||
+        (st = ctx->backend->rmsnorm(ctx, k, k, k_norm, p->head_dim, eps, err)) ||
+        (st = ctx->backend->rope(ctx, q, q, &batch->positions, rope, err)) ||
+        (st = ctx->backend->rope(ctx, k, k, &batch->positions, rope, err)))
+        return st;
+    return ctx->backend->kv_store(ctx, k_cache, v_cache, k, v, batch, p, err);
+}
+
 pio_status pk_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const pk_tensor *k,
                                  const pk_tensor *v, const pk_tensor *q_norm,
                                  const pk_tensor *k_norm, float eps, const pk_rope_params *rope,
@@ -743,20 +779,39 @@ pio_status pk_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const pk_t
     pk_attention_params p;
     pio_status st = check_context(ctx, op, err);
     if (st || (st = resolve_attention_params(op, params, &p, err)) ||
-        (st = check_store(ctx, op, k_cache, v_cache, k, v, batch, &p, err)) ||
-        (st = check_qk_norm_rope(ctx, op, q, k, q_norm, k_norm, eps, rope, batch, &p, err)))
+        (st = check_qk_norm_rope_store(ctx, op, q, k, v, q_norm, k_norm, eps, rope, k_cache,
+                                       v_cache, batch, &p, err)))
         return st;
-    if (v != NULL && (st = check_no_overlap(op, "q", q, "v", v, 0, err)))
+    return qk_norm_rope_store_run(ctx, q, k, v, q_norm, k_norm, eps, rope, k_cache, v_cache,
+                                  batch, &p, err);
+}
+
+pio_status pk_qk_norm_rope_attention(pk_context *ctx, const pk_tensor *out, const pk_tensor *q,
+                                     const pk_tensor *k, const pk_tensor *v,
+                                     const pk_tensor *q_norm, const pk_tensor *k_norm, float eps,
+                                     const pk_rope_params *rope, const pk_tensor *k_cache,
+                                     const pk_tensor *v_cache, const pk_token_batch *batch,
+                                     const pk_attention_params *params, pio_error *err)
+{
+    static const char op[] = "pk_qk_norm_rope_attention";
+    /* With v NULL only keys are stored; v_cache then reads values already in place. */
+    const pk_tensor *store_v_cache = v != NULL ? v_cache : NULL;
+    pk_attention_params p;
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = resolve_attention_params(op, params, &p, err)) ||
+        (st = check_qk_norm_rope_store(ctx, op, q, k, v, q_norm, k_norm, eps, rope, k_cache,
+                                       store_v_cache, batch, &p, err)) ||
+        (st = check_attend(ctx, op, out, q, k_cache, v_cache, batch, &p, err)) ||
+        (st = check_no_overlap(op, "out", out, "k", k, 0, err)) ||
+        (st = check_no_overlap(op, "out", out, "v", v, 0, err)))
         return st;
-    if (ctx->backend->qk_norm_rope_store != NULL)
-        return ctx->backend->qk_norm_rope_store(ctx, q, k, v, q_norm, k_norm, eps, rope, k_cache,
-                                                v_cache, batch, &p, err);
-    if ((st = ctx->backend->rmsnorm(ctx, q, q, q_norm, p.head_dim, eps, err)) ||
-        (st = ctx->backend->rmsnorm(ctx, k, k, k_norm, p.head_dim, eps, err)) ||
-        (st = ctx->backend->rope(ctx, q, q, &batch->positions, rope, err)) ||
-        (st = ctx->backend->rope(ctx, k, k, &batch->positions, rope, err)))
+    if (ctx->backend->qk_norm_rope_attention != NULL)
+        return ctx->backend->qk_norm_rope_attention(ctx, out, q, k, v, q_norm, k_norm, eps, rope,
+                                                    k_cache, v_cache, batch, &p, err);
+    if ((st = qk_norm_rope_store_run(ctx, q, k, v, q_norm, k_norm, eps, rope, k_cache,
+                                     store_v_cache, batch, &p, err)))
         return st;
-    return ctx->backend->kv_store(ctx, k_cache, v_cache, k, v, batch, &p, err);
+    return ctx->backend->attention(ctx, out, q, k_cache, v_cache, batch, &p, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */

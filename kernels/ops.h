@@ -212,6 +212,11 @@ typedef struct pk_token_batch {
     pk_tensor seq_rows;     /* [1, T] I32: which row of block_tables is the token's sequence */
     pk_tensor block_tables; /* [S, W] I32: each sequence's block ids in order (padding ignored) */
     int32_t block_size;     /* tokens per cache block */
+    /* 1: no two tokens share a sequence (a decode step), the caller's promise. A backend may
+     * then store a token's new key and value in the same kernel that attends over its cache
+     * (pk_qk_norm_rope_attention), since no other token of the batch reads them. 0 (the
+     * default of a zeroed batch): no promise. */
+    int32_t distinct_sequences;
 } pk_token_batch;
 
 typedef struct pk_attention_params {
@@ -287,6 +292,22 @@ pio_status pk_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const pk_t
                                  const pk_tensor *k_cache, const pk_tensor *v_cache,
                                  const pk_token_batch *batch, const pk_attention_params *params,
                                  pio_error *err);
+
+/*
+ * pk_qk_norm_rope_store, then pk_attention of q over the caches into out: the attention half of
+ * a Qwen3-style layer after its projections. The shapes and rules of those two ops; out
+ * [T, n_q·v_head_dim] F32 must not overlap q, k or v. q and k are intermediates: a backend that
+ * fuses need not write them back, so their contents afterwards are unspecified. A backend may
+ * fuse the two for batches with batch->distinct_sequences set (CUDA: one decode kernel
+ * normalises and rotates q as it loads it, and the block that holds a token's position stores
+ * its key and value before reading them back); otherwise it runs them one after the other.
+ */
+pio_status pk_qk_norm_rope_attention(pk_context *ctx, const pk_tensor *out, const pk_tensor *q,
+                                     const pk_tensor *k, const pk_tensor *v,
+                                     const pk_tensor *q_norm, const pk_tensor *k_norm, float eps,
+                                     const pk_rope_params *rope, const pk_tensor *k_cache,
+                                     const pk_tensor *v_cache, const pk_token_batch *batch,
+                                     const pk_attention_params *params, pio_error *err);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Graphs: record a sequence of ops once, replay it                                           */

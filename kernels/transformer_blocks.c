@@ -28,13 +28,13 @@ static pio_status norm_and_project(pk_context *ctx, const pk_tensor *x, const pk
     return w3 != NULL ? pk_matmul(ctx, y3, h, w3, err) : PIO_OK;
 }
 
-/* q, k and v of every token: projections, QK-norm and RoPE at the token's position, and the
- * keys and values stored in the cache. */
-static pio_status project_qkv(pk_context *ctx, const pk_qk_norm_attention_weights *w,
-                              const pk_qk_norm_attention_shape *s,
-                              const pk_attention_activations *a, const pk_tensor *k_cache,
-                              const pk_tensor *v_cache, const pk_token_batch *batch,
-                              const pk_attention_params *params, pio_error *err)
+/* q, k and v of every token, then QK-norm, RoPE at the token's position, the keys and values
+ * stored in the cache and the attention over it (one fused op). */
+static pio_status attend(pk_context *ctx, const pk_qk_norm_attention_weights *w,
+                         const pk_qk_norm_attention_shape *s, const pk_attention_activations *a,
+                         const pk_tensor *k_cache, const pk_tensor *v_cache,
+                         const pk_token_batch *batch, const pk_attention_params *params,
+                         pio_error *err)
 {
     pk_rope_params rope = {.layout = PK_ROPE_NEOX, .head_dim = s->head_dim,
                            .rotary_dim = s->head_dim, .rotary_offset = 0,
@@ -44,8 +44,8 @@ static pio_status project_qkv(pk_context *ctx, const pk_qk_norm_attention_weight
                                      &w->k_proj, &a->k, &w->v_proj, &a->v, err);
     if (st != PIO_OK)
         return st;
-    return pk_qk_norm_rope_store(ctx, &a->q, &a->k, &a->v, &w->q_norm, &w->k_norm, eps, &rope,
-                                 k_cache, v_cache, batch, params, err);
+    return pk_qk_norm_rope_attention(ctx, &a->attn, &a->q, &a->k, &a->v, &w->q_norm, &w->k_norm,
+                                     eps, &rope, k_cache, v_cache, batch, params, err);
 }
 
 pio_status pk_row_parallel_matmul_add(pk_context *ctx, pk_comm *comm, const pk_tensor *x,
@@ -77,10 +77,7 @@ pio_status pk_qk_norm_attention_block_tp(pk_context *ctx, pk_comm *comm,
     pk_attention_params params = {.n_q_heads = shape->n_heads, .n_kv_heads = shape->n_kv_heads,
                                   .head_dim = shape->head_dim, .v_head_dim = 0,
                                   .scale = (float)(1.0 / sqrt((double)shape->head_dim))};
-    pio_status st = project_qkv(ctx, w, shape, a, k_cache, v_cache, batch, &params, err);
-    if (st == PIO_OK)
-        st = pk_attention(ctx, &a->attn, &a->q, NULL, NULL, k_cache, v_cache, batch, &params,
-                          err);
+    pio_status st = attend(ctx, w, shape, a, k_cache, v_cache, batch, &params, err);
     if (st == PIO_OK)
         st = pk_row_parallel_matmul_add(ctx, comm, &a->x, &a->attn, &w->o_proj, err);
     return st;

@@ -1120,6 +1120,116 @@ static void test_attention_rejects_bad_batches(void **state)
                      PIO_ERR_INVALID_ARGUMENT);
 }
 
+/*
+ * pk_qk_norm_rope_attention against its definition, pk_qk_norm_rope_store then pk_attention, on
+ * copies of the same inputs: the outputs and both cache planes bit for bit (the CPU backend runs
+ * the two; this checks the op's plumbing and that it reaches the store and the attention with
+ * the right operands). Two sequences decoding one token each (distinct_sequences), then a
+ * two-token chunk of one sequence; with v NULL only keys are stored. Errors name the op.
+ */
+enum { QA_NQ = 4, QA_NKV = 2, QA_HD = 8, QA_BS = 4, QA_BLOCKS = 6, QA_T = 2 };
+enum { QA_QW = QA_NQ * QA_HD, QA_KW = QA_NKV * QA_HD, QA_SLOTS = QA_BLOCKS * QA_BS };
+
+typedef struct qa_inputs {
+    float q[QA_T * QA_QW], k[QA_T * QA_KW], v[QA_T * QA_KW];
+    float k_cache[QA_SLOTS * QA_KW], v_cache[QA_SLOTS * QA_KW], out[QA_T * QA_QW];
+} qa_inputs;
+
+/* Runs the fused op (fused != 0) or its two ops on in, with v given or not. */
+static pio_status qa_run(pk_context *ctx, qa_inputs *in, int fused, int with_v,
+                         const pk_token_batch *batch, pio_error *err)
+{
+    static const float q_norm[QA_HD] = {1.0f, 0.5f, 1.5f, 1.25f, 0.75f, 1.0f, 2.0f, 0.25f};
+    static const float k_norm[QA_HD] = {0.5f, 1.0f, 1.0f, 1.5f, 0.25f, 2.0f, 0.75f, 1.25f};
+    pk_tensor q = host_f32(in->q, QA_T, QA_QW), k = host_f32(in->k, QA_T, QA_KW);
+    pk_tensor v = host_f32(in->v, QA_T, QA_KW), out = host_f32(in->out, QA_T, QA_QW);
+    pk_tensor kc = host_f32(in->k_cache, QA_SLOTS, QA_KW);
+    pk_tensor vc = host_f32(in->v_cache, QA_SLOTS, QA_KW);
+    pk_tensor qn = host_f32((float *)q_norm, 1, QA_HD), kn = host_f32((float *)k_norm, 1, QA_HD);
+    pk_rope_params rope = {.layout = PK_ROPE_NEOX, .head_dim = QA_HD, .rotary_dim = QA_HD,
+                           .rotary_offset = 0, .theta = 10000.0f};
+    pk_attention_params p = {QA_NQ, QA_NKV, QA_HD, 0, 0.35f};
+    const pk_tensor *vp = with_v ? &v : NULL;
+    if (fused)
+        return pk_qk_norm_rope_attention(ctx, &out, &q, &k, vp, &qn, &kn, 1e-6f, &rope, &kc, &vc,
+                                         batch, &p, err);
+    pio_status st = pk_qk_norm_rope_store(ctx, &q, &k, vp, &qn, &kn, 1e-6f, &rope, &kc,
+                                          with_v ? &vc : NULL, batch, &p, err);
+    return st != PIO_OK ? st
+                        : pk_attention(ctx, &out, &q, NULL, NULL, &kc, &vc, batch, &p, err);
+}
+
+static void qa_check(pk_context *ctx, const int32_t *pos, const int32_t *rows, int distinct,
+                     int with_v)
+{
+    static const int32_t table[2 * 3] = {4, 1, -1, 0, 5, 2};
+    int32_t pos_c[QA_T], rows_c[QA_T], table_c[6];
+    memcpy(pos_c, pos, sizeof pos_c);
+    memcpy(rows_c, rows, sizeof rows_c);
+    memcpy(table_c, table, sizeof table_c);
+    pk_token_batch batch = {.positions = pk_tensor_host(pos_c, PIO_DTYPE_I32, 1, QA_T),
+                            .seq_rows = pk_tensor_host(rows_c, PIO_DTYPE_I32, 1, QA_T),
+                            .block_tables = pk_tensor_host(table_c, PIO_DTYPE_I32, 2, 3),
+                            .block_size = QA_BS,
+                            .distinct_sequences = distinct};
+    qa_inputs *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+    assert_non_null(a);
+    assert_non_null(b);
+    float *r = random_floats(sizeof *a / sizeof(float), -1.0f, 1.0f);
+    memcpy(a, r, sizeof *a);
+    memcpy(b, r, sizeof *b);
+    pio_error err;
+    assert_int_equal(qa_run(ctx, a, 1, with_v, &batch, &err), PIO_OK);
+    assert_int_equal(qa_run(ctx, b, 0, with_v, &batch, &err), PIO_OK);
+    assert_memory_equal(a->out, b->out, sizeof a->out);
+    assert_memory_equal(a->k_cache, b->k_cache, sizeof a->k_cache);
+    assert_memory_equal(a->v_cache, b->v_cache, sizeof a->v_cache);
+    /* It did attend: the output is not the poison it started as. */
+    assert_memory_not_equal(a->out, r + offsetof(qa_inputs, out) / sizeof(float),
+                            sizeof a->out);
+    free(r);
+    free(a);
+    free(b);
+}
+
+static void test_qk_norm_rope_attention(void **state)
+{
+    pk_context *ctx = ctx_of(state);
+    const int32_t decode_pos[QA_T] = {6, 9}, decode_rows[QA_T] = {0, 1};
+    qa_check(ctx, decode_pos, decode_rows, 1, 1);
+    qa_check(ctx, decode_pos, decode_rows, 1, 0);
+    const int32_t chunk_pos[QA_T] = {3, 4}, chunk_rows[QA_T] = {1, 1};
+    qa_check(ctx, chunk_pos, chunk_rows, 0, 1);
+
+    qa_inputs *in = calloc(1, sizeof *in);
+    assert_non_null(in);
+    int32_t pos[QA_T] = {0, 1}, rows[QA_T] = {0, 1}, table[2] = {0, 1};
+    pk_token_batch batch = {.positions = pk_tensor_host(pos, PIO_DTYPE_I32, 1, QA_T),
+                            .seq_rows = pk_tensor_host(rows, PIO_DTYPE_I32, 1, QA_T),
+                            .block_tables = pk_tensor_host(table, PIO_DTYPE_I32, 2, 1),
+                            .block_size = QA_BS};
+    pk_tensor q = host_f32(in->q, QA_T, QA_QW), k = host_f32(in->k, QA_T, QA_KW);
+    pk_tensor kc = host_f32(in->k_cache, QA_SLOTS, QA_KW);
+    pk_tensor vc = host_f32(in->v_cache, QA_SLOTS, QA_KW);
+    float norm[QA_HD] = {1, 1, 1, 1, 1, 1, 1, 1};
+    pk_tensor nt = host_f32(norm, 1, QA_HD);
+    pk_rope_params rope = {.layout = PK_ROPE_NEOX, .head_dim = QA_HD, .rotary_dim = QA_HD,
+                           .theta = 10000.0f};
+    pk_attention_params p = {QA_NQ, QA_NKV, QA_HD, 0, 0.35f};
+    pio_error err;
+    pk_tensor k_as_out = host_f32(in->k, QA_T, QA_KW * 2);
+    assert_int_equal(pk_qk_norm_rope_attention(ctx, &k_as_out, &q, &k, NULL, &nt, &nt, 1e-6f,
+                                               &rope, &kc, &vc, &batch, &p, &err),
+                     PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "pk_qk_norm_rope_attention"));
+    pos[1] = 4; /* past the one-block table */
+    pk_tensor out = host_f32(in->out, QA_T, QA_QW);
+    assert_int_equal(pk_qk_norm_rope_attention(ctx, &out, &q, &k, NULL, &nt, &nt, 1e-6f, &rope,
+                                               &kc, &vc, &batch, &p, &err),
+                     PIO_ERR_INVALID_ARGUMENT);
+    free(in);
+}
+
 /* Run against both the SIMD and the portable paths. */
 #define OP_TESTS                                                                                \
     cmocka_unit_test(test_tensor_views), cmocka_unit_test(test_context_and_buffers),            \
@@ -1131,7 +1241,7 @@ static void test_attention_rejects_bad_batches(void **state)
         cmocka_unit_test(test_rope_layouts_differ_by_permutation),                              \
         cmocka_unit_test(test_rope_rejects_bad_params), cmocka_unit_test(test_swiglu),          \
         cmocka_unit_test(test_rmsnorm_matmul_fusions), cmocka_unit_test(test_add),              \
-        cmocka_unit_test(test_softmax),                                                         \
+        cmocka_unit_test(test_softmax), cmocka_unit_test(test_qk_norm_rope_attention),         \
         cmocka_unit_test(test_argmax), cmocka_unit_test(test_cast_and_copy),                    \
         cmocka_unit_test(test_rejects_bad_operands), cmocka_unit_test(test_attention_gqa4),     \
         cmocka_unit_test(test_attention_gqa1),                                                  \

@@ -1173,6 +1173,101 @@ __device__ void merge_splits(const split_args &a, int64_t t, int h_first, int hn
     }
 }
 
+/* What tc_decode_kernel needs to run pk_qk_norm_rope_attention (Fuse = qk_fuse): split_args.q
+ * holds the projections' raw q; k_new/v_new the raw k and v rows; the caches are written. The
+ * plain attention passes no_qk_fuse (no arguments, no code). */
+struct no_qk_fuse {
+    static constexpr bool on = false;
+};
+struct qk_fuse {
+    static constexpr bool on = true;
+    const float *k_new, *v_new;
+    int64_t k_stride, v_stride;
+    char *k_cache, *v_cache; /* kv head 0 of slot 0, as split_args.k / .v */
+    const void *q_norm, *k_norm;
+    bool q_norm_bf16, k_norm_bf16;
+    float eps;
+    pk_rope_freqs<64> rope; /* head_dim <= 128 */
+};
+
+/* 16 bytes of a cache row. A fused launch writes the cache itself (the new key and value), so
+ * its reads take the coherent path: the read-only one may not see a write of the same launch. */
+template <bool FUSED> __device__ __forceinline__ uint4 cache_load16(const char *p)
+{
+    return FUSED ? *(const uint4 *)p : __ldg((const uint4 *)p);
+}
+
+/* q scaled into the k-step fragments of tc_decode_kernel (qr: head g's row, when g < hn): lane
+ * (g, tq) of k-step s holds head g's dims 8·(tq + 4·(s/2)) + 4·(s%2) + 0..3, the dims of the K
+ * words it multiplies, as three bf16 terms. */
+template <int HD>
+__device__ __forceinline__ void load_q_frags(const float *qr, int hn, float scale_log2,
+                                             uint2 (*q_frag)[3][32])
+{
+    constexpr int STEPS = HD / 16;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+    for (int s = warp; s < STEPS; s += DEC_WARPS) {
+        float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (g < hn)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                x[e] = qr[8 * (tq + 4 * (s >> 1)) + 4 * (s & 1) + e] * scale_log2;
+        uint32_t lo[3], hi[3];
+        split_bf16x2(x[0], x[1], lo);
+        split_bf16x2(x[2], x[3], hi);
+#pragma unroll
+        for (int i = 0; i < 3; i++)
+            q_frag[s][i][lane] = make_uint2(lo[i], hi[i]);
+    }
+}
+
+/*
+ * The fused prologue of pk_qk_norm_rope_attention: the block's query heads h_first..+hn-1 of
+ * token t normalised and rotated at pos into q_rows; with `stores` (the block whose split holds
+ * pos: no other block reads that key) also the token's key of kv head kvh, normalised and
+ * rotated, and its value, stored as bf16 in the slot of pos, which the caller's barrier then
+ * makes visible to the block's warps. Warps take the items (query heads, key, value) in turn;
+ * one warp per head as pk_head_norm_rope wants. Returns false for a bad block id at pos
+ * (reported; nothing stored).
+ */
+template <int HD>
+__device__ bool fused_qk_prologue(const split_args &a, const qk_fuse &f, int64_t t, int kvh,
+                                  int h_first, int hn, int64_t pos, const int32_t *table,
+                                  bool stores, float (*q_rows)[HD])
+{
+    constexpr int E = HD / 32;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    bool bad = false;
+    const int64_t slot = stores ? checked_slot(a, table, t, pos, pos + 1, bad) : -1;
+    const int items = hn + (slot >= 0 ? 2 : 0);
+    for (int item = warp; item < items; item += DEC_WARPS) {
+        const bool is_q = item < hn, is_k = item == hn;
+        const float *src = is_q   ? a.q + t * a.q_stride + (int64_t)(h_first + item) * HD
+                           : is_k ? f.k_new + t * f.k_stride + (int64_t)kvh * HD
+                                  : f.v_new + t * f.v_stride + (int64_t)kvh * HD;
+        float v[E];
+#pragma unroll
+        for (int j = 0; j < E; j++)
+            v[j] = src[lane + 32 * j];
+        if (is_q || is_k)
+            pk_head_norm_rope(v, is_q ? f.q_norm : f.k_norm, is_q ? f.q_norm_bf16 : f.k_norm_bf16,
+                              f.eps, (float)pos, f.rope);
+        if (is_q) {
+#pragma unroll
+            for (int j = 0; j < E; j++)
+                q_rows[item][lane + 32 * j] = v[j];
+            continue;
+        }
+        uint16_t *dst = (uint16_t *)((is_k ? f.k_cache + slot * a.k_row_bytes
+                                           : f.v_cache + slot * a.v_row_bytes) +
+                                     (int64_t)kvh * HD * 2);
+#pragma unroll
+        for (int j = 0; j < E; j++)
+            dst[lane + 32 * j] = pk_f32_to_bf16(v[j]);
+    }
+    return !bad;
+}
+
 /*
  * Grid (token, kv head, head chunks × splits), DEC_THREADS threads. A block takes up to
  * DEC_HEADS query heads of one kv head and one split of the token's keys; its warps take the
@@ -1193,8 +1288,9 @@ __device__ void merge_splits(const split_args &a, int64_t t, int h_first, int hn
  * last one to arrive merges the partials in split order and resets the counter to 0 for the
  * next launch (graph replays).
  */
-template <int HD>
-__global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kernel(split_args a)
+template <int HD, class Fuse>
+__global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
+    tc_decode_kernel(split_args a, Fuse fuse)
 {
     constexpr int KCH = HD / 32;   /* 16-byte chunks of a key row per lane */
     constexpr int VCH = HD / 64;   /* 16-byte chunks of a value row per lane */
@@ -1207,6 +1303,7 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kern
     __shared__ float head_m[DEC_HEADS], head_l[DEC_HEADS];
     __shared__ float split_w[DEC_HEADS][SPLIT_MAX_SPLITS];
     __shared__ int last_block;
+    __shared__ float q_rows[Fuse::on ? DEC_HEADS : 1][HD]; /* fused: normalised, rotated q */
 
     const int64_t t = blockIdx.x;
     const int kvh = blockIdx.y;
@@ -1215,25 +1312,12 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kern
     const int g0 = chunk * DEC_HEADS, hn = min(DEC_HEADS, a.group - g0);
     const int h_first = kvh * a.group + g0;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
-    pk_pdl_wait();              /* q and the cache: the QK-norm/RoPE/store kernel before */
+    pk_pdl_wait();              /* q and the cache (or q, k, v): the kernel before */
     pk_pdl_launch_dependents(); /* the o_proj GEMV may start loading its weights */
 
-    /* q first (it depends on nothing): lane (g, tq) of k-step s holds head g's dims
-     * 8·(tq + 4·(s/2)) + 4·(s%2) + 0..3, the dims of the K words it multiplies. */
-    const float *qr = a.q + t * a.q_stride + (int64_t)(h_first + g) * HD;
-    for (int s = warp; s < STEPS; s += DEC_WARPS) {
-        float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (g < hn)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                x[e] = qr[8 * (tq + 4 * (s >> 1)) + 4 * (s & 1) + e] * a.scale_log2;
-        uint32_t lo[3], hi[3];
-        split_bf16x2(x[0], x[1], lo);
-        split_bf16x2(x[2], x[3], hi);
-#pragma unroll
-        for (int i = 0; i < 3; i++)
-            q_frag[s][i][lane] = make_uint2(lo[i], hi[i]);
-    }
+    if constexpr (!Fuse::on) /* q first: it depends on nothing */
+        load_q_frags<HD>(a.q + t * a.q_stride + (int64_t)(h_first + g) * HD, hn, a.scale_log2,
+                         q_frag);
 
     /* The block ids are checked where they are read (checked_slot; the block holding pos is read
      * by one of the splits), so the first tile's table reads need not wait for a check. */
@@ -1253,6 +1337,13 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kern
     const int64_t start = (int64_t)split * per, end = min(pos + 1, start + per);
     if (start >= end) /* past the end of a short context */
         return;
+    bool bad = false;
+    if constexpr (Fuse::on) {
+        bad = !fused_qk_prologue<HD>(a, fuse, t, kvh, h_first, hn, pos, table, end == pos + 1,
+                                     q_rows);
+        __syncthreads(); /* q_rows */
+        load_q_frags<HD>(q_rows[g], hn, a.scale_log2, q_frag);
+    }
 
     const char *k_head = a.k + (int64_t)kvh * HD * 2 + tq * 16;
     const char *v_head = a.v + (int64_t)kvh * HD * 2 + g * DPT * 2;
@@ -1260,12 +1351,11 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kern
 #pragma unroll
     for (int i = 0; i < STEPS; i++)
         acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
-    bool bad = false;
     int64_t j0 = start + (int64_t)warp * DEC_KEYS;
     decode_slots next = {};
     if (j0 < end)
         next = decode_slots_of(a, table, t, j0, end, bad);
-    __syncthreads(); /* q_frag */
+    __syncthreads(); /* q_frag; fused: the new key and value in the cache */
 
     const uint4 zero = make_uint4(0, 0, 0, 0);
     while (j0 < end) {
@@ -1276,15 +1366,15 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM) tc_decode_kern
 #pragma unroll
             for (int c = 0; c < KCH; c++)
                 kr[i][c] = cur.k[i] < 0 ? zero
-                                        : __ldg((const uint4 *)(k_head + cur.k[i] * a.k_row_bytes +
-                                                                c * 64));
+                                        : cache_load16<Fuse::on>(k_head + cur.k[i] * a.k_row_bytes +
+                                                                 c * 64);
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
             for (int c = 0; c < VCH; c++)
                 vr[i][c] = cur.v[i] < 0 ? zero
-                                        : __ldg((const uint4 *)(v_head + cur.v[i] * a.v_row_bytes +
-                                                                c * 16));
+                                        : cache_load16<Fuse::on>(v_head + cur.v[i] * a.v_row_bytes +
+                                                                 c * 16);
         const int64_t j_next = j0 + DEC_SPLIT_KEYS;
         if (j_next < end)
             next = decode_slots_of(a, table, t, j_next, end, bad);
@@ -1671,8 +1761,9 @@ static pio_status decode_min_split_keys(const char *op, int *keys, pio_error *er
     return PIO_OK;
 }
 
-static pio_status launch_tc_decode(pk_context *ctx, split_args a, int n_kv, const char *op,
-                                   pio_error *err)
+template <class Fuse>
+static pio_status launch_tc_decode(pk_context *ctx, split_args a, int n_kv, const Fuse &fuse,
+                                   const char *op, pio_error *err)
 {
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     pio_status min_status = decode_min_split_keys(op, &a.min_split_keys, err);
@@ -1690,9 +1781,10 @@ static pio_status launch_tc_decode(pk_context *ctx, split_args a, int n_kv, cons
     if (n_kv > 65535 || (int64_t)chunks * a.splits > 65535)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: batch too large for one launch", op);
     dim3 grid((unsigned)a.T, (unsigned)n_kv, (unsigned)(chunks * a.splits));
-    cudaError_t e = a.head_dim == 64
-                        ? pk_cuda_launch_pdl(st, tc_decode_kernel<64>, grid, dim3(DEC_THREADS), 0, a)
-                        : pk_cuda_launch_pdl(st, tc_decode_kernel<128>, grid, dim3(DEC_THREADS), 0, a);
+    cudaError_t e = a.head_dim == 64 ? pk_cuda_launch_pdl(st, tc_decode_kernel<64, Fuse>, grid,
+                                                          dim3(DEC_THREADS), 0, a, fuse)
+                                     : pk_cuda_launch_pdl(st, tc_decode_kernel<128, Fuse>, grid,
+                                                          dim3(DEC_THREADS), 0, a, fuse);
     if (e != cudaSuccess)
         return pk_cuda_fail(ctx, op, "kernel launch", e, err);
     return pk_cuda_check_launch(ctx, op, err);
@@ -1836,9 +1928,62 @@ pio_status pk_cuda_attention(pk_context *ctx, const pk_tensor *out, const pk_ten
     if (tc != NULL)
         return launch_tensor_core(ctx, tc, sa, sh, params->n_kv_heads, op, err);
     if (use_tc_decode(q, k_cache, v_cache, params, sh))
-        return launch_tc_decode(ctx, sa, params->n_kv_heads, op, err);
+        return launch_tc_decode(ctx, sa, params->n_kv_heads, no_qk_fuse{}, op, err);
     int chunks = (sa.group + sh.heads - 1) / sh.heads;
     int splits = choose_splits(q->rows, params->n_kv_heads, chunks, st->sm_count);
     int64_t grid_x = q->rows < INT32_MAX ? q->rows : INT32_MAX;
     return launch_split(ctx, sa, sh, grid_x, params->n_kv_heads, splits, op, err);
+}
+
+/* pk_qk_norm_rope_attention in one tc_decode_kernel launch where the batch promises one token a
+ * sequence and the shapes are the common ones (NEOX RoPE over whole heads, BF16 caches, head_dim
+ * = v_head_dim in {64, 128}, at most DEC_HEADS query heads a kv head, separate K and V planes);
+ * otherwise the QK-norm/RoPE/store kernel and then pk_attention's choice. */
+static bool fuses_qk_attention(const pk_tensor *q, const pk_tensor *v, const pk_rope_params *rope,
+                               const pk_tensor *k_cache, const pk_tensor *v_cache,
+                               const pk_token_batch *batch, const pk_attention_params *p,
+                               const split_shape &sh)
+{
+    return batch->distinct_sequences && v != NULL && v_cache->data != k_cache->data &&
+           rope->layout == PK_ROPE_NEOX && rope->rotary_offset == 0 &&
+           rope->rotary_dim == p->head_dim && p->n_q_heads / p->n_kv_heads <= DEC_HEADS &&
+           use_tc_decode(q, k_cache, v_cache, p, sh);
+}
+
+pio_status pk_cuda_qk_norm_rope_attention(pk_context *ctx, const pk_tensor *out,
+                                          const pk_tensor *q, const pk_tensor *k,
+                                          const pk_tensor *v, const pk_tensor *q_norm,
+                                          const pk_tensor *k_norm, float eps,
+                                          const pk_rope_params *rope, const pk_tensor *k_cache,
+                                          const pk_tensor *v_cache, const pk_token_batch *batch,
+                                          const pk_attention_params *params, pio_error *err)
+{
+    static const char op[] = "pk_qk_norm_rope_attention";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || q->rows == 0)
+        return status;
+    split_shape sh = plan_split(k_cache, v_cache, params, false);
+    if (!fuses_qk_attention(q, v, rope, k_cache, v_cache, batch, params, sh)) {
+        status = pk_cuda_qk_norm_rope_store(ctx, q, k, v, q_norm, k_norm, eps, rope, k_cache,
+                                            v != NULL ? v_cache : NULL, batch, params, err);
+        return status != PIO_OK ? status
+                                : pk_cuda_attention(ctx, out, q, k_cache, v_cache, batch, params,
+                                                    err);
+    }
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    qk_fuse f;
+    f.k_new = (const float *)k->data;
+    f.v_new = (const float *)v->data;
+    f.k_stride = k->stride;
+    f.v_stride = v->stride;
+    f.k_cache = (char *)k_cache->data;
+    f.v_cache = (char *)v_cache->data;
+    f.q_norm = q_norm->data;
+    f.k_norm = k_norm->data;
+    f.q_norm_bf16 = pk_is_bf16(q_norm);
+    f.k_norm_bf16 = pk_is_bf16(k_norm);
+    f.eps = eps;
+    f.rope = pk_make_rope_freqs<64>(rope);
+    split_args sa = make_split_args(st, out, q, k_cache, v_cache, batch, params, sh);
+    return launch_tc_decode(ctx, sa, params->n_kv_heads, f, op, err);
 }

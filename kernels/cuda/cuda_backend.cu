@@ -420,6 +420,7 @@ static constexpr pk_backend make_cuda_backend()
     b.moe_experts_slice = pk_cuda_moe_experts_slice;
     b.rmsnorm_matmul = pk_cuda_rmsnorm_matmul;
     b.qk_norm_rope_store = pk_cuda_qk_norm_rope_store;
+    b.qk_norm_rope_attention = pk_cuda_qk_norm_rope_attention;
     b.graph_begin = pk_cuda_graph_begin;
     b.graph_end = pk_cuda_graph_end;
     b.graph_launch = pk_cuda_graph_launch;

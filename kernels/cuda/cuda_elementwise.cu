@@ -139,22 +139,7 @@ pio_status pk_cuda_rmsnorm_bf16(pk_context *ctx, const char *op, const pk_tensor
 /* RoPE                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-/* inv_freq computed on the host with the CPU backend's expression (so both round alike), passed
- * by value: no device memory, nothing to upload, capturable in a graph. */
-struct rope_freqs {
-    float inv_freq[ROPE_MAX_HALF];
-};
-
-static rope_freqs make_rope_freqs(const pk_rope_params *params)
-{
-    rope_freqs f;
-    memset(&f, 0, sizeof f);
-    for (int i = 0; i < params->rotary_dim / 2; i++) { /* exactly the CPU backend's rope_angles */
-        float exponent = (float)(2 * i) / (float)params->rotary_dim;
-        f.inv_freq[i] = 1.0f / powf(params->theta, exponent);
-    }
-    return f;
-}
+typedef pk_rope_freqs<ROPE_MAX_HALF> rope_freqs;
 
 /* One block per token: cos/sin of each frequency once into shared memory, then every pair of
  * every head. Products and differences are rounded separately (no FMA), as on the CPU. */
@@ -210,7 +195,7 @@ pio_status pk_cuda_rope(pk_context *ctx, const pk_tensor *out, const pk_tensor *
                              (int)params->rotary_dim, 2 * ROPE_MAX_HALF);
     if (out->rows == 0)
         return PIO_OK;
-    rope_freqs f = make_rope_freqs(params);
+    rope_freqs f = pk_make_rope_freqs<ROPE_MAX_HALF>(params);
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     int64_t heads = out->cols / params->head_dim;
     bool copy_rest = out->data != x->data;
@@ -331,18 +316,15 @@ __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_kernel(qk_nor
 
 /*
  * The same for the common shape, in registers: NEOX rotation of whole heads whose width is a
- * multiple of 64 (E = head_dim / 32 elements per lane, lane l holding elements l + 32j). A
- * rotated pair (i, i + head_dim/2) then sits in one lane (j and j + E/2), so a warp needs no
- * shared memory, no block barrier and only its own E/2 angles. The head's values are loaded
- * before the token's position and cache slot are looked up, so the two latencies overlap. Same
- * expressions as qk_norm_rope_head. Grid and reporting as qk_norm_rope_kernel. Launched as a
+ * multiple of 64, a warp per head (pk_head_norm_rope: no shared memory, no block barrier, only
+ * its own angles). The head's values are loaded before the token's position and cache slot are
+ * looked up, so the two latencies overlap. Same expressions as qk_norm_rope_head. Grid and reporting as qk_norm_rope_kernel. Launched as a
  * programmatic dependent of the projection before it (it waits for it first thing), and lets
  * the attention after it launch early.
  */
 template <int E>
 __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_lanes_kernel(qk_norm_rope_args a)
 {
-    constexpr int H = E / 2; /* pairs per lane */
     const int lane = threadIdx.x & 31;
     const int head = blockIdx.y * QK_NORM_WARPS + (threadIdx.x >> 5);
     const int heads = a.n_q + a.n_kv + (a.v_cache != NULL ? a.n_kv : 0);
@@ -375,31 +357,15 @@ __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_lanes_kernel(
         }
         const void *w = is_q ? a.q_norm : a.k_norm;
         bool w_bf16 = is_q ? a.q_norm_bf16 : a.k_norm_bf16;
-        float s = 0.0f;
-#pragma unroll
-        for (int j = 0; j < E; j++)
-            s = fmaf(v[j], v[j], s);
-        float inv_rms = 1.0f / sqrtf(pk_warp_sum(s) / (float)hd + a.eps);
-#pragma unroll
-        for (int j = 0; j < E; j++)
-            v[j] = (v[j] * inv_rms) * pk_load(w, w_bf16, lane + 32 * j);
-        float angle_pos = (float)a.b.positions[t];
-        float out[E];
-#pragma unroll
-        for (int j = 0; j < H; j++) { /* pair (lane + 32j, lane + 32j + hd/2) */
-            float angle = angle_pos * a.f.inv_freq[lane + 32 * j];
-            float c = cosf(angle), sn = sinf(angle);
-            out[j] = __fsub_rn(__fmul_rn(v[j], c), __fmul_rn(v[j + H], sn));
-            out[j + H] = __fadd_rn(__fmul_rn(v[j + H], c), __fmul_rn(v[j], sn));
-        }
+        pk_head_norm_rope(v, w, w_bf16, a.eps, (float)a.b.positions[t], a.f);
         void *k_row = !is_q && slot >= 0 ? (char *)a.k_cache + (size_t)(slot * a.kcs) *
                                                                    (a.k_bf16 ? 2 : 4)
                                          : NULL;
 #pragma unroll
         for (int j = 0; j < E; j++) {
-            x[lane + 32 * j] = out[j];
+            x[lane + 32 * j] = v[j];
             if (k_row != NULL)
-                pk_store(k_row, a.k_bf16, (int64_t)kh * hd + lane + 32 * j, out[j]);
+                pk_store(k_row, a.k_bf16, (int64_t)kh * hd + lane + 32 * j, v[j]);
         }
     }
 }
@@ -444,7 +410,7 @@ pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const
     a.rotary_dim = rope->rotary_dim;
     a.offset = rope->rotary_offset;
     a.interleaved = rope->layout == PK_ROPE_INTERLEAVED;
-    a.f = make_rope_freqs(rope);
+    a.f = pk_make_rope_freqs<ROPE_MAX_HALF>(rope);
     a.k_cache = k_cache->data;
     a.kcs = k_cache->stride;
     a.k_bf16 = pk_is_bf16(k_cache);

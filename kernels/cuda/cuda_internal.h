@@ -24,8 +24,10 @@
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 
 #include "kernels/backend.h"
@@ -204,6 +206,14 @@ pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const
                                       const pk_rope_params *rope, const pk_tensor *k_cache,
                                       const pk_tensor *v_cache, const pk_token_batch *batch,
                                       const pk_attention_params *params, pio_error *err);
+/* cuda_attention.cu (qk_norm_rope_attention: decode batches in the attention kernel) */
+pio_status pk_cuda_qk_norm_rope_attention(pk_context *ctx, const pk_tensor *out,
+                                          const pk_tensor *q, const pk_tensor *k,
+                                          const pk_tensor *v, const pk_tensor *q_norm,
+                                          const pk_tensor *k_norm, float eps,
+                                          const pk_rope_params *rope, const pk_tensor *k_cache,
+                                          const pk_tensor *v_cache, const pk_token_batch *batch,
+                                          const pk_attention_params *params, pio_error *err);
 /* cuda_graph.cu */
 pio_status pk_cuda_graph_begin(pk_context *ctx, pio_error *err);
 pio_status pk_cuda_graph_end(pk_context *ctx, pk_graph **out, pio_error *err);
@@ -500,6 +510,57 @@ __device__ __forceinline__ int64_t slot_of(const batch_view &b, const int32_t *t
         offset = key - block * b.block_size;
     }
     return (int64_t)__ldg(table + block) * b.block_size + offset;
+}
+
+/* ---- RoPE ------------------------------------------------------------------------------- */
+
+/* RoPE's inverse frequencies for up to HALF rotated pairs, computed on the host with the CPU
+ * backend's expression (so both round alike) and passed by value in the kernel arguments: no
+ * device memory, nothing to upload, capturable in a graph. */
+template <int HALF> struct pk_rope_freqs {
+    float inv_freq[HALF];
+};
+
+/* The caller has checked rotary_dim / 2 <= HALF. */
+template <int HALF> static inline pk_rope_freqs<HALF> pk_make_rope_freqs(const pk_rope_params *p)
+{
+    pk_rope_freqs<HALF> f;
+    memset(&f, 0, sizeof f);
+    for (int i = 0; i < p->rotary_dim / 2; i++) { /* exactly the CPU backend's rope_angles */
+        float exponent = (float)(2 * i) / (float)p->rotary_dim;
+        f.inv_freq[i] = 1.0f / powf(p->theta, exponent);
+    }
+    return f;
+}
+
+/* Per-head RMSNorm (weight w, BF16 or F32) and then NEOX RoPE over the whole head at position
+ * pos, for one head held by a warp: lane l holds elements l + 32j (E = head_dim / 32, even), so
+ * a rotated pair (i, i + head_dim/2) is j and j + E/2 of one lane and the warp needs no shared
+ * memory. The expressions of the CPU backend's rmsnorm and rope (products and differences
+ * rounded separately, no FMA). */
+template <int E, int HALF>
+__device__ __forceinline__ void pk_head_norm_rope(float (&v)[E], const void *w, bool w_bf16,
+                                                  float eps, float pos,
+                                                  const pk_rope_freqs<HALF> &f)
+{
+    constexpr int H = E / 2; /* pairs per lane */
+    const int lane = threadIdx.x & 31;
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < E; j++)
+        s = fmaf(v[j], v[j], s);
+    const float inv_rms = 1.0f / sqrtf(pk_warp_sum(s) / (float)(32 * E) + eps);
+#pragma unroll
+    for (int j = 0; j < E; j++)
+        v[j] = (v[j] * inv_rms) * pk_load(w, w_bf16, lane + 32 * j);
+#pragma unroll
+    for (int j = 0; j < H; j++) { /* pair (lane + 32j, lane + 32j + head_dim/2) */
+        const float angle = pos * f.inv_freq[lane + 32 * j];
+        const float c = cosf(angle), sn = sinf(angle);
+        const float a = v[j], b = v[j + H];
+        v[j] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
+        v[j + H] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, sn));
+    }
 }
 
 /* Host helpers. */

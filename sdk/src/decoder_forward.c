@@ -201,7 +201,8 @@ static pio_status run_chunk(pio_decoder *m, const pio_textgen_batch *b, int64_t 
     const pio_kv_batch *kb = &m->kv_batch;
     pk_tensor ids;
     pk_token_batch tb = {.block_tables = *block_tables,
-                         .block_size = pk_kv_pool_block_size(m->pool)};
+                         .block_size = pk_kv_pool_block_size(m->pool),
+                         .distinct_sequences = kb->n_seqs == (int64_t)b->n_tokens};
     pk_attention_activations a;
     pio_status st;
     if ((st = pio_decoder_stage_ids(m, &m->ws.ids, b->tokens + first, n, &ids, err)) ||

@@ -1,7 +1,9 @@
 /*
  * Decode steps as recorded graphs (kernels/ops.h, "Graphs"): on a backend that can record, a
  * step of n tokens whose logits are all wanted (n sequences decoding one token each, up to
- * PIO_DECODER_GRAPH_MAX_TOKENS) replays one graph per n. Everything a step varies in lives in
+ * PIO_DECODER_GRAPH_MAX_TOKENS) replays one graph per n. Its ops are recorded with the batch's
+ * distinct_sequences promise (ops.h), so a step with two tokens of one sequence never takes a
+ * graph. Everything a step varies in lives in
  * device buffers whose addresses and shapes do not change between steps: token ids, positions,
  * sequence rows and block tables (a fixed [n, table_width] view, table_width covering the
  * longest context) are copied in before the replay, and the kernels read positions and block
@@ -63,7 +65,7 @@ int pio_decoder_graph_eligible(const pio_decoder *m, const pio_textgen_batch *b)
 {
     if (m->comm != NULL || m->ranks != NULL || !pk_graph_supported(m->ctx) ||
         (m->graphs != NULL && m->graphs->disabled) || b->n_tokens > MAX ||
-        b->n_logits_rows != b->n_tokens || m->kv_batch.n_seqs > (int64_t)b->n_tokens)
+        b->n_logits_rows != b->n_tokens || m->kv_batch.n_seqs != (int64_t)b->n_tokens)
         return 0;
     for (size_t i = 0; i < b->n_logits_rows; i++)
         if (b->logits_rows[i] != (int32_t)i)
@@ -170,7 +172,8 @@ static pio_status step_ops(pio_decoder *m, int64_t n, const step_plan *plan, pio
     pk_token_batch tb = {.positions = device_words(g, POSITIONS, 1, n),
                          .seq_rows = device_words(g, SEQ_ROWS, 1, n),
                          .block_tables = device_words(g, TABLES, n, g->table_width),
-                         .block_size = pk_kv_pool_block_size(m->pool)};
+                         .block_size = pk_kv_pool_block_size(m->pool),
+                         .distinct_sequences = 1}; /* graph steps: one token a sequence */
     pk_attention_activations a;
     pio_status st = pio_decoder_run_layers(m, &ids, &tb, n, &a, err);
     if (st != PIO_OK)

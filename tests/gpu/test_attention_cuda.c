@@ -227,8 +227,8 @@ static batch make_batch(world *w, const tokens *tl)
     batch b;
     b.positions = int_pair(tl->pos, tl->n);
     b.rows = int_pair(tl->seq, tl->n);
-    b.h = (pk_token_batch){b.positions.h, b.rows.h, w->tables.h, w->s.block_size};
-    b.d = (pk_token_batch){b.positions.d, b.rows.d, w->tables.d, w->s.block_size};
+    b.h = (pk_token_batch){b.positions.h, b.rows.h, w->tables.h, w->s.block_size, 0};
+    b.d = (pk_token_batch){b.positions.d, b.rows.d, w->tables.d, w->s.block_size, 0};
     return b;
 }
 
@@ -665,6 +665,242 @@ static void test_bad_tokens_are_reported(void **state)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* QK-norm, RoPE, store and attention in one op (pk_qk_norm_rope_attention)                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * The raw projections of every token and the norms. The op normalises and rotates q and k,
+ * stores k and v at each token's position and attends; with distinct_sequences the CUDA
+ * backend does all of it in the decode attention kernel. The CPU backend writes the normalised
+ * q and k back into its inputs; the raw ones are kept to restore them.
+ */
+typedef struct fused_io {
+    pair q, k, v, q_norm, k_norm, out;
+    void *q_raw, *k_raw, *out_before;
+} fused_io;
+
+static fused_io fused_make(const world *w, int n, pio_dtype norm_dtype)
+{
+    fused_io io;
+    io.q = make_pair(PIO_DTYPE_F32, n, w->qw, 3, FILL_UNIFORM, -1, 1);
+    io.k = make_pair(PIO_DTYPE_F32, n, w->kw, 1, FILL_UNIFORM, -1, 1);
+    io.v = make_pair(PIO_DTYPE_F32, n, w->vw, 0, FILL_UNIFORM, -1, 1);
+    io.q_norm = make_pair(norm_dtype, 1, w->s.head_dim, 0, FILL_UNIFORM, 0.5f, 1.5f);
+    io.k_norm = make_pair(norm_dtype, 1, w->s.head_dim, 0, FILL_UNIFORM, 0.5f, 1.5f);
+    io.out = make_pair(PIO_DTYPE_F32, n, w->ow, 1, FILL_NAN, 0, 0);
+    io.q_raw = snapshot(&io.q);
+    io.k_raw = snapshot(&io.k);
+    io.out_before = snapshot(&io.out);
+    return io;
+}
+
+static pio_status fused_op(pk_context *ctx, world *w, fused_io *io, const batch *b,
+                           pio_error *err)
+{
+    int gpu = ctx == gpu_ctx;
+    pk_rope_params rope = {.layout = PK_ROPE_NEOX, .head_dim = w->s.head_dim,
+                           .rotary_dim = w->s.head_dim, .theta = 1000000.0f};
+    pk_attention_params p = params_of(&w->s);
+    return pk_qk_norm_rope_attention(
+        ctx, gpu ? &io->out.d : &io->out.h, gpu ? &io->q.d : &io->q.h, gpu ? &io->k.d : &io->k.h,
+        gpu ? &io->v.d : &io->v.h, gpu ? &io->q_norm.d : &io->q_norm.h,
+        gpu ? &io->k_norm.d : &io->k_norm.h, 1e-6f, &rope, gpu ? &w->k_cache_d : &w->k_cache_h,
+        gpu ? &w->v_cache_d : &w->v_cache_h, gpu ? &b->d : &b->h, &p, err);
+}
+
+/*
+ * After the op ran on both sides (the CPU's on io's host inputs): the cache planes as stored
+ * (k: a bf16 rounding of values equal to fp32 precision may differ by one ulp; v: exact), unless
+ * `planes` is 0. The GPU's output is then compared with the CPU's attention over the GPU's own
+ * planes and the CPU's normalised q, so that such a one-ulp key cannot move the output past
+ * TOL_F32. Rows with nan_rows set must be NaN.
+ */
+static void fused_compare(world *w, fused_io *io, const batch *b, int planes,
+                          const unsigned char *nan_rows, const char *what)
+{
+    char name[300];
+    if (planes) {
+        snprintf(name, sizeof name, "%s: k plane", what);
+        check_pair_rows(name, &w->k_plane, NULL, 1e-4, NULL, NULL, 0);
+        snprintf(name, sizeof name, "%s: v plane", what);
+        check_pair_rows(name, &w->v_plane, NULL, 0.0, NULL, NULL, 0);
+    } else {
+        download(&w->k_plane);
+        download(&w->v_plane);
+    }
+    memcpy(w->k_plane.h.data, w->k_plane.got, w->k_plane.span_bytes);
+    memcpy(w->v_plane.h.data, w->v_plane.got, w->v_plane.span_bytes);
+    pk_attention_params p = params_of(&w->s);
+    pio_error err;
+    snprintf(name, sizeof name, "%s: cpu attention over the gpu's planes", what);
+    expect_ok(pk_attention(cpu_ctx, &io->out.h, &io->q.h, NULL, NULL, &w->k_cache_h,
+                           &w->v_cache_h, &b->h, &p, &err), &err, name);
+    check_pair_rows(what, &io->out, NULL, TOL_F32, io->out_before, nan_rows, 1);
+}
+
+/* The tokens of tl (positions [0, pos) of each sequence already cached) through the op. */
+static void run_fused(const shape *s, const tokens *tl, int distinct, pio_dtype norm_dtype,
+                      const char *what)
+{
+    int32_t len[MAX_SEQS] = {0};
+    int n_seqs = 0;
+    for (int i = 0; i < tl->n; i++) {
+        n_seqs = tl->seq[i] + 1 > n_seqs ? tl->seq[i] + 1 : n_seqs;
+        len[tl->seq[i]] = tl->pos[i] + 1 > len[tl->seq[i]] ? tl->pos[i] + 1 : len[tl->seq[i]];
+    }
+    world w;
+    world_make(&w, s, n_seqs, len);
+    for (int i = 0; i < tl->n; i++) /* each sequence's keys before its first token */
+        if (i == 0 || tl->seq[i] != tl->seq[i - 1])
+            world_fill(&w, tl->seq[i], tl->pos[i]);
+    world_upload(&w);
+    fused_io io = fused_make(&w, tl->n, norm_dtype);
+    batch b = make_batch(&w, tl);
+    b.h.distinct_sequences = b.d.distinct_sequences = distinct;
+    char name[256];
+    describe(name, sizeof name, s, what);
+    pio_error err;
+    expect_ok(fused_op(gpu_ctx, &w, &io, &b, &err), &err, name);
+    expect_ok(fused_op(cpu_ctx, &w, &io, &b, &err), &err, name);
+    fused_compare(&w, &io, &b, 1, NULL, name);
+    print_message("%-80s T=%d\n", name, tl->n);
+    release_all(NULL);
+}
+
+static void test_qk_norm_rope_attention(void **state)
+{
+    (void)state;
+    static const int32_t depths[] = {0, 1, 127, 128, 129, 600, 5000};
+    int n_depths = sanitizer ? 5 : 7;
+    for (int i = 0; i < n_depths; i++) { /* one token across the split boundaries */
+        tokens tl = {.n = 0};
+        add_token(&tl, 0, depths[i]);
+        char what[64];
+        snprintf(what, sizeof what, "fused, position %d", depths[i]);
+        run_fused(&QWEN3, &tl, 1, PIO_DTYPE_BF16, what);
+    }
+    static const shape shapes[] = {
+        {32, 4, 128, 128, 16, PIO_DTYPE_BF16, 0, 0}, /* Qwen3-Coder: groups of 8 */
+        {16, 8, 128, 128, 16, PIO_DTYPE_BF16, 0, 0}, /* Qwen3-VL-2B: groups of 2 */
+        {8, 2, 64, 64, 3, PIO_DTYPE_BF16, 0, 0},     /* head_dim 64, blocks of 3 */
+        {6, 2, 128, 128, 16, PIO_DTYPE_BF16, 0, 0},  /* groups of 3 */
+    };
+    static const int sizes[] = {8, 3, 5, 64};
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++)
+        for (size_t n = 0; n < sizeof sizes / sizeof *sizes; n++) {
+            tokens tl = {.n = 0};
+            for (int i = 0; i < sizes[n]; i++)
+                add_token(&tl, i, (int32_t)random_int(0, sanitizer ? 300 : 2500));
+            run_fused(&shapes[c], &tl, 1, c % 2 ? PIO_DTYPE_F32 : PIO_DTYPE_BF16,
+                      "fused, a batch of sequences");
+        }
+    /* Two tokens of one sequence: no promise, the unfused kernels (the second token reads the
+     * first one's key). Groups of 16 and F32 caches are not fused either. */
+    tokens chunk = {.n = 0};
+    add_run(&chunk, 0, 10, 2);
+    add_token(&chunk, 1, 300);
+    run_fused(&QWEN3, &chunk, 0, PIO_DTYPE_BF16, "not fused, a chunk of two tokens");
+    const shape wide_group = {32, 2, 128, 128, 16, PIO_DTYPE_BF16, 0, 0};
+    const shape f32 = {8, 2, 64, 64, 16, PIO_DTYPE_F32, 0, 0};
+    tokens three = {.n = 0};
+    for (int i = 0; i < 3; i++)
+        add_token(&three, i, 100 * i + 7);
+    run_fused(&wide_group, &three, 1, PIO_DTYPE_BF16, "not fused, groups of 16");
+    run_fused(&f32, &three, 1, PIO_DTYPE_BF16, "not fused, f32 caches");
+}
+
+/* A token whose block at its position is out of range: NaN outputs, nothing stored, the error
+ * reported; the other tokens of the batch are right. */
+static void test_qk_norm_rope_attention_bad_block(void **state)
+{
+    (void)state;
+    int32_t len[3] = {200, 700, 40};
+    world w;
+    world_make(&w, &QWEN3, 3, len);
+    tokens tl = {.n = 0};
+    for (int i = 0; i < 3; i++) {
+        world_fill(&w, i, len[i] - 1);
+        add_token(&tl, i, len[i] - 1);
+    }
+    int32_t *bad_entry = &table_row(&w, 1)[(len[1] - 1) / QWEN3.block_size];
+    int32_t good_id = *bad_entry;
+    *bad_entry = (int32_t)w.n_blocks + 5;
+    world_upload(&w);
+    *bad_entry = good_id; /* the CPU's table is the good one */
+    fused_io io = fused_make(&w, tl.n, PIO_DTYPE_BF16);
+    batch b = make_batch(&w, &tl);
+    b.h.distinct_sequences = b.d.distinct_sequences = 1;
+    pio_error err;
+    expect_ok(fused_op(gpu_ctx, &w, &io, &b, &err), &err, "bad block: gpu");
+    assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
+    if (strstr(err.message, "uses block id") == NULL) {
+        print_error("bad block: message \"%s\" lacks \"uses block id\"\n", err.message);
+        fail();
+    }
+    sync_gpu("after the reported error");
+    expect_ok(fused_op(cpu_ctx, &w, &io, &b, &err), &err, "bad block: cpu");
+    static const unsigned char nan_rows[3] = {0, 1, 0};
+    fused_compare(&w, &io, &b, 0, nan_rows, "fused, a bad block id");
+    int64_t slot = (int64_t)good_id * QWEN3.block_size + (len[1] - 1) % QWEN3.block_size;
+    for (int32_t c = 0; c < w.kw; c++) /* the GPU stored nothing for token 1 */
+        assert_true(isnan(load_value(w.k_plane.got, QWEN3.dtype, slot * w.k_plane.h.stride + c)));
+    release_all(NULL);
+}
+
+/* Recorded once, replayed at new positions: each replay stores the token's key and value at
+ * its new position and attends over them; the CPU runs the same steps. */
+static void test_qk_norm_rope_attention_graph(void **state)
+{
+    (void)state;
+    if (!pk_graph_supported(gpu_ctx)) {
+        print_message("(skipped: no graphs)\n");
+        return;
+    }
+    const shape coder = {32, 4, 128, 128, 16, PIO_DTYPE_BF16, 0, 0};
+    int32_t len[2] = {3000, 3000};
+    world w;
+    world_make(&w, &coder, 2, len);
+    world_fill(&w, 0, len[0]);
+    world_fill(&w, 1, len[1]);
+    world_upload(&w);
+    tokens tl = {.n = 0};
+    add_token(&tl, 0, 5);
+    add_token(&tl, 1, 70);
+    fused_io io = fused_make(&w, tl.n, PIO_DTYPE_BF16);
+    batch b = make_batch(&w, &tl);
+    b.h.distinct_sequences = b.d.distinct_sequences = 1;
+    pio_error err;
+    expect_ok(fused_op(gpu_ctx, &w, &io, &b, &err), &err, "graph warm-up");
+    sync_gpu("graph warm-up");
+    pk_graph *graph = NULL;
+    expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "pk_graph_begin");
+    expect_ok(fused_op(gpu_ctx, &w, &io, &b, &err), &err, "recorded op");
+    expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "pk_graph_end");
+    /* The warm-up stored both tokens on the GPU only: the CPU's planes follow. */
+    download(&w.k_plane);
+    download(&w.v_plane);
+    memcpy(w.k_plane.h.data, w.k_plane.got, w.k_plane.span_bytes);
+    memcpy(w.v_plane.h.data, w.v_plane.got, w.v_plane.span_bytes);
+    static const int32_t positions[][2] = {{6, 71}, {127, 128}, {128, 2999}, {640, 0}, {1, 1}};
+    for (size_t r = 0; r < sizeof positions / sizeof *positions; r++) {
+        memcpy(b.positions.h.data, positions[r], sizeof positions[r]);
+        upload(&b.positions);
+        memcpy(io.q.h.data, io.q_raw, io.q.span_bytes); /* the CPU normalised them */
+        memcpy(io.k.h.data, io.k_raw, io.k.span_bytes);
+        memcpy(io.out.h.data, io.out_before, io.out.span_bytes);
+        upload(&io.out);
+        expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "pk_graph_launch");
+        expect_ok(fused_op(cpu_ctx, &w, &io, &b, &err), &err, "cpu");
+        char name[96];
+        snprintf(name, sizeof name, "fused graph replay at positions %d, %d", positions[r][0],
+                 positions[r][1]);
+        fused_compare(&w, &io, &b, 1, NULL, name);
+    }
+    pk_graph_destroy(gpu_ctx, graph);
+    release_all(NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Graph replay                                                                               */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -946,6 +1182,9 @@ int main(void)
         cmocka_unit_test_teardown(test_prefill_groups_and_heads, release_all),
         cmocka_unit_test_teardown(test_mixed_batches, release_all),
         cmocka_unit_test_teardown(test_bad_tokens_are_reported, release_all),
+        cmocka_unit_test_teardown(test_qk_norm_rope_attention, release_all),
+        cmocka_unit_test_teardown(test_qk_norm_rope_attention_bad_block, release_all),
+        cmocka_unit_test_teardown(test_qk_norm_rope_attention_graph, release_all),
         cmocka_unit_test_teardown(test_graph_replay_at_new_positions, release_all),
         cmocka_unit_test_teardown(test_graph_replay_growing_positions, release_all),
         cmocka_unit_test_teardown(test_attention_benchmark, release_all),

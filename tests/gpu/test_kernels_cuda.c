@@ -825,8 +825,8 @@ static batch_pair make_batch(attn_world *w, const token_list *tl)
     }
     upload(&b.k_new);
     upload(&b.v_new);
-    b.h = (pk_token_batch){b.positions.h, b.rows.h, w->tables.h, w->c->block_size};
-    b.d = (pk_token_batch){b.positions.d, b.rows.d, w->tables.d, w->c->block_size};
+    b.h = (pk_token_batch){b.positions.h, b.rows.h, w->tables.h, w->c->block_size, 0};
+    b.d = (pk_token_batch){b.positions.d, b.rows.d, w->tables.d, w->c->block_size, 0};
     return b;
 }
 
@@ -1324,7 +1324,7 @@ static void test_attention_benchmark(void **state)
         pair positions = int_pair(pos, t), seq_rows = int_pair(rows, t);
         pair q = random_pair(PIO_DTYPE_F32, t, NQ * HD, 0);
         pair out = nan_pair(PIO_DTYPE_F32, t, NQ * HD, 0);
-        pk_token_batch batch = {positions.d, seq_rows.d, tables.d, BS};
+        pk_token_batch batch = {positions.d, seq_rows.d, tables.d, BS, 1};
         expect_ok(pk_attention(gpu_ctx, &out.d, &q.d, NULL, NULL, &k_plane.d, &v_plane.d, &batch,
                                &p, &err), &err, "bench attention");
         sync_gpu("bench attention warm-up");
