@@ -26,6 +26,14 @@
  *      (deterministic; its loads issued together) and puts the counter back to 0 for the next
  *      launch or graph replay.
  *      Bytes as kernel 1 (the partials only where several splits hold keys).
+      The same kernel also runs pk_qk_norm_rope_attention for decode batches whose tokens are
+      of distinct sequences (qk_fuse): every block loads its query heads' raw rows, normalises
+      and rotates them into its q fragments (pk_head_norm_rope, cos/sin once per lane), and the
+      block whose split holds the token's position normalises, rotates and stores the token's
+      key and its value in that slot before its warps read it (the tile holding the slot is
+      read through the coherent path, every other tile through the read-only one). This
+      saves the QK-norm/RoPE/store launch of the step; no other block reads that slot, which
+      is why the batch must promise one token a sequence.
  *   1. split_kernel (split-KV, fp32 math) - decode shapes kernel 0 does not take, and
  *      everything the tensor cores do not take.
  *      Grid (token, kv head, split x chunk of the group's query heads), 128 threads. The number
@@ -81,8 +89,9 @@
  * Programmatic dependent launch: the kernels that end a decode step's attention (0, 1 and the
  * combine kernel) call pk_pdl_launch_dependents() first, so the o_proj GEMV launched after them
  * as a dependent can start loading its weights (it waits for their results with pk_pdl_wait).
- * The tensor-core decode kernel (0) is itself launched as a dependent of the QK-norm/RoPE/store
- * kernel before it and waits for it first thing (its launch then overlaps that kernel's end).
+ * The tensor-core decode kernel (0) is itself launched as a dependent of the kernel before it
+ * (the QK-norm/RoPE/store kernel, or fused, the q/k/v projection) and waits for it first thing
+ * (its launch then overlaps that kernel's end).
  *
  * Numerics: kernels 0, 1 and 3 are fp32 (the CPU's results to ~1e-6). Kernel 2 rounds q
  * and the softmax weights to bf16 (as a bf16 model does): 1-3e-3 relative.
@@ -1190,11 +1199,31 @@ struct qk_fuse {
     pk_rope_freqs<64> rope; /* head_dim <= 128 */
 };
 
-/* 16 bytes of a cache row. A fused launch writes the cache itself (the new key and value), so
- * its reads take the coherent path: the read-only one may not see a write of the same launch. */
-template <bool FUSED> __device__ __forceinline__ uint4 cache_load16(const char *p)
+/* The K and V fragments of one 16-key tile (slots from decode_slots_of; -1: zeros). A fused
+ * launch writes the slot of each token's position itself, so the tile holding that slot is
+ * read through the coherent path (FRESH): the read-only one, which every other tile takes (it
+ * keeps more loads in flight), may not see a write of the same launch. */
+template <bool FRESH, int KCH, int VCH>
+__device__ __forceinline__ void load_kv_tile(const decode_slots &cur, const char *k_head,
+                                             const char *v_head, int64_t k_row_bytes,
+                                             int64_t v_row_bytes, uint4 (&kr)[2][KCH],
+                                             uint4 (&vr)[4][VCH])
 {
-    return FUSED ? *(const uint4 *)p : __ldg((const uint4 *)p);
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int c = 0; c < KCH; c++) {
+            const uint4 *p = (const uint4 *)(k_head + cur.k[i] * k_row_bytes + c * 64);
+            kr[i][c] = cur.k[i] < 0 ? zero : FRESH ? *p : __ldg(p);
+        }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int c = 0; c < VCH; c++) {
+            const uint4 *p = (const uint4 *)(v_head + cur.v[i] * v_row_bytes + c * 16);
+            vr[i][c] = cur.v[i] < 0 ? zero : FRESH ? *p : __ldg(p);
+        }
 }
 
 /* q scaled into the k-step fragments of tc_decode_kernel (qr: head g's row, when g < hn): lane
@@ -1222,40 +1251,106 @@ __device__ __forceinline__ void load_q_frags(const float *qr, int hn, float scal
 }
 
 /*
- * The fused prologue of pk_qk_norm_rope_attention: the block's query heads h_first..+hn-1 of
- * token t normalised and rotated at pos into q_rows; with `stores` (the block whose split holds
- * pos: no other block reads that key) also the token's key of kv head kvh, normalised and
- * rotated, and its value, stored as bf16 in the slot of pos, which the caller's barrier then
- * makes visible to the block's warps. Warps take the items (query heads, key, value) in turn;
- * one warp per head as pk_head_norm_rope wants. Returns false for a bad block id at pos
- * (reported; nothing stored).
+ * The fused prologue of pk_qk_norm_rope_attention, in two steps so that its loads overlap the
+ * token's checks and block-table reads. Items are the block's query heads h_first..+hn-1 of
+ * token t, then the token's key and value of kv head kvh; warp w takes items w, w + DEC_WARPS,
+ * ..., one head a warp as pk_head_norm_rope wants.
+ *
+ * fused_load_rows: the raw rows of the warp's items and the norm weights (they depend on
+ * nothing but the kernel before).
+ */
+static constexpr int FUSE_ITEMS = (DEC_HEADS + 2 + DEC_WARPS - 1) / DEC_WARPS; /* per warp */
+
+template <int HD>
+__device__ __forceinline__ void fused_load_rows(const split_args &a, const qk_fuse &f, int64_t t,
+                                                int kvh, int h_first, int hn,
+                                                float (&raw)[FUSE_ITEMS][HD / 32],
+                                                float (&q_w)[HD / 32], float (&k_w)[HD / 32])
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    pk_head_norm_weights(f.q_norm, f.q_norm_bf16, q_w);
+    pk_head_norm_weights(f.k_norm, f.k_norm_bf16, k_w);
+#pragma unroll
+    for (int i = 0; i < FUSE_ITEMS; i++) {
+        const int item = warp + DEC_WARPS * i;
+        if (item >= hn + 2) {
+#pragma unroll
+            for (int j = 0; j < HD / 32; j++)
+                raw[i][j] = 0.0f;
+            continue;
+        }
+        const float *src = item < hn    ? a.q + t * a.q_stride + (int64_t)(h_first + item) * HD
+                           : item == hn ? f.k_new + t * f.k_stride + (int64_t)kvh * HD
+                                        : f.v_new + t * f.v_stride + (int64_t)kvh * HD;
+#pragma unroll
+        for (int j = 0; j < HD / 32; j++)
+            raw[i][j] = __ldg(src + lane + 32 * j); /* written by an earlier kernel only */
+    }
+}
+
+/* Three bf16 terms whose sum is x to fp32 precision: one half of split_bf16x2. */
+__device__ __forceinline__ void split_bf16(float x, uint16_t (&terms)[3])
+{
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+        uint16_t b;
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(x));
+        terms[i] = b;
+        x -= __uint_as_float((uint32_t)b << 16);
+    }
+}
+
+/*
+ * fused_qk_rows: the query heads normalised, rotated at pos and scaled, written straight into
+ * the k-step fragments (the layout of load_q_frags: element d of head g is half d % 4 of lane
+ * 4g + (d / 8) % 4 of k-step 2·(d / 32) + (d / 4) % 2; heads past hn are zeros); with `stores`
+ * (the block whose split holds pos: no other block reads that key) also the key, normalised and
+ * rotated, and the value, stored as bf16 in the slot of pos. The caller's barrier then makes
+ * both visible to the block's warps. A warp's items are reduced together so that their
+ * shuffles overlap. Returns false for a bad block id at pos (reported; nothing stored).
  */
 template <int HD>
-__device__ bool fused_qk_prologue(const split_args &a, const qk_fuse &f, int64_t t, int kvh,
-                                  int h_first, int hn, int64_t pos, const int32_t *table,
-                                  bool stores, float (*q_rows)[HD])
+__device__ bool fused_qk_rows(const split_args &a, const qk_fuse &f, int64_t t, int kvh, int hn,
+                              int64_t pos, const int32_t *table, bool stores,
+                              float (&raw)[FUSE_ITEMS][HD / 32], const float (&q_w)[HD / 32],
+                              const float (&k_w)[HD / 32], uint2 (*q_frag)[3][32])
 {
-    constexpr int E = HD / 32;
+    constexpr int E = HD / 32, STEPS = HD / 16;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     bool bad = false;
     const int64_t slot = stores ? checked_slot(a, table, t, pos, pos + 1, bad) : -1;
     const int items = hn + (slot >= 0 ? 2 : 0);
-    for (int item = warp; item < items; item += DEC_WARPS) {
-        const bool is_q = item < hn, is_k = item == hn;
-        const float *src = is_q   ? a.q + t * a.q_stride + (int64_t)(h_first + item) * HD
-                           : is_k ? f.k_new + t * f.k_stride + (int64_t)kvh * HD
-                                  : f.v_new + t * f.v_stride + (int64_t)kvh * HD;
-        float v[E];
+    for (int idx = threadIdx.x; idx < STEPS * 3 * 32; idx += DEC_THREADS)
+        if (((idx & 31) >> 2) >= hn)
+            q_frag[idx / 96][(idx / 32) % 3][idx & 31] = make_uint2(0u, 0u);
+    float c[E / 2], sn[E / 2], sums[FUSE_ITEMS];
+    pk_rope_cos_sin<E>((float)pos, f.rope, c, sn);
 #pragma unroll
-        for (int j = 0; j < E; j++)
-            v[j] = src[lane + 32 * j];
+    for (int i = 0; i < FUSE_ITEMS; i++)
+        sums[i] = pk_lane_sum_squares(raw[i]);
+#pragma unroll
+    for (int i = 0; i < FUSE_ITEMS; i++)
+        sums[i] = pk_warp_sum(sums[i]);
+#pragma unroll
+    for (int i = 0; i < FUSE_ITEMS; i++) {
+        const int item = warp + DEC_WARPS * i;
+        if (item >= items)
+            continue;
+        const bool is_q = item < hn, is_k = item == hn;
         if (is_q || is_k)
-            pk_head_norm_rope(v, is_q ? f.q_norm : f.k_norm, is_q ? f.q_norm_bf16 : f.k_norm_bf16,
-                              f.eps, (float)pos, f.rope);
+            pk_head_scale_rope(raw[i], sums[i], is_q ? q_w : k_w, f.eps, c, sn);
         if (is_q) {
 #pragma unroll
-            for (int j = 0; j < E; j++)
-                q_rows[item][lane + 32 * j] = v[j];
+            for (int j = 0; j < E; j++) {
+                const int d = lane + 32 * j;
+                uint16_t terms[3];
+                split_bf16(raw[i][j] * a.scale_log2, terms);
+                uint16_t *dst = (uint16_t *)&q_frag[2 * (d >> 5) + ((d >> 2) & 1)][0]
+                                                   [4 * item + ((d >> 3) & 3)];
+#pragma unroll
+                for (int k = 0; k < 3; k++)
+                    dst[k * 32 * 4 + (d & 3)] = terms[k]; /* q_frag[s][k][lane'], half d % 4 */
+            }
             continue;
         }
         uint16_t *dst = (uint16_t *)((is_k ? f.k_cache + slot * a.k_row_bytes
@@ -1263,7 +1358,7 @@ __device__ bool fused_qk_prologue(const split_args &a, const qk_fuse &f, int64_t
                                      (int64_t)kvh * HD * 2);
 #pragma unroll
         for (int j = 0; j < E; j++)
-            dst[lane + 32 * j] = pk_f32_to_bf16(v[j]);
+            dst[lane + 32 * j] = pk_f32_to_bf16(raw[i][j]);
     }
     return !bad;
 }
@@ -1303,7 +1398,6 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     __shared__ float head_m[DEC_HEADS], head_l[DEC_HEADS];
     __shared__ float split_w[DEC_HEADS][SPLIT_MAX_SPLITS];
     __shared__ int last_block;
-    __shared__ float q_rows[Fuse::on ? DEC_HEADS : 1][HD]; /* fused: normalised, rotated q */
 
     const int64_t t = blockIdx.x;
     const int kvh = blockIdx.y;
@@ -1315,7 +1409,11 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     pk_pdl_wait();              /* q and the cache (or q, k, v): the kernel before */
     pk_pdl_launch_dependents(); /* the o_proj GEMV may start loading its weights */
 
-    if constexpr (!Fuse::on) /* q first: it depends on nothing */
+    /* q first (it depends on nothing); fused: the raw rows of q, k and v */
+    float raw[Fuse::on ? FUSE_ITEMS : 1][HD / 32], q_w[HD / 32], k_w[HD / 32];
+    if constexpr (Fuse::on)
+        fused_load_rows<HD>(a, fuse, t, kvh, h_first, hn, raw, q_w, k_w);
+    else
         load_q_frags<HD>(a.q + t * a.q_stride + (int64_t)(h_first + g) * HD, hn, a.scale_log2,
                          q_frag);
 
@@ -1337,44 +1435,31 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     const int64_t start = (int64_t)split * per, end = min(pos + 1, start + per);
     if (start >= end) /* past the end of a short context */
         return;
-    bool bad = false;
-    if constexpr (Fuse::on) {
-        bad = !fused_qk_prologue<HD>(a, fuse, t, kvh, h_first, hn, pos, table, end == pos + 1,
-                                     q_rows);
-        __syncthreads(); /* q_rows */
-        load_q_frags<HD>(q_rows[g], hn, a.scale_log2, q_frag);
-    }
-
     const char *k_head = a.k + (int64_t)kvh * HD * 2 + tq * 16;
     const char *v_head = a.v + (int64_t)kvh * HD * 2 + g * DPT * 2;
     float m = -INFINITY, l = 0.0f, acc[STEPS][4];
 #pragma unroll
     for (int i = 0; i < STEPS; i++)
         acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    bool bad = false;
     int64_t j0 = start + (int64_t)warp * DEC_KEYS;
     decode_slots next = {};
     if (j0 < end)
         next = decode_slots_of(a, table, t, j0, end, bad);
+    if constexpr (Fuse::on) {
+        if (!fused_qk_rows<HD>(a, fuse, t, kvh, hn, pos, table, end == pos + 1, raw, q_w, k_w,
+                               q_frag))
+            bad = true;
+    }
     __syncthreads(); /* q_frag; fused: the new key and value in the cache */
 
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     while (j0 < end) {
         const decode_slots cur = next;
         uint4 kr[2][KCH], vr[4][VCH];
-#pragma unroll
-        for (int i = 0; i < 2; i++)
-#pragma unroll
-            for (int c = 0; c < KCH; c++)
-                kr[i][c] = cur.k[i] < 0 ? zero
-                                        : cache_load16<Fuse::on>(k_head + cur.k[i] * a.k_row_bytes +
-                                                                 c * 64);
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int c = 0; c < VCH; c++)
-                vr[i][c] = cur.v[i] < 0 ? zero
-                                        : cache_load16<Fuse::on>(v_head + cur.v[i] * a.v_row_bytes +
-                                                                 c * 16);
+        if (Fuse::on && j0 + DEC_KEYS > pos) /* the tile holding pos */
+            load_kv_tile<true>(cur, k_head, v_head, a.k_row_bytes, a.v_row_bytes, kr, vr);
+        else
+            load_kv_tile<false>(cur, k_head, v_head, a.k_row_bytes, a.v_row_bytes, kr, vr);
         const int64_t j_next = j0 + DEC_SPLIT_KEYS;
         if (j_next < end)
             next = decode_slots_of(a, table, t, j_next, end, bad);

@@ -357,7 +357,10 @@ __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_lanes_kernel(
         }
         const void *w = is_q ? a.q_norm : a.k_norm;
         bool w_bf16 = is_q ? a.q_norm_bf16 : a.k_norm_bf16;
-        pk_head_norm_rope(v, w, w_bf16, a.eps, (float)a.b.positions[t], a.f);
+        float wr[E], c[E / 2], sn[E / 2];
+        pk_head_norm_weights(w, w_bf16, wr);
+        pk_rope_cos_sin<E>((float)a.b.positions[t], a.f, c, sn);
+        pk_head_norm_rope(v, wr, a.eps, c, sn);
         void *k_row = !is_q && slot >= 0 ? (char *)a.k_cache + (size_t)(slot * a.kcs) *
                                                                    (a.k_bf16 ? 2 : 4)
                                          : NULL;

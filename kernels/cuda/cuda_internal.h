@@ -533,34 +533,72 @@ template <int HALF> static inline pk_rope_freqs<HALF> pk_make_rope_freqs(const p
     return f;
 }
 
-/* Per-head RMSNorm (weight w, BF16 or F32) and then NEOX RoPE over the whole head at position
- * pos, for one head held by a warp: lane l holds elements l + 32j (E = head_dim / 32, even), so
- * a rotated pair (i, i + head_dim/2) is j and j + E/2 of one lane and the warp needs no shared
- * memory. The expressions of the CPU backend's rmsnorm and rope (products and differences
- * rounded separately, no FMA). */
+/* cos and sin of the RoPE angles pos·inv_freq of the pairs a lane holds in pk_head_norm_rope's
+ * layout (pair j: inv_freq[lane + 32j]): one computation serves every head of a token. */
 template <int E, int HALF>
-__device__ __forceinline__ void pk_head_norm_rope(float (&v)[E], const void *w, bool w_bf16,
-                                                  float eps, float pos,
-                                                  const pk_rope_freqs<HALF> &f)
+__device__ __forceinline__ void pk_rope_cos_sin(float pos, const pk_rope_freqs<HALF> &f,
+                                                float (&c)[E / 2], float (&sn)[E / 2])
 {
-    constexpr int H = E / 2; /* pairs per lane */
     const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < E / 2; j++) {
+        const float angle = pos * f.inv_freq[lane + 32 * j];
+        sincosf(angle, &sn[j], &c[j]); /* one range reduction; the values of sinf and cosf */
+    }
+}
+
+/* The elements of a head-norm weight (BF16 or F32) a lane holds in pk_head_norm_rope's layout:
+ * loaded apart from the head so that their latency can overlap other loads. */
+template <int E>
+__device__ __forceinline__ void pk_head_norm_weights(const void *w, bool w_bf16, float (&out)[E])
+{
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < E; j++)
+        out[j] = pk_load(w, w_bf16, lane + 32 * j);
+}
+
+/* Per-head RMSNorm (weights w from pk_head_norm_weights) and then NEOX RoPE over the whole head
+ * (c, sn from pk_rope_cos_sin), for one head held by a warp: lane l holds elements l + 32j
+ * (E = head_dim / 32, even), so a rotated pair (i, i + head_dim/2) is j and j + E/2 of one lane and the warp
+ * needs no shared memory. The expressions of the CPU backend's rmsnorm and rope (products and
+ * differences rounded separately, no FMA). */
+template <int E> __device__ __forceinline__ float pk_lane_sum_squares(const float (&v)[E])
+{
     float s = 0.0f;
 #pragma unroll
     for (int j = 0; j < E; j++)
         s = fmaf(v[j], v[j], s);
-    const float inv_rms = 1.0f / sqrtf(pk_warp_sum(s) / (float)(32 * E) + eps);
+    return s;
+}
+
+/* pk_head_norm_rope given the head's sum of squares (pk_warp_sum of pk_lane_sum_squares): a warp
+ * holding several heads reduces their sums together. */
+template <int E>
+__device__ __forceinline__ void pk_head_scale_rope(float (&v)[E], float sum_squares,
+                                                   const float (&w)[E], float eps,
+                                                   const float (&c)[E / 2],
+                                                   const float (&sn)[E / 2])
+{
+    constexpr int H = E / 2; /* pairs per lane */
+    const float inv_rms = 1.0f / sqrtf(sum_squares / (float)(32 * E) + eps);
 #pragma unroll
     for (int j = 0; j < E; j++)
-        v[j] = (v[j] * inv_rms) * pk_load(w, w_bf16, lane + 32 * j);
+        v[j] = (v[j] * inv_rms) * w[j];
 #pragma unroll
     for (int j = 0; j < H; j++) { /* pair (lane + 32j, lane + 32j + head_dim/2) */
-        const float angle = pos * f.inv_freq[lane + 32 * j];
-        const float c = cosf(angle), sn = sinf(angle);
-        const float a = v[j], b = v[j + H];
-        v[j] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
-        v[j + H] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, sn));
+        const float x = v[j], y = v[j + H];
+        v[j] = __fsub_rn(__fmul_rn(x, c[j]), __fmul_rn(y, sn[j]));
+        v[j + H] = __fadd_rn(__fmul_rn(y, c[j]), __fmul_rn(x, sn[j]));
     }
+}
+
+template <int E>
+__device__ __forceinline__ void pk_head_norm_rope(float (&v)[E], const float (&w)[E], float eps,
+                                                  const float (&c)[E / 2],
+                                                  const float (&sn)[E / 2])
+{
+    pk_head_scale_rope(v, pk_warp_sum(pk_lane_sum_squares(v)), w, eps, c, sn);
 }
 
 /* Host helpers. */
