@@ -95,6 +95,11 @@ struct pk_backend {
                                     const pk_tensor *ids, const pk_tensor *weights,
                                     int64_t n_experts, int64_t first, int64_t n_local,
                                     int accumulate, pio_error *err);
+    /* pk_moe_topk_experts; NULL: ops.c runs moe_topk_softmax and then moe_experts. */
+    pio_status (*moe_topk_experts)(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                   const pk_tensor *logits, const pk_tensor *gate_up,
+                                   const pk_tensor *down, const pk_tensor *ids,
+                                   const pk_tensor *weights, int normalize, pio_error *err);
 
     /* Fused ops (ops.h); NULL: ops.c runs the unfused ops instead. Arguments are checked.
      * rmsnorm_matmul serves pk_rmsnorm_matmul (out = NULL: y = gate_up, h written) and

@@ -544,12 +544,12 @@ static pio_status unsupported_by_backend(pk_context *ctx, const char *op, pio_er
                          op, ctx->backend->name);
 }
 
-pio_status pk_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor *weights,
-                               const pk_tensor *logits, int normalize, pio_error *err)
+static pio_status check_topk_softmax(pk_context *ctx, const char *op, const pk_tensor *ids,
+                                     const pk_tensor *weights, const pk_tensor *logits,
+                                     pio_error *err)
 {
-    static const char op[] = "pk_moe_topk_softmax";
-    pio_status st = check_context(ctx, op, err);
-    if (st || (st = check_operand(ctx, op, "ids", ids, DT_I32, err)) ||
+    pio_status st;
+    if ((st = check_operand(ctx, op, "ids", ids, DT_I32, err)) ||
         (st = check_operand(ctx, op, "weights", weights, DT_F32, err)) ||
         (st = check_operand(ctx, op, "logits", logits, DT_F32, err)) ||
         (st = check_shape(op, "ids", ids, logits->rows, ids->cols, err)) ||
@@ -561,6 +561,16 @@ pio_status pk_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids, const pk_t
     if ((st = check_no_overlap(op, "ids", ids, "logits", logits, 0, err)) ||
         (st = check_no_overlap(op, "weights", weights, "logits", logits, 0, err)) ||
         (st = check_no_overlap(op, "weights", weights, "ids", ids, 0, err)))
+        return st;
+    return PIO_OK;
+}
+
+pio_status pk_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids, const pk_tensor *weights,
+                               const pk_tensor *logits, int normalize, pio_error *err)
+{
+    static const char op[] = "pk_moe_topk_softmax";
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = check_topk_softmax(ctx, op, ids, weights, logits, err)))
         return st;
     if (ctx->backend->moe_topk_softmax == NULL)
         return unsupported_by_backend(ctx, op, err);
@@ -589,21 +599,20 @@ pio_status pk_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor
                                 n_experts, 1, err);
 }
 
-pio_status pk_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
-                                const pk_tensor *gate_up, const pk_tensor *down,
-                                const pk_tensor *ids, const pk_tensor *weights,
-                                int64_t n_experts, int64_t first, int64_t n_local,
-                                int accumulate, pio_error *err)
+/* The checks of pk_moe_experts_slice (whole: the slice is every expert, accumulated). */
+static pio_status check_experts(pk_context *ctx, const char *op, const pk_tensor *out,
+                                const pk_tensor *x, const pk_tensor *gate_up,
+                                const pk_tensor *down, const pk_tensor *ids,
+                                const pk_tensor *weights, int64_t n_experts, int64_t first,
+                                int64_t n_local, int whole, pio_error *err)
 {
-    static const char op[] = "pk_moe_experts";
-    int whole = first == 0 && n_local == n_experts && accumulate;
-    pio_status st = check_context(ctx, op, err);
-    if (st == PIO_OK && !whole && (n_experts < 1 || n_experts > INT32_MAX || first < 0 || n_local < 1 ||
-                         first > n_experts - n_local))
+    pio_status st;
+    if (!whole && (n_experts < 1 || n_experts > INT32_MAX || first < 0 || n_local < 1 ||
+                   first > n_experts - n_local))
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "%s: experts [%lld, %lld) are not "
                              "a slice of the %lld experts", op, (long long)first,
                              (long long)(first + n_local), (long long)n_experts);
-    if (st || (st = check_operand(ctx, op, "out", out, DT_F32, err)) ||
+    if ((st = check_operand(ctx, op, "out", out, DT_F32, err)) ||
         (st = check_operand(ctx, op, "x", x, DT_F32, err)) ||
         (st = check_operand(ctx, op, "gate_up", gate_up, DT_WEIGHT, err)) ||
         (st = check_operand(ctx, op, "down", down, DT_WEIGHT, err)) ||
@@ -619,6 +628,21 @@ pio_status pk_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_
     if (ids->cols < 1 || ids->cols > n_experts)
         return pio_error_set(err, PIO_ERR_INVALID_ARGUMENT, "%s: k = %lld must be in [1, %lld]",
                              op, (long long)ids->cols, (long long)n_experts);
+    return PIO_OK;
+}
+
+pio_status pk_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                const pk_tensor *gate_up, const pk_tensor *down,
+                                const pk_tensor *ids, const pk_tensor *weights,
+                                int64_t n_experts, int64_t first, int64_t n_local,
+                                int accumulate, pio_error *err)
+{
+    static const char op[] = "pk_moe_experts";
+    int whole = first == 0 && n_local == n_experts && accumulate;
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = check_experts(ctx, op, out, x, gate_up, down, ids, weights, n_experts, first,
+                                  n_local, whole, err)))
+        return st;
     if (whole && ctx->backend->moe_experts != NULL)
         return ctx->backend->moe_experts(ctx, out, x, gate_up, down, ids, weights, n_experts,
                                          err);
@@ -626,6 +650,32 @@ pio_status pk_moe_experts_slice(pk_context *ctx, const pk_tensor *out, const pk_
         return unsupported_by_backend(ctx, whole ? op : "pk_moe_experts_slice", err);
     return ctx->backend->moe_experts_slice(ctx, out, x, gate_up, down, ids, weights, n_experts,
                                            first, n_local, accumulate, err);
+}
+
+pio_status pk_moe_topk_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                               const pk_tensor *logits, const pk_tensor *gate_up,
+                               const pk_tensor *down, const pk_tensor *ids,
+                               const pk_tensor *weights, int normalize, pio_error *err)
+{
+    static const char op[] = "pk_moe_topk_experts";
+    pio_status st = check_context(ctx, op, err);
+    if (st || (st = check_topk_softmax(ctx, op, ids, weights, logits, err)) ||
+        (st = check_experts(ctx, op, out, x, gate_up, down, ids, weights, logits->cols, 0,
+                            logits->cols, 1, err)) ||
+        (st = check_no_overlap(op, "out", out, "logits", logits, 0, err)) ||
+        (st = check_no_overlap(op, "out", out, "ids", ids, 0, err)) ||
+        (st = check_no_overlap(op, "ids", ids, "x", x, 0, err)) ||
+        (st = check_no_overlap(op, "weights", weights, "x", x, 0, err)))
+        return st;
+    if (ctx->backend->moe_topk_experts != NULL)
+        return ctx->backend->moe_topk_experts(ctx, out, x, logits, gate_up, down, ids, weights,
+                                              normalize, err);
+    if (ctx->backend->moe_topk_softmax == NULL || ctx->backend->moe_experts == NULL)
+        return unsupported_by_backend(ctx, op, err);
+    if ((st = ctx->backend->moe_topk_softmax(ctx, ids, weights, logits, normalize, err)))
+        return st;
+    return ctx->backend->moe_experts(ctx, out, x, gate_up, down, ids, weights, logits->cols,
+                                     err);
 }
 
 /* ------------------------------------------------------------------------------------------ */

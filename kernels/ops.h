@@ -184,6 +184,18 @@ pio_status pk_moe_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor
                           const pk_tensor *weights, int64_t n_experts, pio_error *err);
 
 /*
+ * pk_moe_topk_softmax(ids, weights, logits, normalize), then pk_moe_experts(out, x, gate_up,
+ * down, ids, weights, n_experts) with n_experts = logits->cols: the routed half of a MoE block
+ * after its router, in one call. ids and weights are written either way. A backend may route
+ * inside its experts kernels (CUDA: decode batches of up to 8 tokens, at most 256 experts and
+ * k <= 32, where the routing launch cost as much as the routing), otherwise it runs the two.
+ */
+pio_status pk_moe_topk_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                               const pk_tensor *logits, const pk_tensor *gate_up,
+                               const pk_tensor *down, const pk_tensor *ids,
+                               const pk_tensor *weights, int normalize, pio_error *err);
+
+/*
  * Expert parallelism: pk_moe_experts over a slice of the experts. gate_up [n_local·2F, H] and
  * down [n_local·H, F] hold experts [first, first + n_local) of the router's n_experts (expert e
  * at local index e - first); the (token, slot) pairs routed outside the slice are skipped, so

@@ -1,6 +1,6 @@
 /*
- * The mixture-of-experts ops (pk_moe_topk_softmax, pk_moe_experts) of the CPU backend against
- * naive double-precision references: random inputs, exact ties in the router, top-k of 1 and
+ * The mixture-of-experts ops (pk_moe_topk_softmax, pk_moe_experts, and the two in one call,
+ * pk_moe_topk_experts) of the CPU backend against naive double-precision references: random inputs, exact ties in the router, top-k of 1 and
  * of every expert, BF16 and F32 expert weights, the expert slices of expert parallelism
  * (pk_moe_experts_slice) summing to the whole, and a backend without the ops.
  */
@@ -256,6 +256,56 @@ static void expert_slices_sum_to_the_whole(void **state)
     pk_context_destroy(ctx);
 }
 
+/* pk_moe_topk_experts is pk_moe_topk_softmax then pk_moe_experts: ids, weights and out bit for
+ * bit, with and without the renormalisation, router ties included; its own checks name it. */
+static void routing_and_experts_in_one_call(void **state)
+{
+    (void)state;
+    pk_context *ctx = cpu();
+    static float x[T * H], gate_up[E * 2 * F * H], down[E * H * F], logits[T * E];
+    static float out_a[T * H], out_b[T * H], w_a[T * 3], w_b[T * 3];
+    int32_t ids_a[T * 3], ids_b[T * 3];
+    fill(x, T * H, 21);
+    fill(gate_up, E * 2 * F * H, 22);
+    fill(down, E * H * F, 23);
+    fill(logits, T * E, 24);
+    logits[2] = logits[4]; /* a tie in token 0 */
+    pk_tensor tx = pk_tensor_host(x, PIO_DTYPE_F32, T, H);
+    pk_tensor tl = pk_tensor_host(logits, PIO_DTYPE_F32, T, E);
+    pk_tensor tgu = pk_tensor_host(gate_up, PIO_DTYPE_F32, E * 2 * F, H);
+    pk_tensor td = pk_tensor_host(down, PIO_DTYPE_F32, E * H, F);
+    pk_tensor oa = pk_tensor_host(out_a, PIO_DTYPE_F32, T, H);
+    pk_tensor ob = pk_tensor_host(out_b, PIO_DTYPE_F32, T, H);
+    pk_tensor ia = pk_tensor_host(ids_a, PIO_DTYPE_I32, T, 3);
+    pk_tensor ib = pk_tensor_host(ids_b, PIO_DTYPE_I32, T, 3);
+    pk_tensor wa = pk_tensor_host(w_a, PIO_DTYPE_F32, T, 3);
+    pk_tensor wb = pk_tensor_host(w_b, PIO_DTYPE_F32, T, 3);
+    for (int normalize = 0; normalize < 2; normalize++) {
+        fill(out_a, T * H, 25);
+        fill(out_b, T * H, 25);
+        assert_int_equal(pk_moe_topk_experts(ctx, &oa, &tx, &tl, &tgu, &td, &ia, &wa, normalize,
+                                             NULL),
+                         PIO_OK);
+        assert_int_equal(pk_moe_topk_softmax(ctx, &ib, &wb, &tl, normalize, NULL), PIO_OK);
+        assert_int_equal(pk_moe_experts(ctx, &ob, &tx, &tgu, &td, &ib, &wb, E, NULL), PIO_OK);
+        assert_memory_equal(ids_a, ids_b, sizeof ids_a);
+        assert_memory_equal(w_a, w_b, sizeof w_a);
+        assert_memory_equal(out_a, out_b, sizeof out_a);
+    }
+    pio_error err;
+    pk_tensor x_as_logits = pk_tensor_host(x, PIO_DTYPE_F32, T, E); /* out overlaps logits */
+    pk_tensor x_rows = pk_tensor_host(x + H, PIO_DTYPE_F32, T, H);
+    assert_int_equal(pk_moe_topk_experts(ctx, &tx, &x_rows, &x_as_logits, &tgu, &td, &ia, &wa, 1,
+                                         &err),
+                     PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "pk_moe_topk_experts: out overlaps"));
+    pk_tensor five = pk_tensor_host(logits, PIO_DTYPE_F32, T, 5); /* 5 router columns, 6 experts */
+    assert_int_equal(pk_moe_topk_experts(ctx, &oa, &tx, &five, &tgu, &td, &ia, &wa, 1, &err),
+                     PIO_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "pk_moe_topk_experts: gate_up is"));
+    pk_context_destroy(ctx);
+}
+
 static void bad_arguments_are_named(void **state)
 {
     (void)state;
@@ -321,6 +371,7 @@ int main(void)
         cmocka_unit_test(experts_equal_the_naive_sum),
         cmocka_unit_test(one_token_alone_equals_it_in_a_batch),
         cmocka_unit_test(expert_slices_sum_to_the_whole),
+        cmocka_unit_test(routing_and_experts_in_one_call),
         cmocka_unit_test(bad_arguments_are_named),
         cmocka_unit_test(a_backend_without_the_ops_says_so),
     };

@@ -166,13 +166,14 @@ pio_status qwen3_moe_block(void *model, pio_decoder *d, int32_t layer,
     pk_tensor weights = pk_tensor_in(&q->route_weights, 0, PIO_DTYPE_F32, n, q->top_k);
     pio_status st;
     if ((st = pk_rmsnorm_matmul(d->ctx, &logits, &a->h, &a->x, &d->layers[layer].post_norm,
-                                (float)d->config.rms_norm_eps, &w->router, err)) ||
-        (st = pk_moe_topk_softmax(d->ctx, &ids, &weights, &logits, q->norm_topk_prob, err)))
+                                (float)d->config.rms_norm_eps, &w->router, err)))
         return st;
     if (d->comm == NULL || pk_comm_size(d->comm) == 1)
-        return pk_moe_experts(d->ctx, &a->x, &a->h, &w->gate_up, &w->down, &ids, &weights,
-                              q->n_experts, err);
+        return pk_moe_topk_experts(d->ctx, &a->x, &a->h, &logits, &w->gate_up, &w->down, &ids,
+                                   &weights, q->norm_topk_prob, err);
     /* Expert parallel: this rank's experts only; the residual is counted once (rank 0). */
+    if ((st = pk_moe_topk_softmax(d->ctx, &ids, &weights, &logits, q->norm_topk_prob, err)))
+        return st;
     st = pk_moe_experts_slice(d->ctx, &a->x, &a->h, &w->gate_up, &w->down, &ids, &weights,
                               q->n_experts, q->expert_offset, q->n_local_experts,
                               pk_comm_rank(d->comm) == 0, err);
