@@ -1,8 +1,9 @@
 /*
  * The mixture-of-experts ops (pk_moe_topk_softmax, pk_moe_experts, and the two in one call,
- * pk_moe_topk_experts) of the CPU backend against naive double-precision references: random inputs, exact ties in the router, top-k of 1 and
- * of every expert, BF16 and F32 expert weights, the expert slices of expert parallelism
- * (pk_moe_experts_slice) summing to the whole, and a backend without the ops.
+ * pk_moe_topk_experts) of the CPU backend against naive double-precision references: random
+ * inputs, exact ties in the router, top-k of 1 and of every expert, BF16 and F32 expert
+ * weights, the expert slices of expert parallelism (pk_moe_experts_slice) summing to the whole,
+ * and a backend without the ops.
  */
 #include <setjmp.h>
 #include <stdarg.h>

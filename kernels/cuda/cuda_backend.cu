@@ -418,6 +418,7 @@ static constexpr pk_backend make_cuda_backend()
     b.moe_topk_softmax = pk_cuda_moe_topk_softmax;
     b.moe_experts = pk_cuda_moe_experts;
     b.moe_experts_slice = pk_cuda_moe_experts_slice;
+    b.moe_topk_experts = pk_cuda_moe_topk_experts;
     b.rmsnorm_matmul = pk_cuda_rmsnorm_matmul;
     b.qk_norm_rope_store = pk_cuda_qk_norm_rope_store;
     b.qk_norm_rope_attention = pk_cuda_qk_norm_rope_attention;

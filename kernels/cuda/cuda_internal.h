@@ -235,6 +235,10 @@ pio_status pk_cuda_moe_experts_slice(pk_context *ctx, const pk_tensor *out, cons
                                      const pk_tensor *ids, const pk_tensor *weights,
                                      int64_t n_experts, int64_t first, int64_t n_local,
                                      int accumulate, pio_error *err);
+pio_status pk_cuda_moe_topk_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                    const pk_tensor *logits, const pk_tensor *gate_up,
+                                    const pk_tensor *down, const pk_tensor *ids,
+                                    const pk_tensor *weights, int normalize, pio_error *err);
 /* cuda_sample.cu */
 pio_status pk_cuda_sample(pk_context *ctx, const pk_tensor *ids, const pk_tensor *logits,
                           int64_t n_valid, const pk_tensor *params, const pk_tensor *prompt_tokens,

@@ -237,6 +237,85 @@ __global__ void moe_topk_kernel(int32_t *ids, int64_t is, float *weights, int64_
  * float operations as moe_topk_kernel, so the same bits; what changes is the latency of the
  * decode step's routing (no global round trips between rounds: Qwen3-Coder's tg64 265.7 ->
  * 275.1 tok/s on an H100). */
+/* moe_before's order as one 64-bit key, the larger first: above, p's bits plus one (p >= 0 here,
+ * a softmax output, so its bits order like its value; +inf included) or 0 for NaN (after every
+ * number); below, the inverted index (the lower index first among equal p). Every key of a
+ * valid expert is above 0. */
+__device__ __forceinline__ uint64_t moe_order_key(float p, int e)
+{
+    const uint32_t hi = isnan(p) ? 0u : __float_as_uint(p) + 1u;
+    return (uint64_t)hi << 32 | (uint32_t)~(uint32_t)e;
+}
+
+/* Logits a lane holds in the register variant of the routing (E <= 32 · MOE_TOPK_REGS). */
+static constexpr int MOE_TOPK_REGS = 8;
+
+/*
+ * One token's routing by one warp with its E logits (at x, read through L2) in registers
+ * (E <= 32·V, k <= 32): the softmax, order and renormalisation of moe_topk_kernel, the same
+ * float operations. The k rounds compare one 64-bit key per expert (moe_order_key) and take
+ * the warp's largest with two redux.sync reductions: no shuffles or branches in the selection,
+ * which was most of the routing's latency. Lane j < k ends with slot j's expert (*id) and
+ * weight (*w, the probability the key holds).
+ */
+template <int V>
+__device__ __forceinline__ void moe_route_token(const float *x, int E, int k, bool normalize,
+                                                int32_t *id, float *w)
+{
+    const int lane = threadIdx.x & 31;
+    float p[V];
+    float m = -INFINITY;
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+        int e = lane + 32 * v;
+        p[v] = e < E ? __ldcg(x + e) : -INFINITY;
+        m = p[v] > m ? p[v] : m;
+    }
+    m = pk_warp_max(m);
+    bool uniform = m == -INFINITY; /* no mass anywhere: uniform by convention */
+    float inv = 1.0f / (float)E;
+    if (!uniform) {
+        double s = 0.0;
+#pragma unroll
+        for (int v = 0; v < V; v++)
+            if (lane + 32 * v < E)
+                s += (double)expf(p[v] - m);
+        s = moe_warp_sum_double(s);
+        inv = (float)(1.0 / s);
+    }
+#pragma unroll
+    for (int v = 0; v < V; v++)
+        p[v] = uniform ? inv : expf(p[v] - m) * inv;
+    uint64_t key[V];
+#pragma unroll
+    for (int v = 0; v < V; v++)
+        key[v] = lane + 32 * v < E ? moe_order_key(p[v], lane + 32 * v) : 0u;
+    uint64_t prev = ~(uint64_t)0, mine = 0;
+    for (int j = 0; j < k; j++) { /* round j: the largest key below round j - 1's */
+        uint64_t best = 0;
+#pragma unroll
+        for (int v = 0; v < V; v++)
+            best = key[v] < prev && key[v] > best ? key[v] : best;
+        const uint32_t hi = __reduce_max_sync(0xffffffffu, (uint32_t)(best >> 32));
+        const uint32_t lo =
+            __reduce_max_sync(0xffffffffu, (uint32_t)(best >> 32) == hi ? (uint32_t)best : 0u);
+        prev = (uint64_t)hi << 32 | lo;
+        if (lane == j)
+            mine = prev;
+    }
+    const uint32_t mine_hi = (uint32_t)(mine >> 32);
+    float my_w = mine_hi != 0u ? __uint_as_float(mine_hi - 1u) : __int_as_float(0x7fffffff);
+    if (normalize) { /* as the CPU: float sum in slot order, divided only when positive */
+        float sum = 0.0f;
+        for (int j = 0; j < k; j++)
+            sum += __shfl_sync(0xffffffffu, my_w, j);
+        if (sum > 0.0f)
+            my_w /= sum;
+    }
+    *id = (int32_t)~(uint32_t)mine;
+    *w = my_w;
+}
+
 template <int V>
 __global__ void moe_topk_regs_kernel(int32_t *ids, int64_t is, float *weights, int64_t ws,
                                      const float *__restrict__ logits, int64_t ls, int64_t T,
@@ -247,63 +326,16 @@ __global__ void moe_topk_regs_kernel(int32_t *ids, int64_t is, float *weights, i
     int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     int64_t first = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
     for (int64_t t = first; t < T; t += (int64_t)gridDim.x * warps) {
-        const float *x = logits + t * ls;
-        float p[V];
-        float m = -INFINITY;
-#pragma unroll
-        for (int v = 0; v < V; v++) {
-            int e = lane + 32 * v;
-            p[v] = e < E ? x[e] : -INFINITY;
-            m = p[v] > m ? p[v] : m;
-        }
-        m = pk_warp_max(m);
-        bool uniform = m == -INFINITY; /* no mass anywhere: uniform by convention */
-        float inv = 1.0f / (float)E;
-        if (!uniform) {
-            double s = 0.0;
-#pragma unroll
-            for (int v = 0; v < V; v++)
-                if (lane + 32 * v < E)
-                    s += (double)expf(p[v] - m);
-            s = moe_warp_sum_double(s);
-            inv = (float)(1.0 / s);
-        }
-#pragma unroll
-        for (int v = 0; v < V; v++)
-            p[v] = uniform ? inv : expf(p[v] - m) * inv;
-        float prev = 0.0f, my_w = 0.0f;
-        int prev_i = -1, my_id = -1;
-        for (int j = 0; j < k; j++) {
-            float best = 0.0f;
-            int best_i = -1;
-#pragma unroll
-            for (int v = 0; v < V; v++)
-                if (lane + 32 * v < E)
-                    moe_consider(p[v], lane + 32 * v, prev, prev_i, best, best_i);
-            moe_warp_best(best, best_i);
-            if (lane == j) {
-                my_w = best;
-                my_id = best_i;
-            }
-            prev = best;
-            prev_i = best_i;
-        }
-        if (normalize) { /* as the CPU: float sum in slot order, divided only when positive */
-            float sum = 0.0f;
-            for (int j = 0; j < k; j++)
-                sum += __shfl_sync(0xffffffffu, my_w, j);
-            if (sum > 0.0f)
-                my_w /= sum;
-        }
+        int32_t id;
+        float w;
+        moe_route_token<V>(logits + t * ls, E, k, normalize, &id, &w);
         if (lane < k) {
-            ids[t * is + lane] = my_id;
-            weights[t * ws + lane] = my_w;
+            ids[t * is + lane] = id;
+            weights[t * ws + lane] = w;
         }
     }
 }
 
-/* Logits a lane holds in the register variant (E <= 32 · MOE_TOPK_REGS, k <= 32). */
-static constexpr int MOE_TOPK_REGS = 8;
 
 pio_status pk_cuda_moe_topk_softmax(pk_context *ctx, const pk_tensor *ids,
                                     const pk_tensor *weights, const pk_tensor *logits,
@@ -1039,6 +1071,8 @@ struct moe_call {
     const pk_tensor *out, *x, *gate_up, *down, *ids, *weights;
     int64_t T, k, H, F, E, first, n_local, n_pairs;
     bool accumulate;
+    const pk_tensor *logits; /* pk_moe_topk_experts on the decode path: route in the kernels */
+    bool normalize;
 };
 
 /* out[t] (+)= Σ_j weights[t, j] · pair_out[t·k + j] (moe_reduce_kernel). */
@@ -1133,12 +1167,17 @@ static constexpr int MOE_DECODE_MAX_PAIRS = MOE_DECODE_THREADS; /* one pair a th
 static constexpr int MOE_DOWN_ROWS = 8; /* down outputs per block (2 row groups of MOE_ROWS) */
 static constexpr int MOE_DOWN_PREFETCH = 2; /* items a warp of down prefetches before the wait */
 
-/* Operands of the two decode launches (see the top of this file). */
+/* Operands of the two decode launches (see the top of this file). With `route`
+ * (pk_moe_topk_experts) the kernels route the tokens themselves from the router logits, and
+ * ids / weights are where gate_up's block 0 writes the routes for the caller. */
 struct moe_decode_args {
     const int32_t *ids;
     int64_t is;
     const float *weights;
     int64_t ws;
+    const float *logits;
+    int64_t ls;
+    bool route, normalize;
     int T, k, n_pairs, E, first, n_local;
     long long *info;
     moe_gemv_args gu, dn; /* the GEMV operands; order is set to the block's plan in the kernel */
@@ -1157,7 +1196,36 @@ struct moe_decode_plan {
     int32_t count[MOE_DECODE_MAX_PAIRS];     /* pairs of u, then the placing cursors */
     int32_t list[MOE_DECODE_MAX_PAIRS];      /* pair indices grouped by u */
     int32_t pair_u[MOE_DECODE_MAX_PAIRS];    /* u of pair p; -1: bad id or outside the slice */
+    int32_t route_id[MOE_DECODE_MAX_PAIRS];  /* route (gate_up): pair p's expert */
 };
+
+/*
+ * `route` (gate_up): warp w routes token w (T <= MOE_WARPS, host-checked) into the plan's
+ * route_id; `publish` (block 0) also writes the ids and weights to global memory, where the down
+ * kernel reads them once gate_up has completed (and the caller after the op).
+ */
+__device__ __forceinline__ void moe_decode_route(moe_decode_plan &pl, const moe_decode_args &a,
+                                                 bool publish)
+{
+    const int lane = threadIdx.x & 31, t = threadIdx.x >> 5;
+    if (t < a.T) {
+        int32_t id;
+        float w;
+        if (a.E <= 32 * 4)
+            moe_route_token<4>(a.logits + (int64_t)t * a.ls, a.E, a.k, a.normalize, &id, &w);
+        else
+            moe_route_token<MOE_TOPK_REGS>(a.logits + (int64_t)t * a.ls, a.E, a.k, a.normalize,
+                                           &id, &w);
+        if (lane < a.k) {
+            pl.route_id[t * a.k + lane] = id;
+            if (publish) {
+                ((int32_t *)a.ids)[(int64_t)t * a.is + lane] = id;
+                ((float *)a.weights)[(int64_t)t * a.ws + lane] = w;
+            }
+        }
+    }
+    __syncthreads();
+}
 
 /*
  * Every block builds the plan from ids (n_pairs <= MOE_DECODE_MAX_PAIRS = blockDim.x: thread p
@@ -1168,7 +1236,8 @@ struct moe_decode_plan {
  * block records bad ids.
  */
 __device__ __forceinline__ void moe_decode_make_plan(moe_decode_plan &pl, int32_t *mark,
-                                                  const moe_decode_args &a, bool report)
+                                                  const moe_decode_args &a, bool report,
+                                                  bool route = false)
 {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     for (int l = tid; l < a.n_local; l += blockDim.x)
@@ -1177,7 +1246,8 @@ __device__ __forceinline__ void moe_decode_make_plan(moe_decode_plan &pl, int32_
     int l = -1;
     if (tid < a.n_pairs) {
         const int t = tid / a.k, j = tid - t * a.k;
-        const int32_t e = __ldcg(a.ids + (int64_t)t * a.is + j); /* L2: see the down kernel */
+        const int32_t e = route ? pl.route_id[tid]
+                                : __ldcg(a.ids + (int64_t)t * a.is + j); /* L2: see down */
         if (e < 0 || e >= a.E) {
             if (report)
                 pk_report(a.info, PK_CUDA_OP_MOE_EXPERTS, PK_CUDA_BAD_EXPERT_ID, t, j, e, a.E);
@@ -1272,9 +1342,11 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
     extern __shared__ int32_t moe_mark[];
     __shared__ moe_decode_plan pl;
     __shared__ float partial[MOE_WARPS][MOE_NP][MOE_ROWS];
-    pk_pdl_wait(); /* ids, x */
+    pk_pdl_wait(); /* ids (route: the logits), x */
     pk_pdl_launch_dependents();
-    moe_decode_make_plan(pl, moe_mark, a, blockIdx.x == 0);
+    if (a.route)
+        moe_decode_route(pl, a, blockIdx.x == 0);
+    moe_decode_make_plan(pl, moe_mark, a, blockIdx.x == 0, a.route);
     constexpr int R = MOE_ROWS / 2;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     moe_gemv_args g = a.gu;
@@ -1316,6 +1388,7 @@ __device__ __forceinline__ void moe_prefetch_rows(const moe_gemv_args &g,
  * of its warps' items (they stream while gate_up finishes). Reading ids before the wait is safe:
  * they were written before the routing kernel completed, which every gate_up block waited for
  * before letting this kernel start; they are read through L2 (__ldcg), the point of coherence.
+ * With `route` the ids and weights are gate_up's (its block 0 wrote them): the plan waits.
  */
 template <bool BF16, bool VEC, int NPMAX>
 __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
@@ -1325,19 +1398,24 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
     __shared__ moe_decode_plan pl;
     __shared__ float partial[MOE_WARPS][MOE_NP][MOE_ROWS];
     __shared__ float sums[MOE_DECODE_MAX_PAIRS][MOE_DOWN_ROWS];
-    moe_decode_make_plan(pl, moe_mark, a, false);
     constexpr int R = MOE_ROWS, GROUPS = MOE_DOWN_ROWS / R;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     moe_gemv_args g = a.dn;
     g.order = pl.list;
-    const int items = pl.n_u * GROUPS;
-    for (int i = warp; i < items && i < MOE_DOWN_PREFETCH * MOE_WARPS; i += MOE_WARPS) {
-        const int64_t o0 = (int64_t)blockIdx.x * MOE_DOWN_ROWS + (i % GROUPS) * R;
-        if (o0 < g.n_out)
-            moe_prefetch_rows<BF16>(g, pl, i / GROUPS, o0, lane);
+    if (!a.route) { /* route: the ids are gate_up's, readable once it has completed */
+        moe_decode_make_plan(pl, moe_mark, a, false);
+        for (int i = warp; i < pl.n_u * GROUPS && i < MOE_DOWN_PREFETCH * MOE_WARPS;
+             i += MOE_WARPS) {
+            const int64_t o0 = (int64_t)blockIdx.x * MOE_DOWN_ROWS + (i % GROUPS) * R;
+            if (o0 < g.n_out)
+                moe_prefetch_rows<BF16>(g, pl, i / GROUPS, o0, lane);
+        }
     }
     pk_pdl_wait(); /* act; out may still be read by nothing earlier once this returns */
     pk_pdl_launch_dependents();
+    if (a.route)
+        moe_decode_make_plan(pl, moe_mark, a, false);
+    const int items = pl.n_u * GROUPS;
     for (int64_t b = blockIdx.x; b * MOE_DOWN_ROWS < g.n_out; b += gridDim.x) {
         const int64_t r0 = b * MOE_DOWN_ROWS;
         for (int i = warp; i < items; i += MOE_WARPS) {
@@ -1444,6 +1522,10 @@ static pio_status run_experts_decode(pk_context *ctx, const char *op, const moe_
     a.is = c.ids->stride;
     a.weights = (const float *)c.weights->data;
     a.ws = c.weights->stride;
+    a.route = c.logits != NULL;
+    a.logits = a.route ? (const float *)c.logits->data : NULL;
+    a.ls = a.route ? c.logits->stride : 0;
+    a.normalize = c.normalize;
     a.T = (int)c.T;
     a.k = (int)c.k;
     a.n_pairs = (int)n_pairs;
@@ -1633,7 +1715,7 @@ static pio_status run_experts(pk_context *ctx, const char *op, const pk_tensor *
     if (status != PIO_OK || out->rows == 0 || out->cols == 0)
         return status;
     moe_call c = {out, x, gate_up, down, ids, weights, out->rows, ids->cols, out->cols,
-                  down->cols, E, first, n_local, out->rows * ids->cols, accumulate};
+                  down->cols, E, first, n_local, out->rows * ids->cols, accumulate, NULL, false};
     if (n_local > MOE_MAX_EXPERTS || c.n_pairs > INT32_MAX)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED,
                              "%s: the cuda backend handles up to %lld experts and 2^31 token "
@@ -1662,4 +1744,27 @@ pio_status pk_cuda_moe_experts_slice(pk_context *ctx, const pk_tensor *out, cons
 {
     return run_experts(ctx, "pk_moe_experts_slice", out, x, gate_up, down, ids, weights,
                        n_experts, first, n_local, accumulate != 0, err);
+}
+
+/* pk_moe_topk_experts: routed inside the decode kernels where the decode path takes the call
+ * and every token has a warp of the plan (T <= MOE_WARPS; E and k within the register routing);
+ * otherwise the routing kernel and then the experts. */
+pio_status pk_cuda_moe_topk_experts(pk_context *ctx, const pk_tensor *out, const pk_tensor *x,
+                                    const pk_tensor *logits, const pk_tensor *gate_up,
+                                    const pk_tensor *down, const pk_tensor *ids,
+                                    const pk_tensor *weights, int normalize, pio_error *err)
+{
+    static const char op[] = "pk_moe_topk_experts";
+    pio_status status = pk_cuda_enter(ctx, op, err);
+    if (status != PIO_OK || out->rows == 0 || out->cols == 0)
+        return status;
+    const int64_t E = logits->cols;
+    moe_call c = {out, x, gate_up, down, ids, weights, out->rows, ids->cols, out->cols,
+                  down->cols, E, 0, E, out->rows * ids->cols, true, logits, normalize != 0};
+    if (c.T <= MOE_WARPS && E <= 32 * MOE_TOPK_REGS && c.k <= 32 && E <= MOE_MAX_EXPERTS &&
+        !moe_gemm_fits(c) && moe_decode_fits(c))
+        return run_experts_decode(ctx, op, c, err);
+    if ((status = pk_cuda_moe_topk_softmax(ctx, ids, weights, logits, normalize, err)))
+        return status;
+    return pk_cuda_moe_experts(ctx, out, x, gate_up, down, ids, weights, E, err);
 }

@@ -1,6 +1,7 @@
 /*
  * The mixture-of-experts ops of the CUDA backend (kernels/cuda/cuda_moe.cu) against their CPU
- * twins: pk_moe_topk_softmax, and pk_moe_experts / pk_moe_experts_slice on its three paths —
+ * twins: pk_moe_topk_softmax, pk_moe_topk_experts (routing inside the decode kernels), and
+ * pk_moe_experts / pk_moe_experts_slice on its three paths —
  * the decode kernels (T·k <= 256, two launches, fp32), the general GEMV kernels (fp32, the
  * fallback at any T) and the grouped tensor-core GEMM (prefill and batches: x and the SwiGLU
  * activations rounded to bf16). Run by `make test-gpu` on a machine with a GPU; not part of
@@ -106,6 +107,22 @@ static const int64_t MOE_TOP_K[] = {1, 3, 8};
  * that 1-2 ulp of expf could flip); the last row is on a grid of 1/64 (few ties). ids must
  * match exactly,
  * weights within TOL_F32; outputs start NaN (weights) or -999 (ids). */
+/* Router logits of t tokens and e experts on those grids (see the comment above). */
+static pair grid_logits(int64_t t, int64_t e)
+{
+    pair logits = make_pair(PIO_DTYPE_F32, t, e, 1, FILL_UNIFORM, -4.0f, 4.0f);
+    for (int64_t r = 0; r < t; r++) {
+        float *row = (float *)logits.h.data + r * logits.h.stride;
+        float grid = r == t - 1 && t > 1 ? 64.0f : 4.0f;
+        for (int64_t i = 0; i < e; i++)
+            row[i] = roundf(row[i] * grid) / grid;
+        if (r == 0) /* the largest value tied at both ends of the row */
+            row[0] = row[e - 1] = 5.0f;
+    }
+    upload(&logits);
+    return logits;
+}
+
 static void test_moe_topk_softmax(void **state)
 {
     (void)state;
@@ -121,16 +138,7 @@ static void test_moe_topk_softmax(void **state)
                     int64_t t = MOE_TOKENS[a], e = experts[b], k = top_k[c];
                     if (k > e)
                         continue;
-                    pair logits = make_pair(PIO_DTYPE_F32, t, e, 1, FILL_UNIFORM, -4.0f, 4.0f);
-                    for (int64_t r = 0; r < t; r++) {
-                        float *row = (float *)logits.h.data + r * logits.h.stride;
-                        float grid = r == t - 1 && t > 1 ? 64.0f : 4.0f;
-                        for (int64_t i = 0; i < e; i++)
-                            row[i] = roundf(row[i] * grid) / grid;
-                        if (r == 0) /* the largest value tied at both ends of the row */
-                            row[0] = row[e - 1] = 5.0f;
-                    }
-                    upload(&logits);
+                    pair logits = grid_logits(t, e);
                     pair ids = make_pair(PIO_DTYPE_I32, t, k, 1, FILL_ZERO, -999, -999);
                     pair weights = nan_pair(PIO_DTYPE_F32, t, k, 2);
                     void *ids_before = snapshot(&ids), *w_before = snapshot(&weights);
@@ -529,7 +537,24 @@ static void test_moe_gemm_deterministic_and_batch_independent(void **state)
 
 /* Routing and the experts on `path` recorded as a graph replay what running them directly gives,
  * bit for bit, with whatever logits and x hold at replay (the routing changes every time). */
-static void check_graph_replay(moe_path path, int64_t T)
+/* Routing then experts on the GPU: the two ops, or pk_moe_topk_experts (fused). */
+static void gpu_route_and_experts(int fused, const pair *out, const pair *x, const pair *logits,
+                                  const pair *gate_up, const pair *down, const pair *ids,
+                                  const pair *weights, const char *what)
+{
+    pio_error err;
+    if (fused) {
+        expect_ok(pk_moe_topk_experts(gpu_ctx, &out->d, &x->d, &logits->d, &gate_up->d, &down->d,
+                                      &ids->d, &weights->d, 1, &err), &err, what);
+        return;
+    }
+    expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids->d, &weights->d, &logits->d, 1, &err), &err,
+              what);
+    expect_ok(pk_moe_experts(gpu_ctx, &out->d, &x->d, &gate_up->d, &down->d, &ids->d,
+                             &weights->d, logits->h.cols, &err), &err, what);
+}
+
+static void check_graph_replay(moe_path path, int64_t T, int fused)
 {
     const int64_t E = 128, K = 8, H = 256, F = 128;
     pio_error err;
@@ -543,16 +568,11 @@ static void check_graph_replay(moe_path path, int64_t T)
     pair out = make_pair(PIO_DTYPE_F32, T, H, 0, FILL_ZERO, 0.0f, 0.0f);
     pair direct = make_pair(PIO_DTYPE_F32, T, H, 0, FILL_ZERO, 0.0f, 0.0f);
     /* Warm-up of the shape: the workspace grows before the recording, not during it. */
-    expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids.d, &weights.d, &logits.d, 1, &err), &err, "r");
-    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids.d, &weights.d, E,
-                             &err), &err, "warm-up");
+    gpu_route_and_experts(fused, &out, &x, &logits, &gate_up, &down, &ids, &weights, "warm-up");
     sync_gpu("warm-up");
     pk_graph *graph = NULL;
     expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "pk_graph_begin");
-    expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids.d, &weights.d, &logits.d, 1, &err), &err,
-              "recorded routing");
-    expect_ok(pk_moe_experts(gpu_ctx, &out.d, &x.d, &gate_up.d, &down.d, &ids.d, &weights.d, E,
-                             &err), &err, "recorded experts");
+    gpu_route_and_experts(fused, &out, &x, &logits, &gate_up, &down, &ids, &weights, "recorded");
     expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "pk_graph_end");
     assert_non_null(graph);
     for (int rep = 0; rep < 3; rep++) {
@@ -566,10 +586,8 @@ static void check_graph_replay(moe_path path, int64_t T)
         expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "pk_graph_launch");
         download(&out);
         upload(&direct);
-        expect_ok(pk_moe_topk_softmax(gpu_ctx, &ids.d, &weights.d, &logits.d, 1, &err), &err,
-                  "direct routing");
-        expect_ok(pk_moe_experts(gpu_ctx, &direct.d, &x.d, &gate_up.d, &down.d, &ids.d,
-                                 &weights.d, E, &err), &err, "direct experts");
+        gpu_route_and_experts(fused, &direct, &x, &logits, &gate_up, &down, &ids, &weights,
+                              "direct");
         download(&direct);
         assert_memory_equal(out.got, direct.got, out.span_bytes);
     }
@@ -579,7 +597,7 @@ static void check_graph_replay(moe_path path, int64_t T)
 static void test_moe_gemm_graph_replay(void **state)
 {
     (void)state;
-    check_graph_replay(GEMM_PATH, 256);
+    check_graph_replay(GEMM_PATH, 256, 0);
 }
 
 /* Bad ids on `path` (T tokens, E = 12, k = 2) are reported, their pairs dropped, and every other
@@ -755,8 +773,10 @@ static void test_moe_decode_deterministic_and_batch_independent(void **state)
 static void test_moe_decode_graph_replay(void **state)
 {
     (void)state;
-    check_graph_replay(DECODE_PATH, 1);
-    check_graph_replay(DECODE_PATH, 16);
+    check_graph_replay(DECODE_PATH, 1, 0);
+    check_graph_replay(DECODE_PATH, 16, 0);
+    check_graph_replay(DECODE_PATH, 1, 1); /* routed inside the decode kernels */
+    check_graph_replay(DECODE_PATH, 8, 1);
 }
 
 /* The same on the decode path (5 tokens). */
@@ -764,6 +784,55 @@ static void test_moe_decode_bad_expert_id_is_reported(void **state)
 {
     (void)state;
     check_bad_expert_ids(DECODE_PATH, 5, 1, TOL_F32, "decode with bad ids");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Routing and experts in one call (pk_moe_topk_experts)                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * pk_moe_topk_experts against the CPU's (its two ops): ids exactly, routing weights and out
+ * within TOL_F32, on router logits with exact ties (the routing test's grids). Up to 8 tokens on
+ * the decode path the CUDA backend routes inside the experts kernels (E 128: four logits a
+ * lane, E 200: eight); 9 and 16 tokens, and E 300, run the routing kernel first. Qwen3-Coder's
+ * widths (H 2048, F 768) and unaligned ones (H 75, F 37).
+ */
+static void test_moe_topk_experts(void **state)
+{
+    (void)state;
+    static const struct { int64_t t, e, k, h, f; } cases[] = {
+        {1, 128, 8, 2048, 768}, {2, 128, 8, 2048, 768}, {8, 128, 8, 2048, 768},
+        {3, 200, 6, 75, 37},    {8, 12, 2, 75, 37},     {9, 128, 8, 256, 128},
+        {16, 128, 8, 256, 128}, {2, 300, 4, 75, 37},
+    };
+    pio_error err;
+    force_path(DEFAULT_PATH);
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        int64_t t = cases[c].t, e = cases[c].e, k = cases[c].k, h = cases[c].h, f = cases[c].f;
+        if (sanitizer && h > 256)
+            continue;
+        moe_world w = make_world(t, e, k, h, f, 0, 0, PIO_DTYPE_BF16);
+        pair logits = grid_logits(t, e);
+        for (int normalize = 0; normalize < 2; normalize++) {
+            pair ids = make_pair(PIO_DTYPE_I32, t, k, 1, FILL_ZERO, -999, -999);
+            pair weights = nan_pair(PIO_DTYPE_F32, t, k, 2);
+            void *ids_before = snapshot(&ids), *w_before = snapshot(&weights);
+            void *out_before = snapshot(&w.out);
+            expect_ok(pk_moe_topk_experts(gpu_ctx, &w.out.d, &w.x.d, &logits.d, &w.gate_up.d,
+                                          &w.down.d, &ids.d, &weights.d, normalize, &err),
+                      &err, "pk_moe_topk_experts (gpu)");
+            expect_ok(pk_moe_topk_experts(cpu_ctx, &w.out.h, &w.x.h, &logits.h, &w.gate_up.h,
+                                          &w.down.h, &ids.h, &weights.h, normalize, &err),
+                      &err, "pk_moe_topk_experts (cpu)");
+            char what[112];
+            snprintf(what, sizeof what, "pk_moe_topk_experts T=%lld E=%lld k=%lld H=%lld n=%d",
+                     (long long)t, (long long)e, (long long)k, (long long)h, normalize);
+            check_pair(what, &ids, NULL, 0.0, ids_before);
+            check_pair(what, &weights, NULL, TOL_F32, w_before);
+            check_pair_rows(what, &w.out, NULL, TOL_F32, out_before, NULL, 1);
+        }
+        release_all(NULL);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -873,6 +942,7 @@ int main(void)
                                   release_all),
         cmocka_unit_test_teardown(test_moe_decode_graph_replay, release_all),
         cmocka_unit_test_teardown(test_moe_decode_bad_expert_id_is_reported, release_all),
+        cmocka_unit_test_teardown(test_moe_topk_experts, release_all),
         cmocka_unit_test_teardown(test_moe_benchmark, release_all),
     };
     apply_test_filter();
