@@ -104,6 +104,43 @@ __global__ void rmsnorm_kernel(float *out, int64_t os, const float *x, int64_t x
     }
 }
 
+/* The same four elements at a time (16-byte aligned rows, width a multiple of 4, xb rows 8-byte
+ * aligned): one block per slice, each thread's float4s summed, then scaled and written. */
+__global__ void rmsnorm4_kernel(float *out, int64_t os, const float *x, int64_t xs,
+                                const void *__restrict__ w, bool bf16, int64_t rows,
+                                int64_t groups, int64_t width, float eps, uint16_t *xb,
+                                int64_t xbs)
+{
+    __shared__ float shared[33];
+    const int64_t width4 = width / 4;
+    for (int64_t item = blockIdx.x; item < rows * groups; item += gridDim.x) {
+        int64_t r = item / groups, g = item % groups;
+        const float4 *xr = (const float4 *)(x + r * xs + g * width);
+        float4 *o = (float4 *)(out + r * os + g * width);
+        float s = 0.0f;
+        for (int64_t i = threadIdx.x; i < width4; i += blockDim.x) {
+            const float4 v = xr[i];
+            s = fmaf(v.x, v.x, s);
+            s = fmaf(v.y, v.y, s);
+            s = fmaf(v.z, v.z, s);
+            s = fmaf(v.w, v.w, s);
+        }
+        s = pk_block_sum(s, shared);
+        float inv_rms = 1.0f / sqrtf(s / (float)width + eps);
+        /* out may be x: each element is read and written by the same thread */
+        for (int64_t i = threadIdx.x; i < width4; i += blockDim.x) {
+            const float4 v = xr[i];
+            const float4 n = make_float4((v.x * inv_rms) * pk_load(w, bf16, 4 * i),
+                                         (v.y * inv_rms) * pk_load(w, bf16, 4 * i + 1),
+                                         (v.z * inv_rms) * pk_load(w, bf16, 4 * i + 2),
+                                         (v.w * inv_rms) * pk_load(w, bf16, 4 * i + 3));
+            o[i] = n;
+            if (xb != NULL)
+                ((uint2 *)(xb + r * xbs + g * width))[i] = pk_bf16x4(n);
+        }
+    }
+}
+
 static pio_status launch_rmsnorm(pk_context *ctx, const char *op, const pk_tensor *out,
                                  const pk_tensor *x, const pk_tensor *weight,
                                  int64_t group_width, float eps, uint16_t *xb, int64_t xbs,
@@ -114,9 +151,17 @@ static pio_status launch_rmsnorm(pk_context *ctx, const char *op, const pk_tenso
         return status;
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     int64_t groups = out->cols / group_width;
-    rmsnorm_kernel<<<row_grid(out->rows * groups), row_threads(group_width), 0, st->stream>>>(
-        (float *)out->data, out->stride, (const float *)x->data, x->stride, weight->data,
-        pk_is_bf16(weight), out->rows, groups, group_width, eps, xb, xbs);
+    if (group_width % 4 == 0 && pk_rows_vec4(out) && pk_rows_vec4(x) &&
+        ((uintptr_t)xb & 7u) == 0 && xbs % 4 == 0)
+        rmsnorm4_kernel<<<row_grid(out->rows * groups), row_threads(group_width / 4), 0,
+                          st->stream>>>((float *)out->data, out->stride, (const float *)x->data,
+                                        x->stride, weight->data, pk_is_bf16(weight), out->rows,
+                                        groups, group_width, eps, xb, xbs);
+    else
+        rmsnorm_kernel<<<row_grid(out->rows * groups), row_threads(group_width), 0,
+                         st->stream>>>((float *)out->data, out->stride, (const float *)x->data,
+                                       x->stride, weight->data, pk_is_bf16(weight), out->rows,
+                                       groups, group_width, eps, xb, xbs);
     return pk_cuda_check_launch(ctx, op, err);
 }
 
@@ -459,6 +504,21 @@ __global__ void swiglu_kernel(float *out, int64_t os, const float *gate, int64_t
         }
 }
 
+/* The same four columns at a time (rows of 16-byte aligned float4s): prefill-sized calls move
+ * hundreds of MB, and scalar accesses keep too few bytes in flight to stream them. */
+__global__ void swiglu4_kernel(float *out, int64_t os, const float *gate, int64_t gs,
+                               const float *up, int64_t us, int64_t rows, int64_t cols4)
+{
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols4;
+             c += (int64_t)gridDim.x * blockDim.x) {
+            const float4 g = ((const float4 *)(gate + r * gs))[c];
+            const float4 u = ((const float4 *)(up + r * us))[c];
+            ((float4 *)(out + r * os))[c] = make_float4(pk_silu_mul(g.x, u.x), pk_silu_mul(g.y, u.y),
+                                                        pk_silu_mul(g.z, u.z), pk_silu_mul(g.w, u.w));
+        }
+}
+
 pio_status pk_cuda_swiglu(pk_context *ctx, const pk_tensor *out, const pk_tensor *gate,
                           const pk_tensor *up, pio_error *err)
 {
@@ -467,9 +527,14 @@ pio_status pk_cuda_swiglu(pk_context *ctx, const pk_tensor *out, const pk_tensor
     if (status != PIO_OK || out->rows == 0 || out->cols == 0)
         return status;
     pk_cuda_state *st = pk_cuda_state_of(ctx);
-    swiglu_kernel<<<grid_2d(out->rows, out->cols, 256), 256, 0, st->stream>>>(
-        (float *)out->data, out->stride, (const float *)gate->data, gate->stride,
-        (const float *)up->data, up->stride, out->rows, out->cols);
+    if (out->cols % 4 == 0 && pk_rows_vec4(out) && pk_rows_vec4(gate) && pk_rows_vec4(up))
+        swiglu4_kernel<<<grid_2d(out->rows, out->cols / 4, 256), 256, 0, st->stream>>>(
+            (float *)out->data, out->stride, (const float *)gate->data, gate->stride,
+            (const float *)up->data, up->stride, out->rows, out->cols / 4);
+    else
+        swiglu_kernel<<<grid_2d(out->rows, out->cols, 256), 256, 0, st->stream>>>(
+            (float *)out->data, out->stride, (const float *)gate->data, gate->stride,
+            (const float *)up->data, up->stride, out->rows, out->cols);
     return pk_cuda_check_launch(ctx, op, err);
 }
 

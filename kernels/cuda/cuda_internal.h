@@ -266,6 +266,13 @@ __device__ __forceinline__ uint16_t pk_f32_to_bf16(float value)
     return (uint16_t)((bits + rounding) >> 16);
 }
 
+/* Four floats rounded to bf16 (as pk_f32_to_bf16), packed for one 8-byte store. */
+__device__ __forceinline__ uint2 pk_bf16x4(float4 v)
+{
+    return make_uint2((uint32_t)pk_f32_to_bf16(v.x) | (uint32_t)pk_f32_to_bf16(v.y) << 16,
+                      (uint32_t)pk_f32_to_bf16(v.z) | (uint32_t)pk_f32_to_bf16(v.w) << 16);
+}
+
 /* Element i of a row stored as BF16 (is_bf16) or F32. */
 __device__ __forceinline__ float pk_load(const void *row, bool is_bf16, int64_t i)
 {
@@ -609,6 +616,18 @@ __device__ __forceinline__ void pk_head_norm_rope(float (&v)[E], const float (&w
 static inline bool pk_is_bf16(const pk_tensor *t)
 {
     return t->dtype == PIO_DTYPE_BF16;
+}
+
+static inline bool pk_aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15u) == 0;
+}
+
+/* Whether an F32 tensor's rows can be read and written as float4: 16-byte aligned data and a
+ * row stride of a multiple of 4 elements (the columns are the caller's to check). */
+static inline bool pk_rows_vec4(const pk_tensor *t)
+{
+    return pk_aligned16(t->data) && t->stride % 4 == 0;
 }
 
 static inline unsigned pk_blocks_for(int64_t n, int threads, int64_t cap)

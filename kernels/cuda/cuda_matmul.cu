@@ -352,11 +352,6 @@ static gemv_args make_gemv_args(const pk_tensor *y, const pk_tensor *x, const pk
     return a;
 }
 
-static bool aligned16(const void *p)
-{
-    return ((uintptr_t)p & 15u) == 0;
-}
-
 /* Rows of x in chunks of GEMV_MAX_M (one chunk for decode); the first launch error, or
  * cudaSuccess. */
 static cudaError_t run_gemv(pk_cuda_state *st, const pk_tensor *y, const pk_tensor *x,
@@ -364,7 +359,7 @@ static cudaError_t run_gemv(pk_cuda_state *st, const pk_tensor *y, const pk_tens
 {
     bool bf16 = pk_is_bf16(w);
     int64_t per16 = bf16 ? 8 : 4;
-    bool vec = aligned16(w->data) && w->stride % per16 == 0 && aligned16(x->data) &&
+    bool vec = pk_aligned16(w->data) && w->stride % per16 == 0 && pk_aligned16(x->data) &&
                x->stride % 4 == 0;
     cudaError_t e = cudaSuccess;
     for (int64_t m0 = 0; m0 < y->rows && e == cudaSuccess; m0 += GEMV_MAX_M) {
@@ -532,6 +527,18 @@ __global__ void f32_to_bf16_rows(uint16_t *__restrict__ xb, int64_t ld,
             xb[r * ld + c] = pk_f32_to_bf16(x[r * xs + c]);
 }
 
+/* The same four columns at a time (x rows as float4, ld and xs in elements, multiples of 4):
+ * a prefill's operands are tens of MB, and scalar accesses reach about a third of HBM's rate. */
+__global__ void f32_to_bf16_rows4(uint16_t *__restrict__ xb, int64_t ld,
+                                  const float *__restrict__ x, int64_t xs, int64_t rows,
+                                  int64_t cols4)
+{
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols4;
+             c += (int64_t)gridDim.x * blockDim.x)
+            ((uint2 *)(xb + r * ld))[c] = pk_bf16x4(((const float4 *)(x + r * xs))[c]);
+}
+
 /* The bf16 operand of a cuBLASLt product of M rows of K: scratch of M rows padded to 16
  * bytes (*ld elements apart). */
 static pio_status bf16_operand(pk_context *ctx, int64_t M, int64_t K, const char *op,
@@ -617,9 +624,13 @@ pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *
     int64_t ld = 0;
     if ((status = bf16_operand(ctx, M, K, op, &xb, &ld, err)) != PIO_OK)
         return status;
-    dim3 grid(pk_blocks_for(K, 256, 64), (unsigned)(M < 65535 ? M : 65535));
-    f32_to_bf16_rows<<<grid, 256, 0, st->stream>>>(xb, ld, (const float *)x->data, x->stride, M,
-                                                    K);
+    const unsigned rows = (unsigned)(M < 65535 ? M : 65535);
+    if (pk_rows_vec4(x) && K % 4 == 0) /* ld is a multiple of 8 */
+        f32_to_bf16_rows4<<<dim3(pk_blocks_for(K / 4, 256, 64), rows), 256, 0, st->stream>>>(
+            xb, ld, (const float *)x->data, x->stride, M, K / 4);
+    else
+        f32_to_bf16_rows<<<dim3(pk_blocks_for(K, 256, 64), rows), 256, 0, st->stream>>>(
+            xb, ld, (const float *)x->data, x->stride, M, K);
     if ((status = pk_cuda_check_launch(ctx, op, err)) != PIO_OK)
         return status;
     return lt_matmul(ctx, op, y, x, xb, ld, w, accumulate, err);
@@ -640,8 +651,8 @@ static bool fused_norm_gemv_fits(const pk_cuda_state *st, const pk_tensor *out,
     int64_t per16 = pk_is_bf16(w) ? 8 : 4;
     if (M < 1 || M > 2 || M > st->gemv_max_m || K == 0 || y->cols == 0)
         return false;
-    if (!aligned16(w->data) || w->stride % per16 != 0 || !aligned16(x->data) ||
-        x->stride % 4 != 0 || !aligned16(norm_weight->data))
+    if (!pk_aligned16(w->data) || w->stride % per16 != 0 || !pk_aligned16(x->data) ||
+        x->stride % 4 != 0 || !pk_aligned16(norm_weight->data))
         return false;
     if (out != NULL)
         return y->cols % 2 == 0;

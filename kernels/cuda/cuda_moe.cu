@@ -1014,11 +1014,6 @@ static pio_status carve_scratch(pk_context *ctx, const char *op, scratch_part *p
     return status;
 }
 
-static bool aligned16(const void *p)
-{
-    return ((uintptr_t)p & 15u) == 0;
-}
-
 /* Warps per row group, as the GEMV kernel chooses them: enough warps in all for
  * MOE_WARPS_PER_SM per SM, as long as every split keeps at least two 16-byte steps of each row.
  * Counted for min(n_local, k) experts (a decode step's) whatever T is: a function of the shapes
@@ -1137,8 +1132,8 @@ static pio_status run_experts_gemv(pk_context *ctx, const char *op, const moe_ca
     gu.offsets = offsets;
     gu.active = active;
     gu.order = order;
-    bool gu_vec = aligned16(c.gate_up->data) && c.gate_up->stride % (gu_bf16 ? 8 : 4) == 0 &&
-                  aligned16(c.x->data) && c.x->stride % 4 == 0;
+    bool gu_vec = pk_aligned16(c.gate_up->data) && c.gate_up->stride % (gu_bf16 ? 8 : 4) == 0 &&
+                  pk_aligned16(c.x->data) && c.x->stride % 4 == 0;
     launch_moe_gemv<2>(gu, gu_bf16, gu_vec, one_pair, slots, experts, st);
 
     moe_gemv_args dn = gu;
@@ -1153,7 +1148,7 @@ static pio_status run_experts_gemv(pk_context *ctx, const char *op, const moe_ca
     dn.in_div = 1;
     dn.out = pair_out;
     dn.out_stride = H;
-    bool down_vec = aligned16(c.down->data) && c.down->stride % (down_bf16 ? 8 : 4) == 0;
+    bool down_vec = pk_aligned16(c.down->data) && c.down->stride % (down_bf16 ? 8 : 4) == 0;
     launch_moe_gemv<1>(dn, down_bf16, down_vec, one_pair, slots, experts, st);
 
     launch_moe_reduce(c, pair_out, H, st);
@@ -1560,9 +1555,9 @@ static pio_status run_experts_decode(pk_context *ctx, const char *op, const moe_
     dn.in_stride = act_stride;
     dn.in_div = 1;
     dn.out = NULL; /* the down kernel keeps its sums in shared memory */
-    const bool gu_vec = aligned16(c.gate_up->data) && c.gate_up->stride % (gu_bf16 ? 8 : 4) == 0 &&
-                        aligned16(c.x->data) && c.x->stride % 4 == 0;
-    const bool down_vec = aligned16(c.down->data) && c.down->stride % (down_bf16 ? 8 : 4) == 0;
+    const bool gu_vec = pk_aligned16(c.gate_up->data) && c.gate_up->stride % (gu_bf16 ? 8 : 4) == 0 &&
+                        pk_aligned16(c.x->data) && c.x->stride % 4 == 0;
+    const bool down_vec = pk_aligned16(c.down->data) && c.down->stride % (down_bf16 ? 8 : 4) == 0;
     const bool one_pair = moe_decode_one_pair(c);
     const int64_t u_max = c.n_local < n_pairs ? c.n_local : n_pairs;
     const int64_t resident = (int64_t)st->sm_count * (one_pair ? 3 : 2);
@@ -1596,8 +1591,8 @@ static int64_t moe_gemm_min_tokens(void)
 static bool moe_gemm_fits(const moe_call &c)
 {
     return c.T >= moe_gemm_min_tokens() && pk_is_bf16(c.gate_up) && pk_is_bf16(c.down) &&
-           aligned16(c.gate_up->data) && c.gate_up->stride % 8 == 0 &&
-           aligned16(c.down->data) && c.down->stride % 8 == 0 &&
+           pk_aligned16(c.gate_up->data) && c.gate_up->stride % 8 == 0 &&
+           pk_aligned16(c.down->data) && c.down->stride % 8 == 0 &&
            c.n_pairs / GG_BM + c.n_local < INT32_MAX;
 }
 
