@@ -257,6 +257,7 @@ pio_status pk_cuda_rope(pk_context *ctx, const pk_tensor *out, const pk_tensor *
 /* ------------------------------------------------------------------------------------------ */
 
 static constexpr int QK_NORM_WARPS = 8;
+static constexpr int64_t QK_NORM_MANY_TOKENS = 64; /* above: several heads a warp (prefill) */
 
 struct qk_norm_rope_args {
     float *q, *k;
@@ -359,61 +360,95 @@ __global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_kernel(qk_nor
     }
 }
 
+/* Head `head` of token t held in registers (lane l: elements l + 32j) by qk_norm_rope_lanes_kernel:
+ * a value head is stored as it is; a q or k head is normalised and rotated (c, sn: the
+ * token's angles) and written back, a k head also to its cache slot (slot < 0: not stored). */
+template <int E>
+__device__ __forceinline__ void qk_norm_rope_lanes_head(const qk_norm_rope_args &a, int64_t t,
+                                                        int head, int64_t slot,
+                                                        const float (&c)[E / 2],
+                                                        const float (&sn)[E / 2], float (&v)[E])
+{
+    const int lane = threadIdx.x & 31, hd = E * 32;
+    const bool is_q = head < a.n_q, is_v = head >= a.n_q + a.n_kv;
+    if (is_v) {
+        if (slot >= 0) {
+            const int vh = head - a.n_q - a.n_kv;
+            void *dst = (char *)a.v_cache + (size_t)(slot * a.vcs) * (a.v_bf16 ? 2 : 4);
+#pragma unroll
+            for (int j = 0; j < E; j++)
+                pk_store(dst, a.v_bf16, (int64_t)vh * hd + lane + 32 * j, v[j]);
+        }
+        return;
+    }
+    const int kh = head - a.n_q;
+    float wr[E];
+    pk_head_norm_weights(is_q ? a.q_norm : a.k_norm, is_q ? a.q_norm_bf16 : a.k_norm_bf16, wr);
+    pk_head_norm_rope(v, wr, a.eps, c, sn);
+    float *x = is_q ? a.q + t * a.qs + (int64_t)head * hd : a.k + t * a.ks + (int64_t)kh * hd;
+    void *k_row = !is_q && slot >= 0
+                      ? (char *)a.k_cache + (size_t)(slot * a.kcs) * (a.k_bf16 ? 2 : 4)
+                      : NULL;
+#pragma unroll
+    for (int j = 0; j < E; j++) {
+        x[lane + 32 * j] = v[j];
+        if (k_row != NULL)
+            pk_store(k_row, a.k_bf16, (int64_t)kh * hd + lane + 32 * j, v[j]);
+    }
+}
+
 /*
  * The same for the common shape, in registers: NEOX rotation of whole heads whose width is a
- * multiple of 64, a warp per head (pk_head_norm_rope: no shared memory, no block barrier, only
- * its own angles). The head's values are loaded before the token's position and cache slot are
- * looked up, so the two latencies overlap. Same expressions as qk_norm_rope_head. Grid and reporting as qk_norm_rope_kernel. Launched as a
+ * multiple of 64 (pk_head_norm_rope: no shared memory, no block barrier). A warp takes HPW
+ * consecutive heads of a token: their values are all loaded first, then the token's position
+ * and cache slot are looked up and its angles computed once, so the latencies overlap. Decode
+ * launches HPW = 1 (the heads are the parallelism); prefill HPW = 4, which keeps four times the
+ * loads in flight and looks a token up once per warp instead of once per head. Same
+ * expressions as qk_norm_rope_head; reporting as qk_norm_rope_kernel. Launched as a
  * programmatic dependent of the projection before it (it waits for it first thing), and lets
  * the attention after it launch early.
  */
-template <int E>
-__global__ void __launch_bounds__(QK_NORM_WARPS * 32) qk_norm_rope_lanes_kernel(qk_norm_rope_args a)
+template <int E, int HPW>
+__global__ void __launch_bounds__(QK_NORM_WARPS * 32, HPW > 1 ? 4 : 1)
+    qk_norm_rope_lanes_kernel(qk_norm_rope_args a)
 {
     const int lane = threadIdx.x & 31;
-    const int head = blockIdx.y * QK_NORM_WARPS + (threadIdx.x >> 5);
-    const int heads = a.n_q + a.n_kv + (a.v_cache != NULL ? a.n_kv : 0);
+    const int first = (blockIdx.y * QK_NORM_WARPS + (threadIdx.x >> 5)) * HPW;
+    const int heads = a.n_q + a.n_kv + (a.v_cache != NULL ? a.n_kv : 0), hd = E * 32;
     pk_pdl_wait(); /* q, k, v: the projection before */
     pk_pdl_launch_dependents();
-    if (head >= heads)
+    if (first >= heads)
         return; /* no barriers below */
-    const bool is_v = head >= a.n_q + a.n_kv, is_q = head < a.n_q;
-    const int kh = head - a.n_q, vh = head - a.n_q - a.n_kv, hd = E * 32;
+    const int n = min(HPW, heads - first);
     for (int64_t t = blockIdx.x; t < a.T; t += gridDim.x) {
-        float *x = is_q ? a.q + t * a.qs + (int64_t)head * hd : a.k + t * a.ks + (int64_t)kh * hd;
-        const float *src = is_v ? a.v + t * a.vs + (int64_t)vh * hd : x;
-        float v[E];
+        float v[HPW][E];
 #pragma unroll
-        for (int j = 0; j < E; j++)
-            v[j] = src[lane + 32 * j];
+        for (int h = 0; h < HPW; h++) {
+            const int head = first + h;
+            if (h >= n)
+                break;
+            const float *src = head < a.n_q ? a.q + t * a.qs + (int64_t)head * hd
+                               : head < a.n_q + a.n_kv
+                                   ? a.k + t * a.ks + (int64_t)(head - a.n_q) * hd
+                                   : a.v + t * a.vs + (int64_t)(head - a.n_q - a.n_kv) * hd;
+#pragma unroll
+            for (int j = 0; j < E; j++)
+                v[h][j] = src[lane + 32 * j];
+        }
         int64_t pos;
         const int32_t *table;
         bool ok = token_ok(a.b, t, PK_CUDA_OP_KV_STORE, a.info,
-                           lane == 0 && head == 0 && blockIdx.y == 0, &pos, &table);
+                           lane == 0 && first == 0 && blockIdx.y == 0, &pos, &table);
         int64_t slot = ok ? slot_of(a.b, table, (int)pos) : -1;
-        if (is_v) { /* a value head: stored as it is */
-            if (slot >= 0) {
-                void *dst = (char *)a.v_cache + (size_t)(slot * a.vcs) * (a.v_bf16 ? 2 : 4);
+        float c[E / 2], sn[E / 2];
+        if (first < a.n_q + a.n_kv)
+            pk_rope_cos_sin<E>((float)a.b.positions[t], a.f, c, sn);
 #pragma unroll
-                for (int j = 0; j < E; j++)
-                    pk_store(dst, a.v_bf16, (int64_t)vh * hd + lane + 32 * j, v[j]);
-            }
-            continue;
-        }
-        const void *w = is_q ? a.q_norm : a.k_norm;
-        bool w_bf16 = is_q ? a.q_norm_bf16 : a.k_norm_bf16;
-        float wr[E], c[E / 2], sn[E / 2];
-        pk_head_norm_weights(w, w_bf16, wr);
-        pk_rope_cos_sin<E>((float)a.b.positions[t], a.f, c, sn);
-        pk_head_norm_rope(v, wr, a.eps, c, sn);
-        void *k_row = !is_q && slot >= 0 ? (char *)a.k_cache + (size_t)(slot * a.kcs) *
-                                                                   (a.k_bf16 ? 2 : 4)
-                                         : NULL;
-#pragma unroll
-        for (int j = 0; j < E; j++) {
-            x[lane + 32 * j] = v[j];
-            if (k_row != NULL)
-                pk_store(k_row, a.k_bf16, (int64_t)kh * hd + lane + 32 * j, v[j]);
+        for (int h = 0; h < HPW; h++) {
+            const int head = first + h;
+            if (h >= n)
+                break;
+            qk_norm_rope_lanes_head<E>(a, t, head, slot, c, sn, v[h]);
         }
     }
 }
@@ -471,17 +506,23 @@ pio_status pk_cuda_qk_norm_rope_store(pk_context *ctx, const pk_tensor *q, const
         (void)cudaFuncSetAttribute(qk_norm_rope_kernel,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     int heads = a.n_q + a.n_kv + (v != NULL ? a.n_kv : 0);
-    dim3 grid((unsigned)(q->rows < 65535 ? q->rows : 65535),
-              (unsigned)((heads + QK_NORM_WARPS - 1) / QK_NORM_WARPS));
+    unsigned rows = (unsigned)(q->rows < 65535 ? q->rows : 65535);
     bool lanes = !a.interleaved && a.offset == 0 && a.rotary_dim == a.head_dim;
+    /* heads per warp of the lanes kernel: 1 for decode-sized batches; for prefill 16 values a
+     * lane (4 heads of 128, 2 of 256) */
+    int hpw = !lanes || q->rows <= QK_NORM_MANY_TOKENS ? 1 : a.head_dim == 256 ? 2 : 4;
     dim3 threads(QK_NORM_WARPS * 32);
+    dim3 grid(rows, (unsigned)((heads + hpw * QK_NORM_WARPS - 1) / (hpw * QK_NORM_WARPS)));
     cudaError_t e = cudaSuccess;
     if (lanes && a.head_dim == 64)
-        e = pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<2>, grid, threads, 0, a);
+        e = hpw > 1 ? pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<2, 4>, grid, threads, 0, a)
+                    : pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<2, 1>, grid, threads, 0, a);
     else if (lanes && a.head_dim == 128)
-        e = pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<4>, grid, threads, 0, a);
+        e = hpw > 1 ? pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<4, 4>, grid, threads, 0, a)
+                    : pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<4, 1>, grid, threads, 0, a);
     else if (lanes && a.head_dim == 256)
-        e = pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<8>, grid, threads, 0, a);
+        e = hpw > 1 ? pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<8, 2>, grid, threads, 0, a)
+                    : pk_cuda_launch_pdl(st, qk_norm_rope_lanes_kernel<8, 1>, grid, threads, 0, a);
     else
         qk_norm_rope_kernel<<<grid, threads, smem, st->stream>>>(a);
     if (e != cudaSuccess)

@@ -1127,20 +1127,25 @@ static void test_qk_norm_rope_store(void **state)
         {4, 2, 256, 256, 16, PIO_DTYPE_BF16, 0},
         {4, 2, 96, 96, 16, PIO_DTYPE_F32, 0}, /* not a multiple of 64: the shared-memory kernel */
     };
-    /* NEOX over whole heads (the register kernel for widths 64/128/256), then interleaved and
-     * a partial rotary range (the general kernel). */
-    static const struct { pk_rope_layout layout; int rotary_num, rotary_den; } ropes[] = {
-        {PK_ROPE_NEOX, 1, 1}, {PK_ROPE_INTERLEAVED, 1, 1}, {PK_ROPE_NEOX, 1, 2}};
+    /* NEOX over whole heads (the register kernel for widths 64/128/256: every third position,
+     * 45 tokens, a head per warp; every position, 132 tokens, several heads per warp), then
+     * interleaved and a partial rotary range (the general kernel). */
+    static const struct { pk_rope_layout layout; int rotary_num, rotary_den, step; } ropes[] = {
+        {PK_ROPE_NEOX, 1, 1, 3},
+        {PK_ROPE_NEOX, 1, 1, 1},
+        {PK_ROPE_INTERLEAVED, 1, 1, 3},
+        {PK_ROPE_NEOX, 1, 2, 3}};
+    enum { N_ROPES = sizeof ropes / sizeof *ropes };
     pio_error err;
-    for (size_t ci = 0; ci < sizeof cases / sizeof *cases * 3; ci++) {
-        size_t i = ci / 3, ri = ci % 3;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases * N_ROPES; ci++) {
+        size_t i = ci / N_ROPES, ri = ci % N_ROPES;
         const attention_case *c = &cases[i];
         attn_world w;
         make_world(&w, c);
         pk_attention_params p = params_of(c);
         token_list tl = {.n = 0};
         for (int s = 0; s < N_SEQS; s++)
-            for (int32_t j = 0; j < plan_cached[s] + plan_fresh[s]; j += 3) {
+            for (int32_t j = 0; j < plan_cached[s] + plan_fresh[s]; j += ropes[ri].step) {
                 tl.seq[tl.n] = s;
                 tl.pos[tl.n++] = j;
             }
