@@ -59,7 +59,8 @@
  *      K and V planes, head_dim = v_head_dim in {64, 128}, a group size dividing 128. Rows are
  *      (token, query head of the group) pairs, t·group + g, so a block of TC_ROWS = 128 rows
  *      holds 128 / group consecutive tokens with all their query heads of one kv head: each K/V
- *      tile it loads serves 128 rows. Grid (row tiles, kv heads), 8 warps of 16 rows, two
+ *      tile it loads serves 128 rows. A 1-D grid of (row tile, kv head) blocks, the longest
+ *      tiles of every head first (balance under the causal mask), 8 warps of 16 rows, two
  *      blocks an SM (128 registers: the warps' Q fragments are re-read from shared memory at
  *      every tile instead of held). A block
  *      first checks on the device that its tokens are valid, share one sequence and that
@@ -744,6 +745,7 @@ struct tc_args {
     batch_view b;
     int64_t T;
     int group, tile_tokens; /* tile_tokens = TC_ROWS / group */
+    unsigned n_tiles, n_kv; /* row tiles, kv heads: the grid is their product */
     float scale_log2;
     int *tile_done;         /* [row tiles]: 1 where this kernel wrote the tile's outputs */
 };
@@ -876,9 +878,14 @@ __device__ __forceinline__ void tc_load_tile(const tc_args &a, const int32_t *ta
 }
 
 /*
- * Grid (row tiles, kv heads), TC_THREADS threads. Row r of tile i is token
- * i·tile_tokens + r / group, query head kvh·group + r % group. Warp w owns rows 16w..16w+15:
- * lane holds rows 16w + lane/4 ("a") and +8 ("b") of every accumulator fragment.
+ * A 1-D grid of (row tile, kv head) blocks, TC_THREADS threads. Block b works for kv head
+ * b % n_kv and row tile n_tiles - 1 - b / n_kv: blocks start in that order, so the longest
+ * tiles of every head (the latest tokens, which see the most keys under the causal mask) go
+ * first and short ones fill in behind them. (With the heads as a second grid dimension, a
+ * head's long tiles started after the previous heads' short ones and the SMs idled 28 % of a
+ * 2048-token launch waiting for that tail.) Row r of tile i is token i·tile_tokens + r / group,
+ * query head kvh·group + r % group. Warp w owns rows 16w..16w+15: lane holds rows
+ * 16w + lane/4 ("a") and +8 ("b") of every accumulator fragment.
  */
 template <int HD>
 __global__ void __launch_bounds__(TC_THREADS, TC_BLOCKS_PER_SM) tc_prefill_kernel(tc_args a)
@@ -892,8 +899,8 @@ __global__ void __launch_bounds__(TC_THREADS, TC_BLOCKS_PER_SM) tc_prefill_kerne
     __shared__ int s_max_pos, s_row;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int64_t tile = (int64_t)gridDim.x - 1 - blockIdx.x; /* later tokens (longer) first */
-    const int kvh = blockIdx.y, G = a.group;
+    const int64_t tile = a.n_tiles - 1 - blockIdx.x / a.n_kv; /* later tokens (longer) first */
+    const int kvh = (int)(blockIdx.x % a.n_kv), G = a.group;
     const int64_t t0 = tile * a.tile_tokens;
     const int n_tok = (int)min((int64_t)a.tile_tokens, a.T - t0);
 
@@ -1902,10 +1909,12 @@ static pio_status launch_tensor_core(pk_context *ctx, tc_kernel_fn fn, split_arg
     if (status != PIO_OK)
         return status;
     a.tile_done = (int *)ws;
-    if (n_tiles > INT32_MAX || n_kv > 65535)
+    if (n_tiles * n_kv > INT32_MAX)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: batch too large for one launch", op);
+    a.n_tiles = (unsigned)n_tiles;
+    a.n_kv = (unsigned)n_kv;
     size_t smem = sa.head_dim == 64 ? tc_smem_bytes<64>() : tc_smem_bytes<128>();
-    fn<<<dim3((unsigned)n_tiles, (unsigned)n_kv), TC_THREADS, smem, st->stream>>>(a);
+    fn<<<(unsigned)(n_tiles * n_kv), TC_THREADS, smem, st->stream>>>(a);
     sa.tile_done = a.tile_done;
     sa.tile_tokens = a.tile_tokens;
     int64_t grid_x = sa.T < FALLBACK_BLOCKS_X ? sa.T : FALLBACK_BLOCKS_X;

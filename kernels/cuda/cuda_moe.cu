@@ -12,9 +12,11 @@
  * round j takes the best expert that comes after round j-1's choice in that order, so nothing
  * needs a "taken" mask and any k <= E works. The probabilities are recomputed each round (k·E
  * expf per token, negligible at E = 128, k = 8). Renormalisation is the CPU's: a float sum in
- * slot order by one lane, divided only when positive. moe_topk_regs_kernel is the same with a
- * token's logits in registers (E <= 256, k <= 32; the decode step's routing): same bits, less
- * latency.
+ * slot order by one lane, divided only when positive. moe_route_token is the same with a
+ * token's logits in registers (E <= 256, k <= 32): each (p, expert) becomes one 64-bit key
+ * whose unsigned order is that total order (moe_order_key), so a round is two warp max
+ * reductions (__reduce_max_sync on the key's halves) with no shuffles or branches. It serves
+ * moe_topk_regs_kernel and the decode path's in-kernel routing (below): same bits everywhere.
  *
  * Experts: three paths, chosen per call from host-known values only (T·k, the weights' type and
  * alignment), so any can be captured in a graph: the grouped GEMM path for prefill and batches
@@ -40,6 +42,11 @@
  * either variant and any batch: bit-identical between runs, variants and batch sizes of the
  * path. The topk kernel waits and triggers programmatically too, so gate_up is resident when
  * the routing ends. Workspace: act only.
+ *   Route mode (pk_moe_topk_experts, T <= 8): no topk launch at all. Every gate_up block routes
+ * the batch itself from the router logits (warp w takes token w, moe_route_token) into shared
+ * memory and plans from that; block 0 also publishes the ids and weights to global memory. The
+ * down kernel then plans after its programmatic wait from those published ids (reading them
+ * before the wait, as the ids-given mode does, would race with gate_up's writes).
  *
  * GEMV path (T·k > 256 with F32 or unaligned weights, or PIO_CUDA_MOE_DECODE=0): four launches
  * on the context's stream.
