@@ -202,6 +202,13 @@ static pio_status cuda_init(pk_context *ctx, pio_error *err)
         if (*end == '\0' && v >= 0 && v <= PK_CUDA_GEMV_MAX_M_EXACT)
             st->gemv_max_m = (int)v;
     }
+    const char *target_env = getenv("PIO_CUDA_GEMV_TARGET");
+    if (target_env != NULL && *target_env != '\0') {
+        char *end = NULL;
+        long v = strtol(target_env, &end, 10);
+        if (*end == '\0' && v > 0 && v <= 256)
+            st->gemv_target = (int)v;
+    }
     ctx->state = st;
 
     const char *what = "cudaSetDevice";

@@ -299,11 +299,15 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_shape<M>::MIN_BLOCKS) ge
  * but the lm_head is under the 32 (gate/up included), and the targets 24 and 32 tie and 48
  * loses on the decode chain.
  */
-template <int M> static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_count)
+template <int M>
+static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_count, int target_override)
 {
     int64_t per_step = 32 * (bf16 ? 8 : 4);
     int64_t groups = (N + gemv_shape<M>::ROWS - 1) / gemv_shape<M>::ROWS;
-    int64_t target = M >= 2 ? 16 : groups >= 32 * (int64_t)sm_count ? 96 : 32;
+    int64_t target = target_override > 0 ? target_override
+                     : M >= 2                               ? 16
+                     : groups >= 32 * (int64_t)sm_count     ? 96
+                                                            : 32;
     int s = 1;
     while (s < GEMV_WARPS && groups * s < (int64_t)sm_count * target && K >= 2 * s * per_step)
         s *= 2;
@@ -313,7 +317,7 @@ template <int M> static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_
 template <int M, bool BF16, int EPI>
 static cudaError_t launch_gemv_m(bool vec, gemv_args a, const pk_cuda_state *st)
 {
-    a.splits = gemv_splits<M>(a.N, a.K, BF16, st->sm_count);
+    a.splits = gemv_splits<M>(a.N, a.K, BF16, st->sm_count, st->gemv_target);
     int64_t rows_per_block = (int64_t)(GEMV_WARPS / a.splits) * gemv_shape<M>::ROWS;
     dim3 blocks((unsigned)((a.N + rows_per_block - 1) / rows_per_block));
     dim3 threads(GEMV_WARPS * 32);
