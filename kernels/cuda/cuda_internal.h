@@ -631,6 +631,18 @@ static inline bool pk_rows_vec4(const pk_tensor *t)
     return pk_aligned16(t->data) && t->stride % 4 == 0;
 }
 
+/* Warps that share each of `groups` row groups of a GEMV-style kernel by splitting K (1, 2, 4
+ * ... up to max_splits): doubled while the kernel has fewer than `warps_wanted` warps in all
+ * and every split would keep at least two steps of `per_step` elements of K. */
+static inline int pk_k_splits(int64_t groups, int64_t K, int64_t per_step, int64_t warps_wanted,
+                              int max_splits)
+{
+    int s = 1;
+    while (s < max_splits && groups * s < warps_wanted && K >= 2 * (2 * s) * per_step)
+        s *= 2;
+    return s;
+}
+
 static inline unsigned pk_blocks_for(int64_t n, int threads, int64_t cap)
 {
     int64_t b = (n + threads - 1) / threads;

@@ -308,10 +308,7 @@ static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_count, int target
                      : M >= 2                               ? 16
                      : groups >= 32 * (int64_t)sm_count     ? 96
                                                             : 32;
-    int s = 1;
-    while (s < GEMV_WARPS && groups * s < (int64_t)sm_count * target && K >= 2 * s * per_step)
-        s *= 2;
-    return s;
+    return pk_k_splits(groups, K, per_step, (int64_t)sm_count * target, GEMV_WARPS);
 }
 
 template <int M, bool BF16, int EPI>

@@ -1030,11 +1030,7 @@ static int moe_splits(int64_t experts, int64_t n_out, int64_t K, int outputs_per
 {
     int64_t per_step = 32 * (bf16 ? 8 : 4);
     int64_t groups = experts * ((n_out + outputs_per_warp - 1) / outputs_per_warp);
-    int s = 1;
-    while (s < MOE_WARPS && groups * s < (int64_t)sm_count * MOE_WARPS_PER_SM &&
-           K >= 2 * s * per_step)
-        s *= 2;
-    return s;
+    return pk_k_splits(groups, K, per_step, (int64_t)sm_count * MOE_WARPS_PER_SM, MOE_WARPS);
 }
 
 template <int G, int NPMAX>
