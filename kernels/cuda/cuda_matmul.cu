@@ -382,6 +382,7 @@ struct pk_cuda_matmul_plan {
     bool has_algo; /* false: the heuristic found nothing, the GEMV kernel serves this shape */
     int64_t m, n, k, lda, ldb, ldc;
     int w_dtype, accumulate;
+    int c_bf16; /* the product is written as bf16 (else f32) */
     unsigned align_a, align_b, align_c;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
@@ -451,8 +452,8 @@ static cublasStatus_t make_plan(pk_cuda_state *st, pk_cuda_matmul_plan *p)
     if (cs == CUBLAS_STATUS_SUCCESS)
         cs = cublasLtMatrixLayoutCreate(&p->b, wt, (uint64_t)p->k, (uint64_t)p->m, p->ldb);
     if (cs == CUBLAS_STATUS_SUCCESS)
-        cs = cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, (uint64_t)p->n, (uint64_t)p->m,
-                                        p->ldc);
+        cs = cublasLtMatrixLayoutCreate(&p->c, p->c_bf16 ? CUDA_R_16BF : CUDA_R_32F,
+                                        (uint64_t)p->n, (uint64_t)p->m, p->ldc);
     cublasLtMatmulPreference_t pref = NULL;
     if (cs == CUBLAS_STATUS_SUCCESS)
         cs = cublasLtMatmulPreferenceCreate(&pref);
@@ -496,7 +497,7 @@ static pk_cuda_matmul_plan *plan_for(pk_cuda_state *st, const pk_cuda_matmul_pla
         if (p->used && p->m == key->m && p->n == key->n && p->k == key->k &&
             p->lda == key->lda && p->ldb == key->ldb && p->ldc == key->ldc &&
             p->w_dtype == key->w_dtype && p->accumulate == key->accumulate &&
-            p->align_a == key->align_a && p->align_b == key->align_b &&
+            p->c_bf16 == key->c_bf16 && p->align_a == key->align_a && p->align_b == key->align_b &&
             p->align_c == key->align_c)
             return p;
     }
@@ -541,15 +542,66 @@ __global__ void f32_to_bf16_rows4(uint16_t *__restrict__ xb, int64_t ld,
 }
 
 /* The bf16 operand of a cuBLASLt product of M rows of K: scratch of M rows padded to 16
- * bytes (*ld elements apart). */
-static pio_status bf16_operand(pk_context *ctx, int64_t M, int64_t K, const char *op,
-                               uint16_t **xb, int64_t *ld, pio_error *err)
+ * bytes (*ld elements apart), followed by `extra` bytes for the caller at *extra_at (256-byte
+ * aligned; may be NULL when extra is 0). */
+static pio_status bf16_operand(pk_context *ctx, int64_t M, int64_t K, size_t extra,
+                               const char *op, uint16_t **xb, int64_t *ld, void **extra_at,
+                               pio_error *err)
 {
     *ld = (K + 7) / 8 * 8; /* 16-byte rows for the tensor-core kernels */
+    size_t operand = ((size_t)(M * *ld) * 2 + 255) / 256 * 256;
     void *scratch = NULL;
-    pio_status status = pk_cuda_scratch(ctx, (size_t)(M * *ld) * 2, op, &scratch, err);
+    pio_status status = pk_cuda_scratch(ctx, operand + extra, op, &scratch, err);
     *xb = (uint16_t *)scratch;
+    if (extra_at != NULL)
+        *extra_at = (char *)scratch + operand;
     return status;
+}
+
+/* The cached cuBLASLt plan of d (+)= b · wᵀ: [m, n] results ldc apart (bf16 with c_bf16, else
+ * f32), b [m, k] ldb apart, w's rows; NULL with err set on failure. */
+static pk_cuda_matmul_plan *lt_plan(pk_cuda_state *st, const char *op, int64_t m, int64_t n,
+                                    int64_t k, const pk_tensor *w, const void *b_data,
+                                    int64_t ldb, const void *d_data, int64_t ldc, int c_bf16,
+                                    int accumulate, pio_error *err)
+{
+    pk_cuda_matmul_plan key;
+    memset(&key, 0, sizeof key);
+    key.m = m;
+    key.n = n;
+    key.k = k;
+    key.lda = w->stride;
+    key.ldb = ldb;
+    key.ldc = ldc;
+    key.w_dtype = w->dtype;
+    key.accumulate = accumulate;
+    key.c_bf16 = c_bf16;
+    key.align_a = alignment_of(w->data);
+    key.align_b = alignment_of(b_data);
+    key.align_c = alignment_of(d_data);
+    return plan_for(st, &key, err, op);
+}
+
+/* Runs a plan that has an algorithm: d (+)= b · wᵀ. */
+static pio_status lt_run(pk_context *ctx, const char *op, const pk_cuda_matmul_plan *plan,
+                         const pk_tensor *w, const void *b_data, void *d_data, int accumulate,
+                         pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cublasStatus_t cs = cublasLtMatmul(st->lt, st->lt_desc, &alpha, w->data, plan->a, b_data,
+                                       plan->b, &beta, d_data, plan->c, d_data, plan->c,
+                                       &plan->algo, st->lt_workspace, st->lt_workspace_bytes,
+                                       st->stream);
+    if (cs != CUBLAS_STATUS_SUCCESS) {
+        pio_status status = pk_cuda_check_launch(ctx, op, err); /* a sticky CUDA error? */
+        if (status != PIO_OK)
+            return status;
+        return pio_error_set(err, PIO_ERR_DEVICE, "%s: cublasLtMatmul [%lld x %lld x %lld] "
+                             "failed: %s", op, (long long)plan->m, (long long)plan->n,
+                             (long long)plan->k, cublasLtGetStatusString(cs));
+    }
+    return pk_cuda_check_launch(ctx, op, err);
 }
 
 /* y (+)= b · wᵀ with cuBLASLt, b the [M, K] operand at b_data (row stride ldb; bf16 when w is,
@@ -560,40 +612,15 @@ static pio_status lt_matmul(pk_context *ctx, const char *op, const pk_tensor *y,
                             const pk_tensor *w, int accumulate, pio_error *err)
 {
     pk_cuda_state *st = pk_cuda_state_of(ctx);
-    pk_cuda_matmul_plan key;
-    memset(&key, 0, sizeof key);
-    key.m = y->rows;
-    key.n = y->cols;
-    key.k = x->cols;
-    key.lda = w->stride;
-    key.ldb = ldb;
-    key.ldc = y->stride;
-    key.w_dtype = w->dtype;
-    key.accumulate = accumulate;
-    key.align_a = alignment_of(w->data);
-    key.align_b = alignment_of(b_data);
-    key.align_c = alignment_of(y->data);
-    pk_cuda_matmul_plan *plan = plan_for(st, &key, err, op);
+    pk_cuda_matmul_plan *plan = lt_plan(st, op, y->rows, y->cols, x->cols, w, b_data, ldb,
+                                        y->data, y->stride, 0, accumulate, err);
     if (plan == NULL)
         return PIO_ERR_DEVICE;
     if (!plan->has_algo) { /* odd strides or alignment cuBLASLt will not take */
         return pk_cuda_fail(ctx, op, "GEMV launch", run_gemv(st, y, x, w, accumulate),
                             err);
     }
-    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    cublasStatus_t cs = cublasLtMatmul(st->lt, st->lt_desc, &alpha, w->data, plan->a, b_data,
-                                       plan->b, &beta, y->data, plan->c, y->data, plan->c,
-                                       &plan->algo, st->lt_workspace, st->lt_workspace_bytes,
-                                       st->stream);
-    if (cs != CUBLAS_STATUS_SUCCESS) {
-        pio_status status = pk_cuda_check_launch(ctx, op, err); /* a sticky CUDA error? */
-        if (status != PIO_OK)
-            return status;
-        return pio_error_set(err, PIO_ERR_DEVICE, "%s: cublasLtMatmul [%lld x %lld x %lld] "
-                             "failed: %s", op, (long long)y->rows, (long long)y->cols,
-                             (long long)x->cols, cublasLtGetStatusString(cs));
-    }
-    return pk_cuda_check_launch(ctx, op, err);
+    return lt_run(ctx, op, plan, w, b_data, y->data, accumulate, err);
 }
 
 pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *x,
@@ -623,7 +650,7 @@ pio_status pk_cuda_matmul(pk_context *ctx, const pk_tensor *y, const pk_tensor *
         return lt_matmul(ctx, op, y, x, x->data, x->stride, w, accumulate, err);
     uint16_t *xb = NULL;
     int64_t ld = 0;
-    if ((status = bf16_operand(ctx, M, K, op, &xb, &ld, err)) != PIO_OK)
+    if ((status = bf16_operand(ctx, M, K, 0, op, &xb, &ld, NULL, err)) != PIO_OK)
         return status;
     const unsigned rows = (unsigned)(M < 65535 ? M : 65535);
     if (pk_rows_vec4(x) && K % 4 == 0) /* ld is a multiple of 8 */
@@ -662,6 +689,66 @@ static bool fused_norm_gemv_fits(const pk_cuda_state *st, const pk_tensor *out,
            (uintptr_t)x->data + pk_tensor_span_bytes(x) <= (uintptr_t)h->data;
 }
 
+/* out[r, c] = silu(gate) · up of a [gate | up] product held as bf16 (rows gus elements apart,
+ * up F = 4·f4 columns after gate), four columns at a time. */
+__global__ void swiglu_bf16_rows4(float *__restrict__ out, int64_t os,
+                                  const uint16_t *__restrict__ gu, int64_t gus, int64_t rows,
+                                  int64_t f4)
+{
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < f4;
+             c += (int64_t)gridDim.x * blockDim.x) {
+            const uint2 g = ((const uint2 *)(gu + r * gus))[c];
+            const uint2 u = ((const uint2 *)(gu + r * gus + 4 * f4))[c];
+            ((float4 *)(out + r * os))[c] = make_float4(
+                pk_silu_mul(__uint_as_float(g.x << 16), __uint_as_float(u.x << 16)),
+                pk_silu_mul(__uint_as_float(g.x & 0xffff0000u), __uint_as_float(u.x & 0xffff0000u)),
+                pk_silu_mul(__uint_as_float(g.y << 16), __uint_as_float(u.y << 16)),
+                pk_silu_mul(__uint_as_float(g.y & 0xffff0000u), __uint_as_float(u.y & 0xffff0000u)));
+        }
+}
+
+/*
+ * The prefill path of pk_rmsnorm_matmul_swiglu with BF16 weights: the norm writes the bf16
+ * operand, cuBLASLt writes [gate | up] as bf16 into scratch after it (the op leaves gate_up's
+ * contents unspecified, so gate_up itself is not written), and one pass applies SwiGLU. Per
+ * element of out the product's f32 writes and SwiGLU's f32 reads (16 bytes) become bf16 (8);
+ * gate and up are rounded to bf16 once, as a bf16 model's reference does. *taken = false (and
+ * nothing done) where the shapes do not fit the four-column pass or cuBLASLt has no algorithm
+ * for the bf16 layout: the caller takes the f32 path.
+ */
+static pio_status norm_matmul_swiglu_bf16(pk_context *ctx, const char *op, const pk_tensor *out,
+                                          const pk_tensor *h, const pk_tensor *x,
+                                          const pk_tensor *norm_weight, float eps,
+                                          const pk_tensor *w, bool *taken, pio_error *err)
+{
+    pk_cuda_state *st = pk_cuda_state_of(ctx);
+    const int64_t M = out->rows, F = out->cols, K = x->cols;
+    *taken = false;
+    if (M <= st->gemv_max_m || !pk_is_bf16(w) || F == 0 || F % 4 != 0 || !pk_rows_vec4(out))
+        return PIO_OK;
+    uint16_t *xb = NULL;
+    void *gu = NULL;
+    int64_t ld = 0;
+    pio_status status =
+        bf16_operand(ctx, M, K, (size_t)(M * 2 * F) * 2, op, &xb, &ld, &gu, err);
+    if (status != PIO_OK)
+        return status;
+    pk_cuda_matmul_plan *plan = lt_plan(st, op, M, 2 * F, K, w, xb, ld, gu, 2 * F, 1, 0, err);
+    if (plan == NULL)
+        return PIO_ERR_DEVICE;
+    if (!plan->has_algo)
+        return PIO_OK;
+    *taken = true;
+    if ((status = pk_cuda_rmsnorm_bf16(ctx, op, h, x, norm_weight, eps, xb, ld, err)) != PIO_OK ||
+        (status = lt_run(ctx, op, plan, w, xb, gu, 0, err)) != PIO_OK)
+        return status;
+    dim3 grid(pk_blocks_for(F / 4, 256, 64), (unsigned)(M < 65535 ? M : 65535));
+    swiglu_bf16_rows4<<<grid, 256, 0, st->stream>>>((float *)out->data, out->stride,
+                                                   (const uint16_t *)gu, 2 * F, M, F / 4);
+    return pk_cuda_check_launch(ctx, op, err);
+}
+
 /* The unfused pair: for a cuBLASLt product with BF16 weights the norm also writes the bf16
  * operand (no conversion pass); otherwise the two ops. */
 static pio_status norm_then_matmul(pk_context *ctx, const char *op, const pk_tensor *y,
@@ -676,7 +763,7 @@ static pio_status norm_then_matmul(pk_context *ctx, const char *op, const pk_ten
     }
     uint16_t *xb = NULL;
     int64_t ld = 0;
-    pio_status status = bf16_operand(ctx, y->rows, h->cols, op, &xb, &ld, err);
+    pio_status status = bf16_operand(ctx, y->rows, h->cols, 0, op, &xb, &ld, NULL, err);
     if (status == PIO_OK)
         status = pk_cuda_rmsnorm_bf16(ctx, op, h, x, norm_weight, eps, xb, ld, err);
     return status != PIO_OK ? status : lt_matmul(ctx, op, y, h, xb, ld, w, 0, err);
@@ -693,6 +780,12 @@ pio_status pk_cuda_rmsnorm_matmul(pk_context *ctx, const pk_tensor *out, const p
         return status;
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     if (!fused_norm_gemv_fits(st, out, y, h, x, norm_weight, w)) {
+        bool taken = false;
+        if (out != NULL &&
+            ((status = norm_matmul_swiglu_bf16(ctx, op, out, h, x, norm_weight, eps, w, &taken,
+                                               err)) != PIO_OK ||
+             taken))
+            return status;
         if ((status = norm_then_matmul(ctx, op, y, h, x, norm_weight, eps, w, err)) ||
             out == NULL)
             return status;

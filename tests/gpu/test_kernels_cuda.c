@@ -1012,23 +1012,27 @@ static void test_rmsnorm_matmul(void **state)
 }
 
 /* pk_rmsnorm_matmul_swiglu against the CPU's (norm, matmul, SwiGLU): the GEMV with the norm
- * prologue and the SwiGLU epilogue for M <= 2, the three ops above; out is the gate half of
+ * prologue and the SwiGLU epilogue for M <= 2, above it the norm, cuBLASLt and SwiGLU — with
+ * BF16 weights and 16-byte aligned rows of out the product held as bf16 in scratch (gate_up
+ * rows 2F + 3 apart are not aligned, 2F apart are: both are run). out is the gate half of
  * gate_up, as the MLP block passes it. gate_up beyond out and h are unspecified: not compared. */
 static void test_rmsnorm_matmul_swiglu(void **state)
 {
     (void)state;
-    static const int64_t shapes[][3] = {{1, 19456, 2560}, {2, 300, 1000}, {1, 78, 129},
-                                        {3, 64, 512},     {1, 2, 8},      {2, 38, 256}};
+    static const int64_t shapes[][4] = {{1, 19456, 2560, 3}, {2, 300, 1000, 3}, {1, 78, 129, 3},
+                                        {3, 64, 512, 3},     {1, 2, 8, 3},      {2, 38, 256, 3},
+                                        {3, 64, 512, 0},     {37, 200, 256, 0}, {9, 300, 72, 0},
+                                        {5, 66, 96, 0}};
     pio_error err;
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (int wd = 0; wd < 2; wd++) {
-            int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+            int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], pad = shapes[s][3];
             pio_dtype wt = wd ? PIO_DTYPE_BF16 : PIO_DTYPE_F32;
             pair g = make_pair(PIO_DTYPE_BF16, 1, k, 0, FILL_UNIFORM, 0.5f, 1.5f);
             pair x = make_pair(PIO_DTYPE_F32, m, k, 4, FILL_UNIFORM, -3.0f, 3.0f);
             pair w = random_pair(wt, n, k, 0);
             pair h = nan_pair(PIO_DTYPE_F32, m, k, 0);
-            pair gate_up = nan_pair(PIO_DTYPE_F32, m, n, 3);
+            pair gate_up = nan_pair(PIO_DTYPE_F32, m, n, pad);
             pair out = cols_of(&gate_up, 0, n / 2);
             char what[128];
             snprintf(what, sizeof what, "pk_rmsnorm_matmul_swiglu %s [%lld x %lld x %lld]",
