@@ -182,6 +182,7 @@ static const matmul_case matmul_cases[] = {
     {1, 1024, 2560, 0, 0, 0}, {1, 257, 515, 0, 0, 1}, {1, 300, 64, 4, 8, 0},
     {2, 333, 1000, 4, 8, 3},  {3, 77, 129, 1, 0, 0},  {5, 96, 2048, 0, 0, 0},
     {8, 130, 520, 0, 0, 2},   {1, 1, 1, 0, 0, 0},     {7, 40, 13, 0, 0, 0},
+    {1, 300, 512, 0, 8, 0},   {1, 3, 256, 0, 0, 0},
     /* cuBLASLt (M > 8) */
     {9, 300, 200, 0, 0, 0},   {16, 512, 768, 0, 0, 4}, {64, 1000, 1024, 0, 0, 0},
     {40, 256, 512, 4, 8, 0},  {130, 96, 72, 0, 0, 0},  {33, 129, 257, 3, 1, 1},
@@ -922,13 +923,14 @@ static void run_attention_case(const attention_case *c)
  * The GEMV (M <= 2) adds the partial sums of the warps that split a row group's K in a fixed
  * order, so the same product run again gives the same bits whatever the timing of the warps,
  * and agrees with the CPU. Shapes: few long rows (the most splits), the decode shapes (row
- * groups of 8 and 4 rows with a partial last group), and the fused norm and SwiGLU epilogues.
+ * groups of 8 and 4 rows with a partial last group), many row groups (several waves), and the
+ * fused norm and SwiGLU epilogues.
  */
 static void test_gemv_repeats_bitwise(void **state)
 {
     (void)state;
-    static const int64_t shapes[][3] = {{1, 5, 4096}, {2, 9, 9728}, {1, 6146, 2560},
-                                        {2, 1022, 2560}, {1, 2560, 9728}};
+    static const int64_t shapes[][3] = {{1, 5, 4096},    {2, 9, 9728},   {1, 6146, 2560},
+                                        {2, 1022, 2560}, {1, 2560, 9728}, {1, 20000, 2048}};
     pio_error err;
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (int epi = 0; epi < 3; epi++) {
@@ -974,6 +976,73 @@ static void test_gemv_repeats_bitwise(void **state)
             check_pair(what, result, NULL, TOL_F32, before);
             release_all(NULL);
         }
+}
+
+/* One Qwen3-like decode layer's projections at small sizes (see test_gemv_chain). */
+enum { CH_LAYERS = 3, CH_HID = 512, CH_QKV = 1280, CH_Q = 1024, CH_FF = 768 };
+
+static void run_gemv_chain(pk_context *ctx, int side, pair (*w)[4], pair *resid, pair *h,
+                           pair *qkv, pair *gate_up, pair *act, pair *g)
+{
+    pio_error err;
+#define SIDE(p) (side ? &(p)->d : &(p)->h)
+    pk_tensor attn = pk_tensor_cols(SIDE(qkv), 0, CH_Q); /* stands in for the attention output */
+    for (int l = 0; l < CH_LAYERS; l++) {
+        expect_ok(pk_rmsnorm_matmul(ctx, SIDE(qkv), SIDE(h), SIDE(resid), SIDE(g), 1e-6f,
+                                    SIDE(&w[l][0]), &err), &err, "chain qkv");
+        expect_ok(pk_matmul_add(ctx, SIDE(resid), &attn, SIDE(&w[l][1]), &err), &err, "chain o");
+        expect_ok(pk_rmsnorm_matmul_swiglu(ctx, SIDE(act), SIDE(gate_up), SIDE(h), SIDE(resid),
+                                           SIDE(g), 1e-6f, SIDE(&w[l][2]), &err), &err,
+                  "chain gate_up");
+        expect_ok(pk_matmul_add(ctx, SIDE(resid), SIDE(act), SIDE(&w[l][3]), &err), &err,
+                  "chain down");
+    }
+#undef SIDE
+}
+
+/*
+ * A chain of dependent decode GEMVs (M = 1, BF16) against the CPU: per layer
+ * qkv = rmsnorm(resid)·Wqkvᵀ, resid += qkv[:, :Q]·Woᵀ, act = SwiGLU(rmsnorm(resid)·Wguᵀ),
+ * resid += act·Wdownᵀ. Each GEMV is a programmatic launch that loads weights before waiting for
+ * the one before it and lets the next one start early, so a wrong wait (x read early, y written
+ * early) shows as a wrong residual. Issued directly, then recorded and replayed from a graph
+ * (the same bits). The tolerance allows three layers of fp32 sums in another order.
+ */
+static void test_gemv_chain(void **state)
+{
+    (void)state;
+    static const int64_t shapes[4][2] = {
+        {CH_QKV, CH_HID}, {CH_HID, CH_Q}, {2 * CH_FF, CH_HID}, {CH_HID, CH_FF}};
+    pio_error err;
+    pair w[CH_LAYERS][4];
+    for (int l = 0; l < CH_LAYERS; l++)
+        for (int j = 0; j < 4; j++)
+            w[l][j] = random_pair(PIO_DTYPE_BF16, shapes[j][0], shapes[j][1], 0);
+    pair g = make_pair(PIO_DTYPE_BF16, 1, CH_HID, 0, FILL_UNIFORM, 0.5f, 1.5f);
+    pair resid = make_pair(PIO_DTYPE_F32, 1, CH_HID, 0, FILL_UNIFORM, -2.0f, 2.0f);
+    pair h = nan_pair(PIO_DTYPE_F32, 1, CH_HID, 0);
+    pair qkv = nan_pair(PIO_DTYPE_F32, 1, CH_QKV, 0);
+    pair gate_up = nan_pair(PIO_DTYPE_F32, 1, 2 * CH_FF, 0);
+    pair act = nan_pair(PIO_DTYPE_F32, 1, CH_FF, 0);
+    pk_tensor start = pk_tensor_host(snapshot(&resid), PIO_DTYPE_F32, 1, CH_HID);
+    sync_gpu("chain uploads");
+
+    run_gemv_chain(cpu_ctx, 0, w, &resid, &h, &qkv, &gate_up, &act, &g);
+    run_gemv_chain(gpu_ctx, 1, w, &resid, &h, &qkv, &gate_up, &act, &g);
+    check_pair("decode GEMV chain, direct", &resid, NULL, 1e-4, NULL);
+    void *direct = host_alloc(resid.span_bytes);
+    memcpy(direct, resid.got, resid.span_bytes);
+
+    pk_graph *graph = NULL;
+    expect_ok(pk_graph_begin(gpu_ctx, &err), &err, "chain record");
+    run_gemv_chain(gpu_ctx, 1, w, &resid, &h, &qkv, &gate_up, &act, &g);
+    expect_ok(pk_graph_end(gpu_ctx, &graph, &err), &err, "chain record");
+    expect_ok(pk_copy(gpu_ctx, &resid.d, &start, &err), &err, "chain reset");
+    expect_ok(pk_graph_launch(gpu_ctx, graph, &err), &err, "chain replay");
+    download(&resid);
+    if (memcmp(direct, resid.got, resid.span_bytes) != 0)
+        fail_msg("decode GEMV chain: the graph replay differs from the direct run");
+    pk_graph_destroy(gpu_ctx, graph);
 }
 
 /* pk_rmsnorm_matmul against the CPU's (which runs pk_rmsnorm then pk_matmul): the fused GEMV up
@@ -1375,6 +1444,7 @@ int main(void)
         cmocka_unit_test_teardown(test_attention_value_width_and_latent, release_all),
         cmocka_unit_test_teardown(test_attention_bad_block_is_reported, release_all),
         cmocka_unit_test_teardown(test_gemv_repeats_bitwise, release_all),
+        cmocka_unit_test_teardown(test_gemv_chain, release_all),
         cmocka_unit_test_teardown(test_rmsnorm_matmul, release_all),
         cmocka_unit_test_teardown(test_rmsnorm_matmul_swiglu, release_all),
         cmocka_unit_test_teardown(test_qk_norm_rope_store, release_all),
