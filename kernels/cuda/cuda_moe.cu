@@ -1615,18 +1615,21 @@ static pio_status launch_moe_gemm_config(pk_context *ctx, const char *op, const 
 
 /*
  * The pipeline of a launch. Measured on an H100 at Qwen3-Coder-30B-A3B's shape (docs/KERNELS.md):
- * with up to ~64 pairs per expert the weights stream from HBM once and BK = 32 with the L2
- * 256-byte prefetch hint streams best (2.6 TB/s at T = 64; 1.8 TB/s without the hint); with more,
- * an expert's weights are read by several row tiles and the products dominate, where BK = 64
- * (fewer barriers per K) is 7 % faster at T = 2048, in two stages rather than three (55 KB of
- * shared memory a block: four blocks an SM instead of two; Coder pp2048 28.1k -> 29.2k tok/s,
- * while 32 x 4 stages gave 27.1k). The choice depends on T, k and n_local only.
+ * with a few pairs per expert the weights stream from HBM once and BK = 32 with the L2 256-byte
+ * prefetch hint streams best (2.6 TB/s at T = 64; 1.8 TB/s without the hint); with more, the
+ * products count and BK = 64 in two stages (55 KB of shared memory a block: four blocks an SM)
+ * wins: at 128 pairs an expert (T = 2048) 28.1k -> 29.4k tok/s against BK 64 in three stages,
+ * 27.4k for BK 32 in two; at 32 (T = 512) pp512 21.1k -> 22.2k against BK 32 in three, while at
+ * 4 (64 sequences decoding) BK 32 in three stays best (2,458 against 2,395). The switch sits
+ * between those, at 16 pairs an expert. The choice depends on T, k and n_local only.
  */
+static constexpr int GG_WIDE_K_PAIRS = 16; /* pairs an expert from which BK = 64 runs */
+
 template <bool GATE_UP>
 static pio_status launch_moe_gemm(pk_context *ctx, const char *op, const moe_gemm_args &a,
                                   dim3 grid, int64_t n_pairs, int64_t n_local, pio_error *err)
 {
-    if (n_pairs >= (int64_t)GG_BM * n_local)
+    if (n_pairs >= (int64_t)GG_WIDE_K_PAIRS * n_local)
         return launch_moe_gemm_config<GATE_UP, 64, 2>(ctx, op, a, grid, err);
     return launch_moe_gemm_config<GATE_UP, 32, 3>(ctx, op, a, grid, err);
 }
