@@ -287,12 +287,19 @@ $(KERNELS_LIB): $(CUDA_OBJS)
 test-gpu: $(GPU_TESTS)
 	sh tests/run_tests.sh $(GPU_TESTS)
 
+# What the GPU's reads reach, as references for the decode kernels (a benchmark, not a test;
+# benchmarks/gpu_read_floor.cu says what it measures).
+GPU_BENCHES := $(BUILD)/bin/gpu_read_floor
+$(BUILD)/bin/gpu_read_floor: benchmarks/gpu_read_floor.cu $(CUDA_STAMP)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -o $@ $<
+
 gpu-bundle:
 	$(MAKE) BUILD=$(GPU_BUILD) CUDA=1 GPU_RPATH=1 all gpu-tests-build
 	sh tools/gpu_bundle.sh $(GPU_BUILD) $(GPU_BUILD)/bundle
 
 .PHONY: gpu-tests-build
-gpu-tests-build: $(GPU_TESTS)
+gpu-tests-build: $(GPU_TESTS) $(GPU_BENCHES)
 else
 test-gpu gpu-bundle:
 	@echo "$@ needs CUDA: nvcc was not found (or CUDA=0 was given)" >&2; exit 1

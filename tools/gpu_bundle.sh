@@ -4,6 +4,7 @@
 # of our -dev libraries:
 #
 #   BUNDLE/bin/pio  BUNDLE/plugins/*.so  BUNDLE/tests/test_*   the programs
+#   BUNDLE/bin/gpu_read_floor       the read-floor benchmark (benchmarks/gpu_read_floor.cu)
 #   BUNDLE/lib/                     the shared libraries they need that are neither glibc,
 #                                   libstdc++/libgcc nor CUDA's (cmocka, yaml, jansson, ...)
 #   BUNDLE/run-gpu-tests.sh OUT     runs the GPU tests, then compute-sanitizer memcheck and
@@ -18,6 +19,9 @@ bundle=$2
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/plugins" "$bundle/tests" "$bundle/lib"
 cp "$build/bin/pio" "$bundle/bin/"
+if [ -x "$build/bin/gpu_read_floor" ]; then
+    cp "$build/bin/gpu_read_floor" "$bundle/bin/"
+fi
 for f in "$build"/plugins/*.so; do
     [ -e "$f" ] && cp "$f" "$bundle/plugins/"
 done
