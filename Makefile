@@ -290,9 +290,9 @@ test-gpu: $(GPU_TESTS)
 # What the GPU's reads reach, as references for the decode kernels (a benchmark, not a test;
 # benchmarks/gpu_read_floor.cu says what it measures).
 GPU_BENCHES := $(BUILD)/bin/gpu_read_floor
-$(BUILD)/bin/gpu_read_floor: benchmarks/gpu_read_floor.cu $(CUDA_STAMP)
+$(BUILD)/bin/gpu_read_floor: benchmarks/gpu_read_floor.cu kernels/cuda/cuda_internal.h $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) -o $@ $<
+	$(NVCC) $(CPPFLAGS) $(NVCC_FLAGS) -o $@ $<
 
 gpu-bundle:
 	$(MAKE) BUILD=$(GPU_BUILD) CUDA=1 GPU_RPATH=1 all gpu-tests-build

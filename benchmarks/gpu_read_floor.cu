@@ -23,6 +23,8 @@
 
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/cuda_internal.h" /* pk_load_weights16, pk_pdl_wait, ... */
+
 namespace {
 
 constexpr int LAYERS = 36;
@@ -40,22 +42,13 @@ bool check(cudaError_t e, const char *what)
     return false;
 }
 
-__device__ __forceinline__ uint4 load_no_l1(const uint4 *p)
-{
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 /* Reads n16 16-byte words grid-stride, LOADS at a time; the first batch before the
  * programmatic wait when `pdl` (a GEMV must wait before it reads its input). */
 __global__ void __launch_bounds__(THREADS) read_kernel(const uint4 *w, size_t n16, unsigned *sink,
                                                        int pdl)
 {
     if (pdl)
-        asm volatile("griddepcontrol.launch_dependents;");
+        pk_pdl_launch_dependents();
     const size_t stride = (size_t)gridDim.x * blockDim.x;
     uint32_t acc = 0;
     bool waited = !pdl;
@@ -63,9 +56,10 @@ __global__ void __launch_bounds__(THREADS) read_kernel(const uint4 *w, size_t n1
         uint4 v[LOADS];
 #pragma unroll
         for (int u = 0; u < LOADS; u++)
-            v[u] = i + u * stride < n16 ? load_no_l1(w + i + u * stride) : make_uint4(0, 0, 0, 0);
+            v[u] = i + u * stride < n16 ? pk_load_weights16(w + i + u * stride)
+                                        : make_uint4(0, 0, 0, 0);
         if (!waited) {
-            asm volatile("griddepcontrol.wait;" ::: "memory");
+            pk_pdl_wait();
             waited = true;
         }
 #pragma unroll
@@ -73,7 +67,7 @@ __global__ void __launch_bounds__(THREADS) read_kernel(const uint4 *w, size_t n1
             acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
     }
     if (!waited)
-        asm volatile("griddepcontrol.wait;" ::: "memory");
+        pk_pdl_wait();
     if (acc == 0x9e3779b9u) /* never, but the loads cannot be dropped */
         sink[0] = acc;
 }
