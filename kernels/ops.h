@@ -229,6 +229,12 @@ typedef struct pk_token_batch {
      * (pk_qk_norm_rope_attention), since no other token of the batch reads them. 0 (the
      * default of a zeroed batch): no promise. */
     int32_t distinct_sequences;
+    /* 1: the metadata above and every cache entry before each token's position were written
+     * before the step's first op began (by the host, or by an earlier step: the decoder's steps
+     * copy their metadata first), the caller's promise. A backend may then read them while the
+     * op before is still running (CUDA: the decode attention loads them ahead of its
+     * programmatic wait). 0: no promise. */
+    int32_t settled;
 } pk_token_batch;
 
 typedef struct pk_attention_params {

@@ -384,6 +384,7 @@ struct split_args {
     int k_chunks, v_chunks; /* 16-byte chunks of a key head / value head row */
     int splits;
     int min_split_keys;     /* tc_decode_kernel: fewest keys of a split (short contexts: one) */
+    int settled;            /* tc_decode_kernel: pk_token_batch.settled */
     float scale_log2;       /* scale · log2(e): the softmax runs on exp2 */
     float *part_acc;        /* splits > 1: [T][n_q][splits][v_head_dim] unnormalised outputs */
     float2 *part_ml;        /* splits > 1: [T][n_q][splits] (max, sum) in the log2 domain */
@@ -1233,6 +1234,27 @@ __device__ __forceinline__ void load_kv_tile(const decode_slots &cur, const char
         }
 }
 
+/* Asks L2 for the rows load_kv_tile will read (16-byte pieces of 128-byte lines: one request a
+ * line would do, the others are dropped as already in flight). */
+template <int KCH, int VCH>
+__device__ __forceinline__ void prefetch_kv_tile(const decode_slots &cur, const char *k_head,
+                                                 const char *v_head, int64_t k_row_bytes,
+                                                 int64_t v_row_bytes)
+{
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+        if (cur.k[i] >= 0)
+#pragma unroll
+            for (int c = 0; c < KCH; c++)
+                pk_prefetch_l2(k_head + cur.k[i] * k_row_bytes + c * 64);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        if (cur.v[i] >= 0)
+#pragma unroll
+            for (int c = 0; c < VCH; c++)
+                pk_prefetch_l2(v_head + cur.v[i] * v_row_bytes + c * 16);
+}
+
 /* q scaled into the k-step fragments of tc_decode_kernel (qr: head g's row, when g < hn): lane
  * (g, tq) of k-step s holds head g's dims 8·(tq + 4·(s/2)) + 4·(s%2) + 0..3, the dims of the K
  * words it multiplies, as three bf16 terms. */
@@ -1389,6 +1411,12 @@ __device__ bool fused_qk_rows(const split_args &a, const qk_fuse &f, int64_t t, 
  * output; otherwise each split writes (m, l, acc) partials and bumps the token's counter, and the
  * last one to arrive merges the partials in split order and resets the counter to 0 for the
  * next launch (graph replays).
+ *
+ * A settled batch (pk_token_batch.settled: the metadata and every key before a token's position
+ * were written before the step began) lets the block read the token's metadata and its first
+ * tile's cache slots, and ask L2 for that tile (when all of its keys are before pos), before
+ * the programmatic wait: at batch 1 those round trips are most of the kernel, now overlapping
+ * the projection before. q (k, v), the tiles and the outputs are read and written after it.
  */
 template <int HD, class Fuse>
 __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
@@ -1413,16 +1441,21 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     const int g0 = chunk * DEC_HEADS, hn = min(DEC_HEADS, a.group - g0);
     const int h_first = kvh * a.group + g0;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
-    pk_pdl_wait();              /* q and the cache (or q, k, v): the kernel before */
-    pk_pdl_launch_dependents(); /* the o_proj GEMV may start loading its weights */
-
-    /* q first (it depends on nothing); fused: the raw rows of q, k and v */
+    /* q (fused: the raw rows of q, k and v): written by the kernel before */
     float raw[Fuse::on ? FUSE_ITEMS : 1][HD / 32], q_w[HD / 32], k_w[HD / 32];
-    if constexpr (Fuse::on)
-        fused_load_rows<HD>(a, fuse, t, kvh, h_first, hn, raw, q_w, k_w);
-    else
-        load_q_frags<HD>(a.q + t * a.q_stride + (int64_t)(h_first + g) * HD, hn, a.scale_log2,
-                         q_frag);
+    auto wait_and_load_queries = [&] {
+        pk_pdl_wait();
+        pk_pdl_launch_dependents(); /* the o_proj GEMV may start loading its weights */
+        if constexpr (Fuse::on)
+            fused_load_rows<HD>(a, fuse, t, kvh, h_first, hn, raw, q_w, k_w);
+        else
+            load_q_frags<HD>(a.q + t * a.q_stride + (int64_t)(h_first + g) * HD, hn,
+                             a.scale_log2, q_frag);
+    };
+    /* A settled batch's metadata and keys before each position are older than the kernel
+     * before: they are read before waiting for it (below), everything else after. */
+    if (!a.settled)
+        wait_and_load_queries();
 
     /* The block ids are checked where they are read (checked_slot; the block holding pos is read
      * by one of the splits), so the first tile's table reads need not wait for a check. */
@@ -1430,6 +1463,8 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     const int32_t *table = NULL;
     const bool ok = token_span_ok(a.b, t, PK_CUDA_OP_ATTENTION, a.info, tid == 0, &pos, &table);
     if (!ok) {
+        if (a.settled)
+            pk_pdl_wait(); /* out may still be read by the kernels before */
         if (split == 0)
             for (int idx = tid; idx < hn * HD; idx += DEC_THREADS)
                 a.out[t * a.out_stride + (int64_t)h_first * HD + idx] =
@@ -1453,6 +1488,12 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     decode_slots next = {};
     if (j0 < end)
         next = decode_slots_of(a, table, t, j0, end, bad);
+    /* settled: the warp's first tile asked into L2 (no registers held over the wait), when all
+     * its keys are before pos */
+    if (a.settled && j0 < end && j0 + DEC_KEYS <= pos)
+        prefetch_kv_tile<KCH, VCH>(next, k_head, v_head, a.k_row_bytes, a.v_row_bytes);
+    if (a.settled)
+        wait_and_load_queries();
     if constexpr (Fuse::on) {
         if (!fused_qk_rows<HD>(a, fuse, t, kvh, hn, pos, table, end == pos + 1, raw, q_w, k_w,
                                q_frag))
@@ -1712,6 +1753,7 @@ static split_args make_split_args(pk_cuda_state *st, const pk_tensor *out, const
     a.v_chunks = sh.v_chunks;
     a.splits = 1;
     a.min_split_keys = DEC_MIN_SPLIT_KEYS;
+    a.settled = batch->settled;
     a.scale_log2 = p->scale * 1.4426950408889634f;
     a.tile_tokens = 1;
     a.info = st->err_info_dev;

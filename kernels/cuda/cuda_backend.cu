@@ -158,6 +158,21 @@ static void release_state(pk_cuda_state *st)
     free(st);
 }
 
+/* The driver's cuTensorMapEncodeTiled through the runtime (no link against the driver
+ * library), or NULL where the driver has none. */
+static void *driver_tensor_map_encoder(void)
+{
+    void *fn = NULL;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    return fn;
+}
+
 static pio_status cuda_init(pk_context *ctx, pio_error *err)
 {
     static const char op[] = "pk_context_create";
@@ -202,6 +217,13 @@ static pio_status cuda_init(pk_context *ctx, pio_error *err)
         if (*end == '\0' && v >= 0 && v <= PK_CUDA_GEMV_MAX_M_EXACT)
             st->gemv_max_m = (int)v;
     }
+    const char *tma_env = getenv("PIO_CUDA_GEMV_TMA");
+    st->gemv_tma = tma_env == NULL ? PK_CUDA_GEMV_TMA_MANY_WAVES
+                   : strcmp(tma_env, "0") == 0   ? PK_CUDA_GEMV_TMA_OFF
+                   : strcmp(tma_env, "all") == 0 ? PK_CUDA_GEMV_TMA_ALL
+                                                 : PK_CUDA_GEMV_TMA_MANY_WAVES;
+    if (st->gemv_tma != PK_CUDA_GEMV_TMA_OFF)
+        st->encode_tensor_map = driver_tensor_map_encoder();
     const char *target_env = getenv("PIO_CUDA_GEMV_TARGET");
     if (target_env != NULL && *target_env != '\0') {
         char *end = NULL;

@@ -68,6 +68,10 @@ typedef struct pk_cuda_state {
     int gemv_max_m;     /* matmuls with at most this many rows of x use the GEMV kernel */
     int gemv_target;    /* > 0: the GEMV split rule's warps per SM (PIO_CUDA_GEMV_TARGET) */
     int pdl;            /* programmatic dependent launches allowed (PIO_CUDA_PDL=0: off) */
+    /* The driver's cuTensorMapEncodeTiled, or NULL: one-row GEMVs then load their weights
+     * through registers only. */
+    void *encode_tensor_map;
+    int gemv_tma; /* which one-row GEMVs take gemv_tma_kernel: enum pk_cuda_gemv_tma */
     cudaStream_t stream;
 
     cublasLtHandle_t lt;
@@ -134,6 +138,19 @@ pio_status pk_cuda_sample_workspace(pk_context *ctx, size_t bytes, const char *o
  * matmuls in chunks of that many rows: fp32 throughout, no bf16 rounding of x, slow for
  * prefill (the exact-fp32 mode of the end-to-end GPU tests). */
 enum { PK_CUDA_GEMV_MAX_M_DEFAULT = 2, PK_CUDA_GEMV_ROWS = 8, PK_CUDA_GEMV_MAX_M_EXACT = 1 << 30 };
+
+/* Which one-row GEMVs with BF16 weights stream them through shared memory by tensor-map copies
+ * (gemv_tma_kernel) rather than registers (gemv_kernel): PK_CUDA_GEMV_TMA_MANY_WAVES unless
+ * PIO_CUDA_GEMV_TMA says "0" (none) or "all". Measured on Qwen3 decode steps (docs/KERNELS.md,
+ * "Eighth session"): the lm_head, a GEMV of many waves of blocks, gains with it on both models
+ * and both GPUs; the one-wave projections gain in a chain of GEMVs alone but lose next to the
+ * long-context attention and the MoE kernels. */
+enum pk_cuda_gemv_tma {
+    PK_CUDA_GEMV_TMA_OFF = 0,
+    PK_CUDA_GEMV_TMA_MANY_WAVES = 1, /* PK_CUDA_GEMV_MANY_WAVES row groups an SM or more */
+    PK_CUDA_GEMV_TMA_ALL = 2,
+};
+enum { PK_CUDA_GEMV_MANY_WAVES = 32 };
 
 /* Launches kernel<<<grid, block, smem, st->stream>>>(args...) as a programmatic dependent
  * launch (see pk_pdl_wait) when st->pdl is set, else normally. */
@@ -389,6 +406,62 @@ __device__ __forceinline__ void pk_pdl_wait()
 __device__ __forceinline__ void pk_pdl_launch_dependents()
 {
     asm volatile("griddepcontrol.launch_dependents;" :::);
+}
+
+/* ---- Tensor-map copies into shared memory, completed on an mbarrier (sm_90) --------------- */
+
+__device__ __forceinline__ uint32_t pk_smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* A barrier that completes a phase after `arrivals` arrivals and the bytes they announced. */
+__device__ __forceinline__ void pk_mbar_init(uint64_t *bar, unsigned arrivals)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(pk_smem_addr(bar)),
+                 "r"(arrivals)
+                 : "memory");
+}
+
+/* Makes the barriers this thread initialised visible to the copy engine (the async proxy). */
+__device__ __forceinline__ void pk_mbar_init_fence()
+{
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+/* Arrives on bar, announcing `bytes` that tensor copies will deliver to it. */
+__device__ __forceinline__ void pk_mbar_expect_bytes(uint64_t *bar, unsigned bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(
+                     pk_smem_addr(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+
+/* Waits until bar has completed the phase of the given parity. */
+__device__ __forceinline__ void pk_mbar_wait(uint64_t *bar, unsigned parity)
+{
+    uint32_t done = 0;
+    do {
+        asm volatile("{\n .reg .pred p;\n"
+                     " mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}"
+                     : "=r"(done)
+                     : "r"(pk_smem_addr(bar)), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+
+/* Copies the box of the 2-D tensor map `map` (a __grid_constant__ kernel parameter) whose first
+ * element is (column c0, row c1) into dst (128-byte aligned) without the register file; the
+ * box's bytes (zeros where it reaches past the tensor) count on bar. */
+__device__ __forceinline__ void pk_tensor_load_2d(void *dst, const void *map, int c0, int c1,
+                                                  uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
+                 "[%0], [%1, {%2, %3}], [%4];" ::"r"(pk_smem_addr(dst)),
+                 "l"(map), "r"(c0), "r"(c1), "r"(pk_smem_addr(bar))
+                 : "memory");
 }
 
 /* silu(g) · u, the CPU backend's expression (cpu_elementwise.c): every SwiGLU of the backend. */

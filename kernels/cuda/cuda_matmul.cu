@@ -7,7 +7,10 @@
  *     otherwise): a GEMV kernel that streams W once with 16-byte loads (8 bf16 or 4 f32 per
  *     lane), each warp dotting a few rows of W with every row of x in fp32 registers (see
  *     gemv_kernel): bound by memory bandwidth at M = 1, and the numerics are the CPU
- *     backend's (fp32 products and sums, only the order differs).
+ *     backend's (fp32 products and sums, only the order differs). With one row of x and BF16
+ *     weights of many waves of blocks (the lm_head; pk_cuda_gemv_tma), gemv_tma_kernel does the
+ *     same arithmetic on weights the copy engine streams into shared memory (2-D tensor-map
+ *     boxes), which keeps twice the bytes in flight.
  *   - Larger M (prefill, big batches): cuBLASLt. With BF16 W, x is first rounded to bf16 (round
  *     to nearest even) into a workspace and the product runs on the tensor cores with fp32
  *     accumulation and an F32 output; `accumulate` is beta = 1 on y, so the residual add is
@@ -24,6 +27,9 @@
  * dependent launches that request their first weights before waiting for the previous kernel.
  */
 #include "kernels/cuda/cuda_internal.h"
+
+#include <cuda.h> /* CUtensorMap */
+#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled */
 
 #include <stdlib.h>
 #include <string.h>
@@ -129,108 +135,46 @@ __device__ __forceinline__ void gemv_load_steps(uint4 (&wq)[U][R], const char *c
                 wq[u][r] = pk_load_weights16(wrow[r] + (size_t)(k0 + u * step) * welem);
 }
 
-/*
- * A warp computes ROWS output columns (rows gemv_row(group, 0 .. ROWS - 1) of W) over its share
- * of K; `splits` warps of one block share each row group (splits = 1, 2, 4 or 8), their lanes
- * interleaving over K: lane l of split s reads elements [(s·32 + l)·E, +E) of every
- * splits·32·E-element step with one 16-byte load per row (VEC: W rows, x rows and g start
- * 16-byte aligned; the K % E tail is read one element per lane). A loop iteration first issues
- * STEPS × ROWS loads, then loads each x value once for all ROWS rows. Splitting K gives short
- * matrices enough warps to keep the memory system busy; partial sums meet in shared memory and
- * are added in split order, so results do not depend on timing.
- *
- * The fused norm (EPI != GEMV_PLAIN; M <= 2, VEC) has no prologue, so the weight loads start at
- * once: the warps of a row group see every x value exactly once between them, so they dot W
- * with x · norm_w and sum x² on the way; the totals are then scaled by rsqrt(mean(x²) + eps)
- * (Σ w·(x·inv)·g = inv · Σ w·x·g: the same value up to fp32 rounding order). The SwiGLU
- * epilogue pairs each gate row with its up row in one warp, so the finishing lane writes
- * silu(g) · u.
- */
-template <int M, bool BF16, bool VEC, int EPI>
-__global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_shape<M>::MIN_BLOCKS) gemv_kernel(gemv_args a)
+/* One 16-byte step of every row at column k (E elements): acc[m][r] += W[r] · x[m] over the
+ * step, with x scaled by the norm weights (and x² summed into ss) for the fused norm. */
+template <int M, int R, bool BF16, bool NORM>
+__device__ __forceinline__ void gemv_dot_step(float (&acc)[M][R], float (&ss)[M],
+                                              const uint4 (&wq)[R], const gemv_args &a, int64_t k)
 {
     constexpr int E = BF16 ? 8 : 4;
-    constexpr int R = gemv_shape<M>::ROWS, U = gemv_shape<M>::STEPS;
+    pk_vec16<BF16> g;
+    if constexpr (NORM)
+        g = gemv_load_norm16<BF16>(a.norm_w, a.norm_bf16, k);
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        pk_vec16<BF16> xv = pk_load_x16<BF16>(a.x + m * a.xs + k);
+        if constexpr (NORM) {
+#pragma unroll
+            for (int e = 0; e < E; e++) {
+                ss[m] = fmaf(xv.v[e], xv.v[e], ss[m]);
+                xv.v[e] *= g.v[e];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[m][r] += pk_dot16<BF16>(pk_unpack16<BF16>(wq[r]), xv);
+    }
+}
+
+/*
+ * The end of a GEMV block: each warp's sums over its lanes, the row group's splits added in
+ * split order through shared memory, the norm's scale, and lane r of each row group's split-0
+ * warp writing output r (silu(g) · u for the SwiGLU epilogue).
+ */
+template <int M, int R, int EPI>
+__device__ __forceinline__ void gemv_finish(const gemv_args &a, float (&acc)[M][R],
+                                            float (&ss)[M], int64_t n0, int64_t rows)
+{
     constexpr bool NORM = EPI != GEMV_PLAIN;
-    const size_t welem = BF16 ? 2 : 4;
     __shared__ float partial[GEMV_WARPS][M][R];
     __shared__ float partial_ss[GEMV_WARPS][M];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.splits;
     const int split = warp % S;
-    const int64_t group = (int64_t)blockIdx.x * (GEMV_WARPS / S) + warp / S;
-    const int64_t rows = EPI == GEMV_NORM_SWIGLU ? a.N / 2 : a.N;      /* outputs */
-    const int64_t n0 = group * (EPI == GEMV_NORM_SWIGLU ? R / 2 : R); /* first output */
-    const int64_t step = (int64_t)S * 32 * E;
-    const char *wrow[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) { /* rows past the end read row 0 and are not written */
-        int64_t n = gemv_row<R, EPI>(group, r, a.N);
-        wrow[r] = (const char *)a.w + (size_t)((n0 < rows && n < a.N ? n : 0) * a.ws) * welem;
-    }
-    float acc[M][R], ss[M];
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-        ss[m] = 0.0f;
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            acc[m][r] = 0.0f;
-    }
-
-    pk_pdl_launch_dependents();
-    int64_t tail_start = 0;
-    if (VEC) {
-        /* The first weights are loaded before waiting for the previous kernel (the weights are
-         * read-only): under a programmatic launch they stream while it finishes. */
-        const int64_t kvec = a.K / E * E;
-        int64_t k0 = ((int64_t)split * 32 + lane) * E;
-        uint4 wq[U][R];
-        gemv_load_steps<U, R>(wq, wrow, k0, step, kvec, welem, n0 < rows);
-        pk_pdl_wait();
-        for (; n0 < rows && k0 < kvec; k0 += U * step) {
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int64_t k = k0 + u * step;
-                if (k >= kvec)
-                    break;
-                pk_vec16<BF16> g;
-                if constexpr (NORM)
-                    g = gemv_load_norm16<BF16>(a.norm_w, a.norm_bf16, k);
-#pragma unroll
-                for (int m = 0; m < M; m++) {
-                    pk_vec16<BF16> xv = pk_load_x16<BF16>(a.x + m * a.xs + k);
-                    if constexpr (NORM) {
-#pragma unroll
-                        for (int e = 0; e < E; e++) {
-                            ss[m] = fmaf(xv.v[e], xv.v[e], ss[m]);
-                            xv.v[e] *= g.v[e];
-                        }
-                    }
-#pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        acc[m][r] += pk_dot16<BF16>(pk_unpack16<BF16>(wq[u][r]), xv);
-                    }
-                }
-            }
-            gemv_load_steps<U, R>(wq, wrow, k0 + U * step, step, kvec, welem, true);
-        }
-        tail_start = kvec;
-    } else {
-        pk_pdl_wait();
-    }
-    for (int64_t k = tail_start + (int64_t)split * 32 + lane; n0 < rows && k < a.K;
-         k += (int64_t)S * 32) {
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            float xi = __ldg(a.x + m * a.xs + k);
-            if constexpr (NORM) {
-                ss[m] = fmaf(xi, xi, ss[m]);
-                xi *= pk_load(a.norm_w, a.norm_bf16, k);
-            }
-#pragma unroll
-            for (int r = 0; r < R; r++)
-                acc[m][r] = fmaf(pk_load(wrow[r], BF16, k), xi, acc[m][r]);
-        }
-    }
 #pragma unroll
     for (int m = 0; m < M; m++) {
 #pragma unroll
@@ -290,6 +234,171 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_shape<M>::MIN_BLOCKS) ge
 }
 
 /*
+ * A warp computes ROWS output columns (rows gemv_row(group, 0 .. ROWS - 1) of W) over its share
+ * of K; `splits` warps of one block share each row group (splits = 1, 2, 4 or 8), their lanes
+ * interleaving over K: lane l of split s reads elements [(s·32 + l)·E, +E) of every
+ * splits·32·E-element step with one 16-byte load per row (VEC: W rows, x rows and g start
+ * 16-byte aligned; the K % E tail is read one element per lane). A loop iteration first issues
+ * STEPS × ROWS loads, then loads each x value once for all ROWS rows. Splitting K gives short
+ * matrices enough warps to keep the memory system busy; partial sums meet in shared memory and
+ * are added in split order, so results do not depend on timing.
+ *
+ * The fused norm (EPI != GEMV_PLAIN; M <= 2, VEC) has no prologue, so the weight loads start at
+ * once: the warps of a row group see every x value exactly once between them, so they dot W
+ * with x · norm_w and sum x² on the way; the totals are then scaled by rsqrt(mean(x²) + eps)
+ * (Σ w·(x·inv)·g = inv · Σ w·x·g: the same value up to fp32 rounding order). The SwiGLU
+ * epilogue pairs each gate row with its up row in one warp, so the finishing lane writes
+ * silu(g) · u.
+ */
+template <int M, bool BF16, bool VEC, int EPI>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_shape<M>::MIN_BLOCKS) gemv_kernel(gemv_args a)
+{
+    constexpr int E = BF16 ? 8 : 4;
+    constexpr int R = gemv_shape<M>::ROWS, U = gemv_shape<M>::STEPS;
+    constexpr bool NORM = EPI != GEMV_PLAIN;
+    const size_t welem = BF16 ? 2 : 4;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.splits;
+    const int split = warp % S;
+    const int64_t group = (int64_t)blockIdx.x * (GEMV_WARPS / S) + warp / S;
+    const int64_t rows = EPI == GEMV_NORM_SWIGLU ? a.N / 2 : a.N;      /* outputs */
+    const int64_t n0 = group * (EPI == GEMV_NORM_SWIGLU ? R / 2 : R); /* first output */
+    const int64_t step = (int64_t)S * 32 * E;
+    const char *wrow[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) { /* rows past the end read row 0 and are not written */
+        int64_t n = gemv_row<R, EPI>(group, r, a.N);
+        wrow[r] = (const char *)a.w + (size_t)((n0 < rows && n < a.N ? n : 0) * a.ws) * welem;
+    }
+    float acc[M][R], ss[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        ss[m] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[m][r] = 0.0f;
+    }
+
+    pk_pdl_launch_dependents();
+    int64_t tail_start = 0;
+    if (VEC) {
+        /* The first weights are loaded before waiting for the previous kernel (the weights are
+         * read-only): under a programmatic launch they stream while it finishes. */
+        const int64_t kvec = a.K / E * E;
+        int64_t k0 = ((int64_t)split * 32 + lane) * E;
+        uint4 wq[U][R];
+        gemv_load_steps<U, R>(wq, wrow, k0, step, kvec, welem, n0 < rows);
+        pk_pdl_wait();
+        for (; n0 < rows && k0 < kvec; k0 += U * step) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int64_t k = k0 + u * step;
+                if (k >= kvec)
+                    break;
+                gemv_dot_step<M, R, BF16, NORM>(acc, ss, wq[u], a, k);
+            }
+            gemv_load_steps<U, R>(wq, wrow, k0 + U * step, step, kvec, welem, true);
+        }
+        tail_start = kvec;
+    } else {
+        pk_pdl_wait();
+    }
+    for (int64_t k = tail_start + (int64_t)split * 32 + lane; n0 < rows && k < a.K;
+         k += (int64_t)S * 32) {
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float xi = __ldg(a.x + m * a.xs + k);
+            if constexpr (NORM) {
+                ss[m] = fmaf(xi, xi, ss[m]);
+                xi *= pk_load(a.norm_w, a.norm_bf16, k);
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                acc[m][r] = fmaf(pk_load(wrow[r], BF16, k), xi, acc[m][r]);
+        }
+    }
+    gemv_finish<M, R, EPI>(a, acc, ss, n0, rows);
+}
+
+/*
+ * gemv_kernel for one row of x and BF16 weights, with the weights streamed through shared
+ * memory by the copy engine instead of registers. A warp's 16-byte steps (splits as in
+ * gemv_kernel) cover 8 rows × GEMV_TMA_COLS columns of W — its 32 lanes' 512 bytes of each row —
+ * which is one box of a 2-D tensor map over W (two boxes of 4 rows for the SwiGLU epilogue:
+ * the gate rows and the up rows that pair with them). Lane 0 keeps D boxes in flight in the
+ * warp's ring of D × 4 KB; the first D are requested before the programmatic wait, so they
+ * stream while the kernel before finishes. No register holds a load in flight, so an SM keeps
+ * 3 blocks × 8 warps × D boxes in flight (192 KB at D = 2) where gemv_kernel's registers hold
+ * 96 KB. Boxes past K or N arrive as zeros; the lanes past K skip their step.
+ */
+static constexpr int GEMV_TMA_COLS = 256;                       /* columns of W in a box */
+static constexpr int GEMV_TMA_ROWS = 8;                         /* rows of W in a warp's step */
+static constexpr int GEMV_TMA_BOX = GEMV_TMA_ROWS * GEMV_TMA_COLS * 2; /* bytes */
+static constexpr int GEMV_TMA_DEPTH = 2; /* boxes in flight a warp */
+static constexpr int GEMV_TMA_SMEM = GEMV_WARPS * GEMV_TMA_DEPTH * GEMV_TMA_BOX; /* a block's */
+
+template <int EPI>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 3)
+    gemv_tma_kernel(const __grid_constant__ CUtensorMap wmap, gemv_args a)
+{
+    constexpr int R = GEMV_TMA_ROWS, D = GEMV_TMA_DEPTH, BOX = GEMV_TMA_BOX;
+    constexpr bool NORM = EPI != GEMV_PLAIN;
+    extern __shared__ __align__(128) unsigned char gemv_ring[];
+    __shared__ uint64_t box_ready[GEMV_WARPS][D];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.splits;
+    const int split = warp % S;
+    const int64_t group = (int64_t)blockIdx.x * (GEMV_WARPS / S) + warp / S;
+    const int64_t rows = EPI == GEMV_NORM_SWIGLU ? a.N / 2 : a.N;      /* outputs */
+    const int64_t n0 = group * (EPI == GEMV_NORM_SWIGLU ? R / 2 : R); /* first output */
+    const int boxes_k = (int)((a.K + GEMV_TMA_COLS - 1) / GEMV_TMA_COLS);
+    /* this warp's boxes: columns (split + j·S)·GEMV_TMA_COLS for j = 0 .. boxes - 1 */
+    const int boxes = n0 < rows && split < boxes_k ? (boxes_k - split + S - 1) / S : 0;
+    unsigned char *ring = gemv_ring + (size_t)warp * D * BOX;
+    uint64_t *ready = box_ready[warp];
+    auto request = [&](int j) { /* lane 0: box j into slot j % D */
+        const int slot = j % D, c0 = (split + j * S) * GEMV_TMA_COLS;
+        unsigned char *dst = ring + slot * BOX;
+        pk_mbar_expect_bytes(&ready[slot], BOX);
+        if constexpr (EPI == GEMV_NORM_SWIGLU) {
+            pk_tensor_load_2d(dst, &wmap, c0, (int)n0, &ready[slot]);
+            pk_tensor_load_2d(dst + BOX / 2, &wmap, c0, (int)(a.N / 2 + n0), &ready[slot]);
+        } else {
+            pk_tensor_load_2d(dst, &wmap, c0, (int)n0, &ready[slot]);
+        }
+    };
+
+    pk_pdl_launch_dependents();
+    if (lane == 0) {
+        for (int slot = 0; slot < D; slot++)
+            pk_mbar_init(&ready[slot], 1);
+        pk_mbar_init_fence();
+        for (int j = 0; j < D && j < boxes; j++)
+            request(j);
+    }
+    __syncwarp();
+    float acc[1][R], ss[1] = {0.0f};
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[0][r] = 0.0f;
+    pk_pdl_wait();
+    for (int j = 0; j < boxes; j++) {
+        const int slot = j % D;
+        pk_mbar_wait(&ready[slot], (unsigned)(j / D) & 1u);
+        const unsigned char *mine = ring + slot * BOX + lane * 16;
+        uint4 wq[R];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            wq[r] = *(const uint4 *)(mine + r * GEMV_TMA_COLS * 2);
+        const int64_t k = (int64_t)(split + j * S) * GEMV_TMA_COLS + lane * 8;
+        if (k < a.K) /* K % 8 == 0: a lane's 8 columns are all in or all out */
+            gemv_dot_step<1, R, true, NORM>(acc, ss, wq, a, k);
+        __syncwarp(); /* the slot is read: refill it */
+        if (lane == 0 && j + D < boxes)
+            request(j + D);
+    }
+    gemv_finish<1, R, EPI>(a, acc, ss, n0, rows);
+}
+
+/*
  * Warps per row group: K is split until there are about `target` warps per SM in all, as long
  * as every split still gets at least two 16-byte steps of each row. The targets were measured
  * on an H100 at Qwen3-4B's decode shapes (docs/KERNELS.md, "GEMV split sweep"): one row of x
@@ -305,10 +414,35 @@ static int gemv_splits(int64_t N, int64_t K, bool bf16, int sm_count, int target
     int64_t per_step = 32 * (bf16 ? 8 : 4);
     int64_t groups = (N + gemv_shape<M>::ROWS - 1) / gemv_shape<M>::ROWS;
     int64_t target = target_override > 0 ? target_override
-                     : M >= 2                               ? 16
-                     : groups >= 32 * (int64_t)sm_count     ? 96
-                                                            : 32;
+                     : M >= 2                                                  ? 16
+                     : groups >= PK_CUDA_GEMV_MANY_WAVES * (int64_t)sm_count ? 96
+                                                                               : 32;
     return pk_k_splits(groups, K, per_step, (int64_t)sm_count * target, GEMV_WARPS);
+}
+
+/* The tensor map of gemv_tma_kernel over W (BF16, [N, K], rows ws elements apart), or false
+ * where st->gemv_tma leaves this matrix to gemv_kernel or the driver cannot encode one. */
+static bool gemv_tensor_map(const pk_cuda_state *st, const gemv_args &a, int box_rows,
+                            CUtensorMap *map)
+{
+    const int64_t groups = (a.N + GEMV_TMA_ROWS - 1) / GEMV_TMA_ROWS;
+    const bool many_waves = groups >= PK_CUDA_GEMV_MANY_WAVES * (int64_t)st->sm_count;
+    if (st->encode_tensor_map == NULL || st->gemv_tma == PK_CUDA_GEMV_TMA_OFF ||
+        (st->gemv_tma == PK_CUDA_GEMV_TMA_MANY_WAVES && !many_waves) ||
+        a.K % 8 != 0 || a.K < GEMV_TMA_COLS ||
+        a.N < GEMV_TMA_ROWS || a.N > INT32_MAX || a.K > INT32_MAX || a.ws % 8 != 0 ||
+        !pk_aligned16(a.w))
+        return false;
+    cuuint64_t dims[2] = {(cuuint64_t)a.K, (cuuint64_t)a.N};
+    cuuint64_t row_bytes[1] = {(cuuint64_t)a.ws * 2};
+    cuuint32_t box[2] = {GEMV_TMA_COLS, (cuuint32_t)box_rows};
+    cuuint32_t elem_strides[2] = {1, 1};
+    PFN_cuTensorMapEncodeTiled_v12000 encode =
+        (PFN_cuTensorMapEncodeTiled_v12000)st->encode_tensor_map;
+    return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)a.w, dims, row_bytes, box,
+                  elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 template <int M, bool BF16, int EPI>
@@ -318,6 +452,13 @@ static cudaError_t launch_gemv_m(bool vec, gemv_args a, const pk_cuda_state *st)
     int64_t rows_per_block = (int64_t)(GEMV_WARPS / a.splits) * gemv_shape<M>::ROWS;
     dim3 blocks((unsigned)((a.N + rows_per_block - 1) / rows_per_block));
     dim3 threads(GEMV_WARPS * 32);
+    CUtensorMap map;
+    static_assert(gemv_shape<1>::ROWS == GEMV_TMA_ROWS, "gemv_tma_kernel's row groups");
+    if (M == 1 && BF16 && vec &&
+        gemv_tensor_map(st, a, EPI == GEMV_NORM_SWIGLU ? GEMV_TMA_ROWS / 2 : GEMV_TMA_ROWS,
+                        &map))
+        return pk_cuda_launch_pdl(st, gemv_tma_kernel<EPI>, blocks, threads, GEMV_TMA_SMEM, map,
+                                  a);
     if (EPI != GEMV_PLAIN || vec)
         return pk_cuda_launch_pdl(st, gemv_kernel<M, BF16, true, EPI>, blocks, threads, 0, a);
     return pk_cuda_launch_pdl(st, gemv_kernel<M, BF16, false, GEMV_PLAIN>, blocks, threads, 0, a);
@@ -399,12 +540,25 @@ static void destroy_plan(pk_cuda_matmul_plan *p)
     memset(p, 0, sizeof *p);
 }
 
+/* Lets gemv_tma_kernel's blocks use their shared memory (over the 48 KB default). */
+template <int EPI> static cudaError_t gemv_tma_allow_smem(void)
+{
+    return cudaFuncSetAttribute(gemv_tma_kernel<EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                GEMV_TMA_SMEM);
+}
+
 pio_status pk_cuda_matmul_init(pk_context *ctx, pio_error *err)
 {
     pk_cuda_state *st = pk_cuda_state_of(ctx);
     st->plans = (pk_cuda_matmul_plan *)calloc(PK_CUDA_PLAN_CACHE, sizeof *st->plans);
     if (st->plans == NULL)
         return pio_error_set(err, PIO_ERR_OUT_OF_MEMORY, "pk_context_create: out of memory");
+    cudaError_t e = cudaSuccess;
+    if (st->encode_tensor_map != NULL &&
+        ((e = gemv_tma_allow_smem<GEMV_PLAIN>()) || (e = gemv_tma_allow_smem<GEMV_NORM>()) ||
+         (e = gemv_tma_allow_smem<GEMV_NORM_SWIGLU>())))
+        return pio_error_set(err, PIO_ERR_DEVICE, "pk_context_create: the GEMV's shared memory: "
+                             "%s", cudaGetErrorString(e));
     cublasStatus_t cs = cublasLtMatmulDescCreate(&st->lt_desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     if (cs == CUBLAS_STATUS_SUCCESS)

@@ -203,6 +203,9 @@ static pio_status run_chunk(pio_decoder *m, const pio_textgen_batch *b, int64_t 
     pk_token_batch tb = {.block_tables = *block_tables,
                          .block_size = pk_kv_pool_block_size(m->pool),
                          .distinct_sequences = kb->n_seqs == (int64_t)b->n_tokens};
+    /* The metadata is staged below before the layers run; with one token a sequence every
+     * earlier key of it comes from an earlier step. */
+    tb.settled = tb.distinct_sequences;
     pk_attention_activations a;
     pio_status st;
     if ((st = pio_decoder_stage_ids(m, &m->ws.ids, b->tokens + first, n, &ids, err)) ||

@@ -173,7 +173,8 @@ static pio_status step_ops(pio_decoder *m, int64_t n, const step_plan *plan, pio
                          .seq_rows = device_words(g, SEQ_ROWS, 1, n),
                          .block_tables = device_words(g, TABLES, n, g->table_width),
                          .block_size = pk_kv_pool_block_size(m->pool),
-                         .distinct_sequences = 1}; /* graph steps: one token a sequence */
+                         .distinct_sequences = 1, /* graph steps: one token a sequence */
+                         .settled = 1}; /* the metadata is copied before the replay */
     pk_attention_activations a;
     pio_status st = pio_decoder_run_layers(m, &ids, &tb, n, &a, err);
     if (st != PIO_OK)

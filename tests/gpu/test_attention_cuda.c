@@ -227,8 +227,8 @@ static batch make_batch(world *w, const tokens *tl)
     batch b;
     b.positions = int_pair(tl->pos, tl->n);
     b.rows = int_pair(tl->seq, tl->n);
-    b.h = (pk_token_batch){b.positions.h, b.rows.h, w->tables.h, w->s.block_size, 0};
-    b.d = (pk_token_batch){b.positions.d, b.rows.d, w->tables.d, w->s.block_size, 0};
+    b.h = (pk_token_batch){b.positions.h, b.rows.h, w->tables.h, w->s.block_size, 0, 0};
+    b.d = (pk_token_batch){b.positions.d, b.rows.d, w->tables.d, w->s.block_size, 0, 0};
     return b;
 }
 
@@ -738,9 +738,10 @@ static void fused_compare(world *w, fused_io *io, const batch *b, int planes,
     check_pair_rows(what, &io->out, NULL, TOL_F32, io->out_before, nan_rows, 1);
 }
 
-/* The tokens of tl (positions [0, pos) of each sequence already cached) through the op. */
-static void run_fused(const shape *s, const tokens *tl, int distinct, pio_dtype norm_dtype,
-                      const char *what)
+/* The tokens of tl (positions [0, pos) of each sequence already cached) through the op. The
+ * cache and the metadata are uploaded by copies first, so the batch may promise `settled`. */
+static void run_fused(const shape *s, const tokens *tl, int distinct, int settled,
+                      pio_dtype norm_dtype, const char *what)
 {
     int32_t len[MAX_SEQS] = {0};
     int n_seqs = 0;
@@ -757,6 +758,7 @@ static void run_fused(const shape *s, const tokens *tl, int distinct, pio_dtype 
     fused_io io = fused_make(&w, tl->n, norm_dtype);
     batch b = make_batch(&w, tl);
     b.h.distinct_sequences = b.d.distinct_sequences = distinct;
+    b.h.settled = b.d.settled = settled;
     char name[256];
     describe(name, sizeof name, s, what);
     pio_error err;
@@ -772,13 +774,15 @@ static void test_qk_norm_rope_attention(void **state)
     (void)state;
     static const int32_t depths[] = {0, 1, 127, 128, 129, 600, 5000};
     int n_depths = sanitizer ? 5 : 7;
-    for (int i = 0; i < n_depths; i++) { /* one token across the split boundaries */
-        tokens tl = {.n = 0};
-        add_token(&tl, 0, depths[i]);
-        char what[64];
-        snprintf(what, sizeof what, "fused, position %d", depths[i]);
-        run_fused(&QWEN3, &tl, 1, PIO_DTYPE_BF16, what);
-    }
+    for (int i = 0; i < n_depths; i++) /* one token across the split boundaries */
+        for (int settled = 0; settled < 2; settled++) {
+            tokens tl = {.n = 0};
+            add_token(&tl, 0, depths[i]);
+            char what[64];
+            snprintf(what, sizeof what, "fused, position %d%s", depths[i],
+                     settled ? ", settled" : "");
+            run_fused(&QWEN3, &tl, 1, settled, PIO_DTYPE_BF16, what);
+        }
     static const shape shapes[] = {
         {32, 4, 128, 128, 16, PIO_DTYPE_BF16, 0, 0}, /* Qwen3-Coder: groups of 8 */
         {16, 8, 128, 128, 16, PIO_DTYPE_BF16, 0, 0}, /* Qwen3-VL-2B: groups of 2 */
@@ -791,22 +795,26 @@ static void test_qk_norm_rope_attention(void **state)
             tokens tl = {.n = 0};
             for (int i = 0; i < sizes[n]; i++)
                 add_token(&tl, i, (int32_t)random_int(0, sanitizer ? 300 : 2500));
-            run_fused(&shapes[c], &tl, 1, c % 2 ? PIO_DTYPE_F32 : PIO_DTYPE_BF16,
-                      "fused, a batch of sequences");
+            run_fused(&shapes[c], &tl, 1, (int)(n % 2), c % 2 ? PIO_DTYPE_F32 : PIO_DTYPE_BF16,
+                      n % 2 ? "fused, a settled batch of sequences"
+                            : "fused, a batch of sequences");
         }
     /* Two tokens of one sequence: no promise, the unfused kernels (the second token reads the
      * first one's key). Groups of 16 and F32 caches are not fused either. */
     tokens chunk = {.n = 0};
     add_run(&chunk, 0, 10, 2);
     add_token(&chunk, 1, 300);
-    run_fused(&QWEN3, &chunk, 0, PIO_DTYPE_BF16, "not fused, a chunk of two tokens");
+    run_fused(&QWEN3, &chunk, 0, 0, PIO_DTYPE_BF16, "not fused, a chunk of two tokens");
     const shape wide_group = {32, 2, 128, 128, 16, PIO_DTYPE_BF16, 0, 0};
     const shape f32 = {8, 2, 64, 64, 16, PIO_DTYPE_F32, 0, 0};
     tokens three = {.n = 0};
     for (int i = 0; i < 3; i++)
         add_token(&three, i, 100 * i + 7);
-    run_fused(&wide_group, &three, 1, PIO_DTYPE_BF16, "not fused, groups of 16");
-    run_fused(&f32, &three, 1, PIO_DTYPE_BF16, "not fused, f32 caches");
+    run_fused(&wide_group, &three, 1, 0, PIO_DTYPE_BF16, "not fused, groups of 16");
+    /* settled: the attention reads the keys before each position ahead of its wait, the key at
+     * the position (stored by the kernel before) after it */
+    run_fused(&wide_group, &three, 1, 1, PIO_DTYPE_BF16, "not fused, groups of 16, settled");
+    run_fused(&f32, &three, 1, 1, PIO_DTYPE_BF16, "not fused, f32 caches");
 }
 
 /* A token whose block at its position is out of range: NaN outputs, nothing stored, the error
@@ -830,6 +838,7 @@ static void test_qk_norm_rope_attention_bad_block(void **state)
     fused_io io = fused_make(&w, tl.n, PIO_DTYPE_BF16);
     batch b = make_batch(&w, &tl);
     b.h.distinct_sequences = b.d.distinct_sequences = 1;
+    b.h.settled = b.d.settled = 1;
     pio_error err;
     expect_ok(fused_op(gpu_ctx, &w, &io, &b, &err), &err, "bad block: gpu");
     assert_int_equal(pk_synchronize(gpu_ctx, &err), PIO_ERR_INVALID_ARGUMENT);
