@@ -24,7 +24,7 @@
 
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/cuda_internal.h" /* pk_load_weights16, pk_pdl_wait, ... */
+#include "kernels/cuda/cuda_internal.h" /* pk_load_weights16, pk_pdl_wait, pk_mbar_wait, ... */
 
 namespace {
 
@@ -73,11 +73,6 @@ __global__ void __launch_bounds__(THREADS) read_kernel(const uint4 *w, size_t n1
         sink[0] = acc;
 }
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
 /* Each warp streams its own contiguous part of `bytes` through `slots` shared-memory chunks
  * filled by cp.async.bulk (lane 0 issues, one mbarrier a chunk); the lanes read each chunk. */
 __global__ void bulk_kernel(const char *w, size_t bytes, int chunk, int slots, unsigned *sink)
@@ -90,19 +85,16 @@ __global__ void bulk_kernel(const char *w, size_t bytes, int chunk, int slots, u
     const size_t per = bytes / nw / chunk * chunk, n_chunks = per / chunk;
     const char *base = w + gw * per;
     auto fill = [&](size_t c, int s) {
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(
-                         smem_addr(&bar[s])),
-                     "r"(chunk)
-                     : "memory");
+        pk_mbar_expect_bytes(&bar[s], (unsigned)chunk);
         asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], "
-                     "[%1], %2, [%3];" ::"r"(smem_addr(ring + (size_t)s * chunk)),
-                     "l"(base + c * chunk), "r"(chunk), "r"(smem_addr(&bar[s]))
+                     "[%1], %2, [%3];" ::"r"(pk_smem_addr(ring + (size_t)s * chunk)),
+                     "l"(base + c * chunk), "r"(chunk), "r"(pk_smem_addr(&bar[s]))
                      : "memory");
     };
     if (lane == 0) {
         for (int s = 0; s < slots; s++)
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bar[s])));
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+            pk_mbar_init(&bar[s], 1);
+        pk_mbar_init_fence();
         for (int s = 0; s < slots && (size_t)s < n_chunks; s++)
             fill(s, s);
     }
@@ -110,16 +102,7 @@ __global__ void bulk_kernel(const char *w, size_t bytes, int chunk, int slots, u
     uint32_t acc = 0;
     for (size_t c = 0; c < n_chunks; c++) {
         const int s = (int)(c % slots);
-        const uint32_t parity = (uint32_t)((c / slots) & 1);
-        uint32_t done = 0;
-        do {
-            asm volatile("{\n .reg .pred p;\n"
-                         " mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                         " selp.u32 %0, 1, 0, p;\n}"
-                         : "=r"(done)
-                         : "r"(smem_addr(&bar[s])), "r"(parity)
-                         : "memory");
-        } while (!done);
+        pk_mbar_wait(&bar[s], (unsigned)((c / slots) & 1));
         const uint4 *b = (const uint4 *)(ring + (size_t)s * chunk);
         for (int i = lane; i < chunk / 16; i += 32) {
             const uint4 v = b[i];
