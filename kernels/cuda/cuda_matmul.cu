@@ -553,12 +553,13 @@ pio_status pk_cuda_matmul_init(pk_context *ctx, pio_error *err)
     st->plans = (pk_cuda_matmul_plan *)calloc(PK_CUDA_PLAN_CACHE, sizeof *st->plans);
     if (st->plans == NULL)
         return pio_error_set(err, PIO_ERR_OUT_OF_MEMORY, "pk_context_create: out of memory");
-    cudaError_t e = cudaSuccess;
+    /* A GPU that cannot give gemv_tma_kernel its shared memory runs every GEMV on gemv_kernel. */
     if (st->encode_tensor_map != NULL &&
-        ((e = gemv_tma_allow_smem<GEMV_PLAIN>()) || (e = gemv_tma_allow_smem<GEMV_NORM>()) ||
-         (e = gemv_tma_allow_smem<GEMV_NORM_SWIGLU>())))
-        return pio_error_set(err, PIO_ERR_DEVICE, "pk_context_create: the GEMV's shared memory: "
-                             "%s", cudaGetErrorString(e));
+        (GEMV_TMA_SMEM > st->max_smem_optin || gemv_tma_allow_smem<GEMV_PLAIN>() ||
+         gemv_tma_allow_smem<GEMV_NORM>() || gemv_tma_allow_smem<GEMV_NORM_SWIGLU>())) {
+        (void)cudaGetLastError();
+        st->encode_tensor_map = NULL;
+    }
     cublasStatus_t cs = cublasLtMatmulDescCreate(&st->lt_desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     if (cs == CUBLAS_STATUS_SUCCESS)
