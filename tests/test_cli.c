@@ -281,6 +281,37 @@ static void bench_reports_json(void **state)
 
 /* The raw tests through the extension on the qwen3_tiny fixture (3 layers, 2 KV heads of 32,
  * bf16 weights and cache). */
+/* tools/plugin_bench.sh runs every line of a plugin's benchmarks/pio-bench.args (comments and
+ * blank lines skipped) with dummy weights and the extra arguments; a failing line fails the
+ * script after the others ran. */
+static void plugin_bench_script_runs_each_line(void **state)
+{
+    (void)state;
+    write_file("good.args", "# a comment\n-p 16 -n 8 -r 1 --depth 32\n\n-p 0 -n 2 -r 1 --batch 2");
+    write_file("bad.args", "-p 0 -n 2 -r 1 --depth 0\n-p 0 -n 3 -r 1\n");
+    char *out;
+    assert_int_equal(run(&out, "sh tools/plugin_bench.sh " PIO " tests/fixtures/models/qwen3_tiny "
+                               "%s/good.args --plugin qwen3_4b_instruct_2507", scratch), 0);
+    expect_output(out, " bench -m tests/fixtures/models/qwen3_tiny --set model.load_format=dummy "
+                       "-p 16 -n 8 -r 1 --depth 32 --plugin qwen3_4b_instruct_2507");
+    expect_output(out, "|        tg8@d32 |");
+    expect_output(out, "|         tg2@b2 |");
+    if (strstr(out, "a comment") != NULL)
+        fail_msg("a comment line was run:\n%s", out);
+    free(out);
+    assert_int_equal(run(&out, "sh tools/plugin_bench.sh " PIO " tests/fixtures/models/qwen3_tiny "
+                               "%s/bad.args --plugin qwen3_4b_instruct_2507", scratch), 1);
+    expect_output(out, "|            tg3 |"); /* the line after the failing one still ran */
+    free(out);
+    assert_int_equal(run(&out, "sh tools/plugin_bench.sh " PIO " x"), 2);
+    expect_output(out, "usage:");
+    free(out);
+    /* every plugin ships its set */
+    assert_int_equal(run(&out, "ls plugins/qwen3_4b_instruct_2507/benchmarks/pio-bench.args "
+                               "plugins/qwen3_coder_30b/benchmarks/pio-bench.args"), 0);
+    free(out);
+}
+
 static void bench_runs_every_test_on_a_fixture_model(void **state)
 {
     (void)state;
@@ -427,6 +458,7 @@ int main(void)
         cmocka_unit_test(logits_writes_a_npy_file),
         cmocka_unit_test(bench_reports_json),
         cmocka_unit_test(bench_runs_every_test_on_a_fixture_model),
+        cmocka_unit_test(plugin_bench_script_runs_each_line),
         cmocka_unit_test(tokenize_and_detokenize_load_only_the_tokenizer),
         cmocka_unit_test(device_option_sets_the_backend_key),
         cmocka_unit_test(serve_refuses_a_plugin_without_batching),
