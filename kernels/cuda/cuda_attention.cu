@@ -1753,7 +1753,11 @@ static split_args make_split_args(pk_cuda_state *st, const pk_tensor *out, const
     a.v_chunks = sh.v_chunks;
     a.splits = 1;
     a.min_split_keys = DEC_MIN_SPLIT_KEYS;
-    a.settled = batch->settled;
+    /* Reading ahead of the wait pays only when the kernel before lets this one start early: the
+     * GEMV of decode-sized batches does (a programmatic launch that triggers at once), a cuBLASLt
+     * product does not, and there the reads would only delay the loads of q (k, v) that the
+     * unsettled order overlaps with them. */
+    a.settled = batch->settled && q->rows <= st->gemv_max_m;
     a.scale_log2 = p->scale * 1.4426950408889634f;
     a.tile_tokens = 1;
     a.info = st->err_info_dev;
