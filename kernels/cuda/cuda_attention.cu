@@ -1285,20 +1285,17 @@ __device__ __forceinline__ void load_q_frags(const float *qr, int hn, float scal
  * token t, then the token's key and value of kv head kvh; warp w takes items w, w + DEC_WARPS,
  * ..., one head a warp as pk_head_norm_rope wants.
  *
- * fused_load_rows: the raw rows of the warp's items and the norm weights (they depend on
- * nothing but the kernel before).
+ * fused_load_rows: the raw rows of the warp's items (written by the kernel before; the norm
+ * weights, read-only, are loaded before the programmatic wait).
  */
 static constexpr int FUSE_ITEMS = (DEC_HEADS + 2 + DEC_WARPS - 1) / DEC_WARPS; /* per warp */
 
 template <int HD>
 __device__ __forceinline__ void fused_load_rows(const split_args &a, const qk_fuse &f, int64_t t,
                                                 int kvh, int h_first, int hn,
-                                                float (&raw)[FUSE_ITEMS][HD / 32],
-                                                float (&q_w)[HD / 32], float (&k_w)[HD / 32])
+                                                float (&raw)[FUSE_ITEMS][HD / 32])
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    pk_head_norm_weights(f.q_norm, f.q_norm_bf16, q_w);
-    pk_head_norm_weights(f.k_norm, f.k_norm_bf16, k_w);
 #pragma unroll
     for (int i = 0; i < FUSE_ITEMS; i++) {
         const int item = warp + DEC_WARPS * i;
@@ -1341,7 +1338,8 @@ __device__ __forceinline__ void split_bf16(float x, uint16_t (&terms)[3])
 template <int HD>
 __device__ bool fused_qk_rows(const split_args &a, const qk_fuse &f, int64_t t, int kvh, int hn,
                               int64_t pos, const int32_t *table, bool stores,
-                              float (&raw)[FUSE_ITEMS][HD / 32], const float (&q_w)[HD / 32],
+                              const float (&freq)[HD / 64], float (&raw)[FUSE_ITEMS][HD / 32],
+                              const float (&q_w)[HD / 32],
                               const float (&k_w)[HD / 32], uint2 (*q_frag)[3][32])
 {
     constexpr int E = HD / 32, STEPS = HD / 16;
@@ -1353,7 +1351,7 @@ __device__ bool fused_qk_rows(const split_args &a, const qk_fuse &f, int64_t t, 
         if (((idx & 31) >> 2) >= hn)
             q_frag[idx / 96][(idx / 32) % 3][idx & 31] = make_uint2(0u, 0u);
     float c[E / 2], sn[E / 2], sums[FUSE_ITEMS];
-    pk_rope_cos_sin<E>((float)pos, f.rope, c, sn);
+    pk_rope_cos_sin<E>((float)pos, freq, c, sn);
 #pragma unroll
     for (int i = 0; i < FUSE_ITEMS; i++)
         sums[i] = pk_lane_sum_squares(raw[i]);
@@ -1442,12 +1440,18 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     const int h_first = kvh * a.group + g0;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
     /* q (fused: the raw rows of q, k and v): written by the kernel before */
-    float raw[Fuse::on ? FUSE_ITEMS : 1][HD / 32], q_w[HD / 32], k_w[HD / 32];
+    float raw[Fuse::on ? FUSE_ITEMS : 1][HD / 32], q_w[HD / 32], k_w[HD / 32], freq[HD / 64];
+    if constexpr (Fuse::on)
+        pk_rope_lane_freqs<HD / 32>(fuse.rope, freq); /* first: see pk_rope_lane_freqs */
     auto wait_and_load_queries = [&] {
+        if constexpr (Fuse::on) { /* weights: ~1,100 cycles after the wait on an H100 */
+            pk_head_norm_weights(fuse.q_norm, fuse.q_norm_bf16, q_w);
+            pk_head_norm_weights(fuse.k_norm, fuse.k_norm_bf16, k_w);
+        }
         pk_pdl_wait();
         pk_pdl_launch_dependents(); /* the o_proj GEMV may start loading its weights */
         if constexpr (Fuse::on)
-            fused_load_rows<HD>(a, fuse, t, kvh, h_first, hn, raw, q_w, k_w);
+            fused_load_rows<HD>(a, fuse, t, kvh, h_first, hn, raw);
         else
             load_q_frags<HD>(a.q + t * a.q_stride + (int64_t)(h_first + g) * HD, hn,
                              a.scale_log2, q_frag);
@@ -1495,8 +1499,8 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     if (a.settled)
         wait_and_load_queries();
     if constexpr (Fuse::on) {
-        if (!fused_qk_rows<HD>(a, fuse, t, kvh, hn, pos, table, end == pos + 1, raw, q_w, k_w,
-                               q_frag))
+        if (!fused_qk_rows<HD>(a, fuse, t, kvh, hn, pos, table, end == pos + 1, freq, raw, q_w,
+                               k_w, q_frag))
             bad = true;
     }
     __syncthreads(); /* q_frag; fused: the new key and value in the cache */

@@ -415,6 +415,8 @@ __global__ void __launch_bounds__(QK_NORM_WARPS * 32, HPW > 1 ? 4 : 1)
     const int lane = threadIdx.x & 31;
     const int first = (blockIdx.y * QK_NORM_WARPS + (threadIdx.x >> 5)) * HPW;
     const int heads = a.n_q + a.n_kv + (a.v_cache != NULL ? a.n_kv : 0), hd = E * 32;
+    float freq[E / 2];
+    pk_rope_lane_freqs<E>(a.f, freq);
     pk_pdl_wait(); /* q, k, v: the projection before */
     pk_pdl_launch_dependents();
     if (first >= heads)
@@ -442,7 +444,7 @@ __global__ void __launch_bounds__(QK_NORM_WARPS * 32, HPW > 1 ? 4 : 1)
         int64_t slot = ok ? slot_of(a.b, table, (int)pos) : -1;
         float c[E / 2], sn[E / 2];
         if (first < a.n_q + a.n_kv)
-            pk_rope_cos_sin<E>((float)a.b.positions[t], a.f, c, sn);
+            pk_rope_cos_sin<E>((float)a.b.positions[t], freq, c, sn);
 #pragma unroll
         for (int h = 0; h < HPW; h++) {
             const int head = first + h;

@@ -618,18 +618,31 @@ template <int HALF> static inline pk_rope_freqs<HALF> pk_make_rope_freqs(const p
     return f;
 }
 
-/* cos and sin of the RoPE angles pos·inv_freq of the pairs a lane holds in pk_head_norm_rope's
- * layout (pair j: inv_freq[lane + 32j]): one computation serves every head of a token. */
+/* The inv_freq of the pairs a lane holds in pk_head_norm_rope's layout (pair j: inv_freq[lane +
+ * 32j]). Read it early: a table in kernel-parameter space indexed by the lane is one
+ * constant-cache access per distinct address, one after another, and the first use in a launch
+ * misses: in the decode attention, read after the programmatic wait, it was about 2,700 cycles
+ * of an H100's (docs/KERNELS.md, ninth session). */
 template <int E, int HALF>
-__device__ __forceinline__ void pk_rope_cos_sin(float pos, const pk_rope_freqs<HALF> &f,
-                                                float (&c)[E / 2], float (&sn)[E / 2])
+__device__ __forceinline__ void pk_rope_lane_freqs(const pk_rope_freqs<HALF> &f,
+                                                   float (&freq)[E / 2])
 {
+    static_assert(32 * (E / 2) <= HALF, "the table holds every pair a lane rotates");
     const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int j = 0; j < E / 2; j++) {
-        const float angle = pos * f.inv_freq[lane + 32 * j];
-        sincosf(angle, &sn[j], &c[j]); /* one range reduction; the values of sinf and cosf */
-    }
+    for (int j = 0; j < E / 2; j++)
+        freq[j] = f.inv_freq[lane + 32 * j];
+}
+
+/* cos and sin of the RoPE angles pos·inv_freq of the pairs a lane holds (freq from
+ * pk_rope_lane_freqs): one computation serves every head of a token. */
+template <int E>
+__device__ __forceinline__ void pk_rope_cos_sin(float pos, const float (&freq)[E / 2],
+                                                float (&c)[E / 2], float (&sn)[E / 2])
+{
+#pragma unroll
+    for (int j = 0; j < E / 2; j++)
+        sincosf(pos * freq[j], &sn[j], &c[j]); /* one range reduction; sinf's and cosf's values */
 }
 
 /* The elements of a head-norm weight (BF16 or F32) a lane holds in pk_head_norm_rope's layout:

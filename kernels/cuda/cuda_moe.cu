@@ -45,8 +45,11 @@
  *   Route mode (pk_moe_topk_experts, T <= 8): no topk launch at all. Every gate_up block routes
  * the batch itself from the router logits (warp w takes token w, moe_route_token) into shared
  * memory and plans from that; block 0 also publishes the ids and weights to global memory. The
- * down kernel then plans after its programmatic wait from those published ids (reading them
- * before the wait, as the ids-given mode does, would race with gate_up's writes).
+ * down kernel's one-pair variant routes again from the logits before its programmatic wait
+ * (reading the published ids there would race with gate_up's writes; the logits are settled),
+ * so its plan and first rows' prefetch overlap gate_up as in the ids-given mode; the grouped
+ * variant plans after the wait from the published ids. A single token's plan needs no atomics:
+ * its k routes are distinct experts (moe_decode_plan_distinct).
  *
  * GEMV path (T·k > 256 with F32 or unaligned weights, or PIO_CUDA_MOE_DECODE=0): four launches
  * on the context's stream.
@@ -1226,6 +1229,45 @@ __device__ __forceinline__ void moe_decode_route(moe_decode_plan &pl, const moe_
 }
 
 /*
+ * The plan of one routed token (moe_decode_make_plan's, without its atomics and most of its
+ * barriers): its k slots name k distinct experts (moe_route_token takes each at most once), so
+ * every local expert has one pair and u counts the local slots in slot order. Warp 0 does it.
+ */
+__device__ __forceinline__ void moe_decode_plan_distinct(moe_decode_plan &pl,
+                                                         const moe_decode_args &a, bool report)
+{
+    const int tid = threadIdx.x;
+    if (tid >= 32) { /* k <= 32: only warp 0 has pairs */
+        pl.pair_u[tid] = -1;
+    } else {
+        int l = -1;
+        if (tid < a.k) {
+            const int32_t e = pl.route_id[tid];
+            if (e < 0 || e >= a.E) {
+                if (report)
+                    pk_report(a.info, PK_CUDA_OP_MOE_EXPERTS, PK_CUDA_BAD_EXPERT_ID, 0, tid, e,
+                              a.E);
+            } else if (e >= a.first && e - a.first < a.n_local) {
+                l = e - a.first;
+            }
+        }
+        const unsigned local = __ballot_sync(0xffffffffu, l >= 0);
+        const int u = l >= 0 ? __popc(local & ((1u << tid) - 1u)) : -1;
+        pl.pair_u[tid] = u;
+        if (u >= 0) {
+            pl.expert[u] = l;
+            pl.begin[u] = u;
+            pl.list[u] = tid;
+        }
+        if (tid == 0) {
+            pl.n_u = __popc(local);
+            pl.begin[pl.n_u] = pl.n_u;
+        }
+    }
+    __syncthreads();
+}
+
+/*
  * Every block builds the plan from ids (n_pairs <= MOE_DECODE_MAX_PAIRS = blockDim.x: thread p
  * owns pair p). mark[n_local] (dynamic shared memory) first takes the lowest pair of each local
  * expert (its leader), then the expert's u; leaders are numbered in pair order with warp ballots.
@@ -1238,6 +1280,10 @@ __device__ __forceinline__ void moe_decode_make_plan(moe_decode_plan &pl, int32_
                                                   bool route = false)
 {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    if (route && a.T == 1) { /* one token's routes name distinct experts: one pair each */
+        moe_decode_plan_distinct(pl, a, report);
+        return;
+    }
     for (int l = tid; l < a.n_local; l += blockDim.x)
         mark[l] = INT32_MAX;
     pl.count[tid] = 0;
@@ -1386,7 +1432,12 @@ __device__ __forceinline__ void moe_prefetch_rows(const moe_gemv_args &g,
  * of its warps' items (they stream while gate_up finishes). Reading ids before the wait is safe:
  * they were written before the routing kernel completed, which every gate_up block waited for
  * before letting this kernel start; they are read through L2 (__ldcg), the point of coherence.
- * With `route` the ids and weights are gate_up's (its block 0 wrote them): the plan waits.
+ * With `route` the published ids are gate_up's (its block 0 writes them after its wait), so the
+ * one-pair variant routes the tokens again from the logits instead (the grouped one plans after
+ * the wait): they are settled by the same argument
+ * (the router's kernel completed before any gate_up block passed its wait), and the routing is
+ * the same code on the same bits, so the plans agree. The weights of the final sum are read
+ * after the wait, as gate_up published them.
  */
 template <bool BF16, bool VEC, int NPMAX>
 __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
@@ -1400,8 +1451,13 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     moe_gemv_args g = a.dn;
     g.order = pl.list;
-    if (!a.route) { /* route: the ids are gate_up's, readable once it has completed */
-        moe_decode_make_plan(pl, moe_mark, a, false);
+    /* route: planned before the wait in the one-pair variant only (in the grouped one the
+     * routing's registers made the loop spill: batch 2 -2 %) */
+    const bool plan_after_wait = a.route && NPMAX != 1;
+    if (!plan_after_wait) {
+        if (a.route) /* the logits are settled (see above); the published ids are not */
+            moe_decode_route(pl, a, false);
+        moe_decode_make_plan(pl, moe_mark, a, false, a.route);
         for (int i = warp; i < pl.n_u * GROUPS && i < MOE_DOWN_PREFETCH * MOE_WARPS;
              i += MOE_WARPS) {
             const int64_t o0 = (int64_t)blockIdx.x * MOE_DOWN_ROWS + (i % GROUPS) * R;
@@ -1411,7 +1467,7 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
     }
     pk_pdl_wait(); /* act; out may still be read by nothing earlier once this returns */
     pk_pdl_launch_dependents();
-    if (a.route)
+    if (plan_after_wait) /* gate_up's published ids, complete now */
         moe_decode_make_plan(pl, moe_mark, a, false);
     const int items = pl.n_u * GROUPS;
     for (int64_t b = blockIdx.x; b * MOE_DOWN_ROWS < g.n_out; b += gridDim.x) {

@@ -795,7 +795,8 @@ static void test_moe_decode_bad_expert_id_is_reported(void **state)
  * within TOL_F32, on router logits with exact ties (the routing test's grids). Up to 8 tokens on
  * the decode path the CUDA backend routes inside the experts kernels (E 128: four logits a
  * lane, E 200: eight); 9 and 16 tokens, and E 300, run the routing kernel first. Qwen3-Coder's
- * widths (H 2048, F 768) and unaligned ones (H 75, F 37).
+ * widths (H 2048, F 768) and unaligned ones (H 75, F 37). One token (its own plan, see
+ * moe_decode_plan_distinct) with E 128 and 200, and with every expert chosen (k = E = 12).
  */
 static void test_moe_topk_experts(void **state)
 {
@@ -803,7 +804,8 @@ static void test_moe_topk_experts(void **state)
     static const struct { int64_t t, e, k, h, f; } cases[] = {
         {1, 128, 8, 2048, 768}, {2, 128, 8, 2048, 768}, {8, 128, 8, 2048, 768},
         {3, 200, 6, 75, 37},    {8, 12, 2, 75, 37},     {9, 128, 8, 256, 128},
-        {16, 128, 8, 256, 128}, {2, 300, 4, 75, 37},
+        {16, 128, 8, 256, 128}, {2, 300, 4, 75, 37},    {1, 200, 6, 75, 37},
+        {1, 12, 12, 75, 37},
     };
     pio_error err;
     force_path(DEFAULT_PATH);
