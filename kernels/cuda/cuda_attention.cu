@@ -1329,23 +1329,20 @@ __device__ __forceinline__ void split_bf16(float x, uint16_t (&terms)[3])
 /*
  * fused_qk_rows: the query heads normalised, rotated at pos and scaled, written straight into
  * the k-step fragments (the layout of load_q_frags: element d of head g is half d % 4 of lane
- * 4g + (d / 8) % 4 of k-step 2·(d / 32) + (d / 4) % 2; heads past hn are zeros); with `stores`
- * (the block whose split holds pos: no other block reads that key) also the key, normalised and
- * rotated, and the value, stored as bf16 in the slot of pos. The caller's barrier then makes
- * both visible to the block's warps. A warp's items are reduced together so that their
- * shuffles overlap. Returns false for a bad block id at pos (reported; nothing stored).
+ * 4g + (d / 8) % 4 of k-step 2·(d / 32) + (d / 4) % 2; heads past hn are zeros); with a slot
+ * (>= 0: the block whose split holds pos, so no other block reads that key) also the key,
+ * normalised and rotated, and the value, stored as bf16 in that slot of the caches. The
+ * caller's barrier then makes both visible to the block's warps. A warp's items are reduced
+ * together so that their shuffles overlap.
  */
 template <int HD>
-__device__ bool fused_qk_rows(const split_args &a, const qk_fuse &f, int64_t t, int kvh, int hn,
-                              int64_t pos, const int32_t *table, bool stores,
-                              const float (&freq)[HD / 64], float (&raw)[FUSE_ITEMS][HD / 32],
-                              const float (&q_w)[HD / 32],
+__device__ void fused_qk_rows(const split_args &a, const qk_fuse &f, int kvh, int hn, int64_t pos,
+                              int64_t slot, const float (&freq)[HD / 64],
+                              float (&raw)[FUSE_ITEMS][HD / 32], const float (&q_w)[HD / 32],
                               const float (&k_w)[HD / 32], uint2 (*q_frag)[3][32])
 {
     constexpr int E = HD / 32, STEPS = HD / 16;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    bool bad = false;
-    const int64_t slot = stores ? checked_slot(a, table, t, pos, pos + 1, bad) : -1;
     const int items = hn + (slot >= 0 ? 2 : 0);
     for (int idx = threadIdx.x; idx < STEPS * 3 * 32; idx += DEC_THREADS)
         if (((idx & 31) >> 2) >= hn)
@@ -1387,7 +1384,6 @@ __device__ bool fused_qk_rows(const split_args &a, const qk_fuse &f, int64_t t, 
         for (int j = 0; j < E; j++)
             dst[lane + 32 * j] = pk_f32_to_bf16(raw[i][j]);
     }
-    return !bad;
 }
 
 /*
@@ -1412,9 +1408,11 @@ __device__ bool fused_qk_rows(const split_args &a, const qk_fuse &f, int64_t t, 
  *
  * A settled batch (pk_token_batch.settled: the metadata and every key before a token's position
  * were written before the step began) lets the block read the token's metadata and its first
- * tile's cache slots, and ask L2 for that tile (when all of its keys are before pos), before
- * the programmatic wait: at batch 1 those round trips are most of the kernel, now overlapping
- * the projection before. q (k, v), the tiles and the outputs are read and written after it.
+ * tile's cache slots and the slot of pos, and ask L2 for that tile (when all of its keys are
+ * before pos), before the programmatic wait: at batch 1 those round trips are most of the
+ * kernel, now overlapping the projection before. q (k, v), the tiles and the outputs are read
+ * and written after it. Read-only inputs (the norm weights, the RoPE frequencies) are read
+ * before the wait in every batch.
  */
 template <int HD, class Fuse>
 __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
@@ -1496,13 +1494,18 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
      * its keys are before pos */
     if (a.settled && j0 < end && j0 + DEC_KEYS <= pos)
         prefetch_kv_tile<KCH, VCH>(next, k_head, v_head, a.k_row_bytes, a.v_row_bytes);
-    if (a.settled)
+    /* fused: the slot of pos, where the block whose split holds it stores the new key and
+     * value (a bad block id there is reported and nothing is stored) */
+    int64_t pos_slot = -1;
+    if (a.settled) {
+        if (Fuse::on && end == pos + 1)
+            pos_slot = checked_slot(a, table, t, pos, pos + 1, bad);
         wait_and_load_queries();
-    if constexpr (Fuse::on) {
-        if (!fused_qk_rows<HD>(a, fuse, t, kvh, hn, pos, table, end == pos + 1, freq, raw, q_w,
-                               k_w, q_frag))
-            bad = true;
+    } else if (Fuse::on && end == pos + 1) {
+        pos_slot = checked_slot(a, table, t, pos, pos + 1, bad);
     }
+    if constexpr (Fuse::on)
+        fused_qk_rows<HD>(a, fuse, kvh, hn, pos, pos_slot, freq, raw, q_w, k_w, q_frag);
     __syncthreads(); /* q_frag; fused: the new key and value in the cache */
 
     while (j0 < end) {
