@@ -1442,7 +1442,7 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     if constexpr (Fuse::on)
         pk_rope_lane_freqs<HD / 32>(fuse.rope, freq); /* first: see pk_rope_lane_freqs */
     auto wait_and_load_queries = [&] {
-        if constexpr (Fuse::on) { /* weights: ~1,100 cycles after the wait on an H100 */
+        if constexpr (Fuse::on) { /* read-only; after the wait, ~1,100 cycles of an H100's */
             pk_head_norm_weights(fuse.q_norm, fuse.q_norm_bf16, q_w);
             pk_head_norm_weights(fuse.k_norm, fuse.k_norm_bf16, k_w);
         }

@@ -1434,10 +1434,9 @@ __device__ __forceinline__ void moe_prefetch_rows(const moe_gemv_args &g,
  * before letting this kernel start; they are read through L2 (__ldcg), the point of coherence.
  * With `route` the published ids are gate_up's (its block 0 writes them after its wait), so the
  * one-pair variant routes the tokens again from the logits instead (the grouped one plans after
- * the wait): they are settled by the same argument
- * (the router's kernel completed before any gate_up block passed its wait), and the routing is
- * the same code on the same bits, so the plans agree. The weights of the final sum are read
- * after the wait, as gate_up published them.
+ * the wait). The logits are settled by the same argument (the router's kernel completed before
+ * any gate_up block passed its wait), and the routing is the same code on the same bits, so the
+ * plans agree. The weights of the final sum are read after the wait, as gate_up published them.
  */
 template <bool BF16, bool VEC, int NPMAX>
 __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
