@@ -33,9 +33,8 @@
  *      selected expert's rows stream at once. Writes act [T·k, F]. Block 0 reports bad ids.
  *   2. down + weighted sum: block b owns outputs [8b, 8b + 8) of every selected expert (items of
  *      4 rows), keeps each pair's 8 sums in shared memory, then out[t, r] (+)= Σ_j weights[t, j]
- *      · sum[t·k + j][r] in slot order. Its plan and an L2 prefetch of its first rows happen
- *      before the programmatic wait, while gate_up finishes (see the kernel for why reading the
- *      ids there is safe).
+ *      · sum[t·k + j][r] in slot order. Its plan happens before the programmatic wait, while
+ *      gate_up finishes (see the kernel for why reading the ids there is safe).
  * The dots are moe_dot_group's (below) with K unsplit: 16-byte no-L1 loads, 2 steps x 4 rows in
  * flight a warp. The one-pair variant (T = 1) runs 3 blocks an SM; the grouped one takes up to
  * 4 pairs of an expert a pass (rows from HBM once). A pair's sums are the same fp32 sequence in
@@ -47,7 +46,7 @@
  * memory and plans from that; block 0 also publishes the ids and weights to global memory. The
  * down kernel's one-pair variant routes again from the logits before its programmatic wait
  * (reading the published ids there would race with gate_up's writes; the logits are settled),
- * so its plan and first rows' prefetch overlap gate_up as in the ids-given mode; the grouped
+ * so its plan overlaps gate_up as in the ids-given mode; the grouped
  * variant plans after the wait from the published ids. A single token's plan needs no atomics:
  * its k routes are distinct experts (moe_decode_plan_distinct).
  *
@@ -1166,7 +1165,6 @@ static pio_status run_experts_gemv(pk_context *ctx, const char *op, const moe_ca
 static constexpr int MOE_DECODE_THREADS = MOE_WARPS * 32;
 static constexpr int MOE_DECODE_MAX_PAIRS = MOE_DECODE_THREADS; /* one pair a thread of the plan */
 static constexpr int MOE_DOWN_ROWS = 8; /* down outputs per block (2 row groups of MOE_ROWS) */
-static constexpr int MOE_DOWN_PREFETCH = 2; /* items a warp of down prefetches before the wait */
 
 /* Operands of the two decode launches (see the top of this file). With `route`
  * (pk_moe_topk_experts) the kernels route the tokens themselves from the router logits, and
@@ -1408,28 +1406,14 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
     }
 }
 
-/* L2 prefetch of the MOE_ROWS rows from o0 of u's expert (down), 128-byte lines over the lanes. */
-template <bool BF16>
-__device__ __forceinline__ void moe_prefetch_rows(const moe_gemv_args &g,
-                                                  const moe_decode_plan &pl, int u, int64_t o0,
-                                                  int lane)
-{
-    const char *rows[MOE_ROWS];
-    moe_warp_rows<BF16, 1>(g, pl.expert[u], o0, rows);
-    const int64_t bytes = g.K * (BF16 ? 2 : 4);
-#pragma unroll
-    for (int j = 0; j < MOE_ROWS; j++)
-        for (int64_t off = (int64_t)lane * 128; off < bytes; off += 32 * 128)
-            pk_prefetch_l2(rows[j] + off);
-}
-
 /*
  * down and the weighted sum: block b owns outputs [b·MOE_DOWN_ROWS, +MOE_DOWN_ROWS) of every
  * selected expert (warp items (u, MOE_ROWS outputs)), keeps each pair's sums in shared memory,
  * then adds out[t, r] (+)= Σ_j weights[t, j] · sum[t·k + j][r] in slot order: deterministic, and
  * a token's result does not depend on the batch.
- *   Before waiting for gate_up (act), the block builds its plan and asks L2 for the first rows
- * of its warps' items (they stream while gate_up finishes). Reading ids before the wait is safe:
+ *   Before waiting for gate_up (act), the block builds its plan (it does not ask L2 for its
+ * first rows there: on an H200 that prefetch, which competed with gate_up's stream, cost 3 % of
+ * Qwen3-Coder's tg64, docs/KERNELS.md "Tenth session"). Reading ids before the wait is safe:
  * they were written before the routing kernel completed, which every gate_up block waited for
  * before letting this kernel start; they are read through L2 (__ldcg), the point of coherence.
  * With `route` the published ids are gate_up's (its block 0 writes them after its wait), so the
@@ -1457,12 +1441,6 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
         if (a.route) /* the logits are settled (see above); the published ids are not */
             moe_decode_route(pl, a, false);
         moe_decode_make_plan(pl, moe_mark, a, false, a.route);
-        for (int i = warp; i < pl.n_u * GROUPS && i < MOE_DOWN_PREFETCH * MOE_WARPS;
-             i += MOE_WARPS) {
-            const int64_t o0 = (int64_t)blockIdx.x * MOE_DOWN_ROWS + (i % GROUPS) * R;
-            if (o0 < g.n_out)
-                moe_prefetch_rows<BF16>(g, pl, i / GROUPS, o0, lane);
-        }
     }
     pk_pdl_wait(); /* act; out may still be read by nothing earlier once this returns */
     pk_pdl_launch_dependents();
