@@ -17,9 +17,9 @@
  *      split into three bf16 terms (K and V are bf16 already; products are exact), each tile's
  *      tensor-core sums start from zero and are added to fp32 accumulators with FMAs. Splits
  *      S = clamp(ceil(DEC_SPLIT_WAVES·DEC_BLOCKS_PER_SM·SMs / (T·n_kv·chunks)), 1, 32); a split
- *      holds max(ceil((pos + 1) / S), DEC_MIN_SPLIT_KEYS) keys rounded up to 64, so short
- *      contexts use few splits (up to DEC_MIN_SPLIT_KEYS keys: one, no merge) and the empty
- *      ones return at once. The token check reads no block id (every one read is checked where
+ *      holds max(ceil((pos + 1) / S), min_split_keys) keys rounded up to 64 (one split up to
+ *      DEC_ONE_SPLIT_KEYS keys: no merge), so short contexts use few splits and the empty ones
+ *      return at once. The token check reads no block id (every one read is checked where
  *      it is read), so the first tile's block-table reads start with it. The merge is fused: with one active split the block writes
  *      the output, otherwise every split writes (m, l, acc), fences and bumps the token's
  *      counter in the workspace, and the last to arrive merges all partials in split order
@@ -138,12 +138,17 @@ static constexpr int DEC_KEYS = 16;                        /* keys per warp step
 static constexpr int DEC_SPLIT_KEYS = DEC_WARPS * DEC_KEYS; /* a split's keys: a multiple */
 static constexpr int DEC_BLOCKS_PER_SM = 3;                /* resident blocks (registers) */
 static constexpr int DEC_SPLIT_WAVES = 2;                  /* blocks the split count aims for */
-/* Fewest keys of a split. A larger minimum means fewer splits to merge but more 16-key tiles
- * a warp walks, one HBM round trip each. Measured on an H100 (docs/KERNELS.md): B = 1 at depth
- * 640 13.3 us at 64, 14.0 at 128, 16.7 at 256, 25.3 at 640; whole decode steps of Qwen3-4B at
- * 128 against 64: tg128 from an empty context +1 % (no merge up to 128 keys), batch 8 after
- * 512 tokens +4.5 %, batch 1 after 512 -0.3 %; 256 loses 3 % at batch 1. */
+/* Contexts of up to DEC_ONE_SPLIT_KEYS keys take one split (no partials, no merge); longer ones
+ * splits of at least DEC_MIN_SPLIT_KEYS keys, DEC_MIN_SPLIT_KEYS_ONE_TOKEN for a batch of one
+ * token. A larger minimum means fewer splits to merge but more 16-key tiles a warp walks, one
+ * HBM round trip each. Measured (docs/KERNELS.md): on an H100, B = 1 at depth 640 13.3 us at
+ * 64, 14.0 at 128, 16.7 at 256, 25.3 at 640; whole Qwen3-4B steps at 128 against 64: tg128 from
+ * an empty context +1 %, batch 8 after 512 tokens +4.5 %. On an H200 (tenth session), 64 against
+ * 128 for one token after 512: Qwen3-4B and Qwen3-Coder +1.5 %; batch 8 -6.8 % (4B); below 128
+ * keys one split stays best (Coder tg128 -1.1 % with two). */
+static constexpr int DEC_ONE_SPLIT_KEYS = 128;
 static constexpr int DEC_MIN_SPLIT_KEYS = 128;
+static constexpr int DEC_MIN_SPLIT_KEYS_ONE_TOKEN = 64;
 /* The attention workspace starts with one split counter per (token, kv head, head chunk). */
 static constexpr int ATTN_COUNTERS = 16384;
 static constexpr size_t ATTN_COUNTER_BYTES = sizeof(unsigned) * ATTN_COUNTERS;
@@ -1473,7 +1478,9 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
                     __int_as_float(0x7fc00000); /* NaN */
         return;
     }
-    int64_t per = max((pos + a.splits) / a.splits, (int64_t)a.min_split_keys);
+    int64_t per = pos < DEC_ONE_SPLIT_KEYS
+                      ? DEC_ONE_SPLIT_KEYS
+                      : max((pos + a.splits) / a.splits, (int64_t)a.min_split_keys);
     per = (per + DEC_SPLIT_KEYS - 1) / DEC_SPLIT_KEYS * DEC_SPLIT_KEYS;
     const int n_active = (int)((pos + per) / per);
     const int64_t start = (int64_t)split * per, end = min(pos + 1, start + per);
@@ -1887,13 +1894,13 @@ static size_t decode_workspace_bound(int n_q, int n_kv, int chunks, int v_head_d
     return most;
 }
 
-/* Fewest keys of a tc_decode_kernel split (contexts up to that many keys take one split, with
- * no partials or merge): DEC_MIN_SPLIT_KEYS, or PIO_CUDA_DECODE_SPLIT_MIN_KEYS read at every
+/* Fewest keys of a tc_decode_kernel split of a context longer than DEC_ONE_SPLIT_KEYS (T tokens
+ * in the batch): DEC_MIN_SPLIT_KEYS(_ONE_TOKEN), or PIO_CUDA_DECODE_SPLIT_MIN_KEYS read at every
  * call (benchmarks and tuning; a recorded graph keeps the value of its recording). */
-static pio_status decode_min_split_keys(const char *op, int *keys, pio_error *err)
+static pio_status decode_min_split_keys(const char *op, int64_t T, int *keys, pio_error *err)
 {
     const char *text = getenv("PIO_CUDA_DECODE_SPLIT_MIN_KEYS");
-    *keys = DEC_MIN_SPLIT_KEYS;
+    *keys = T == 1 ? DEC_MIN_SPLIT_KEYS_ONE_TOKEN : DEC_MIN_SPLIT_KEYS;
     if (text == NULL || *text == '\0')
         return PIO_OK;
     char *end = NULL;
@@ -1911,7 +1918,7 @@ static pio_status launch_tc_decode(pk_context *ctx, split_args a, int n_kv, cons
                                    const char *op, pio_error *err)
 {
     pk_cuda_state *st = pk_cuda_state_of(ctx);
-    pio_status min_status = decode_min_split_keys(op, &a.min_split_keys, err);
+    pio_status min_status = decode_min_split_keys(op, a.T, &a.min_split_keys, err);
     if (min_status != PIO_OK)
         return min_status;
     int chunks = (a.group + DEC_HEADS - 1) / DEC_HEADS;

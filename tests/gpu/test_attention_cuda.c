@@ -53,10 +53,12 @@
 /* The kernel choice the tests aim at (kernels/cuda/cuda_attention.cu): more tokens than this
  * take the tensor-core kernel when the caches are BF16. */
 #define DECODE_MAX_TOKENS 64
-/* The tensor-core decode kernel's fewest keys per split by default (DEC_MIN_SPLIT_KEYS; the
- * environment variable PIO_CUDA_DECODE_SPLIT_MIN_KEYS overrides it at every call) and its split
- * granule, which is also the smallest minimum (every split as short as it can be). */
-#define DEC_MIN_SPLIT_KEYS 128
+/* The tensor-core decode kernel's fewest keys per split by default for one token (the
+ * environment variable PIO_CUDA_DECODE_SPLIT_MIN_KEYS overrides it at every call), the context
+ * up to which it takes one split whatever the minimum, and its split granule, which is also the
+ * smallest minimum (every split as short as it can be). */
+#define DEC_MIN_SPLIT_KEYS_ONE_TOKEN 64
+#define DEC_ONE_SPLIT_KEYS 128
 #define DEC_SPLIT_KEYS 64
 
 static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes */
@@ -397,8 +399,8 @@ static void test_decode_head_shapes(void **state)
  * of 43 SMs or more), at depths that leave 1..32 splits with keys: every count of partials is
  * merged by the last split to finish. */
 /* 1..32 splits holding keys (the fused merge at every count), with the smallest fewest keys a
- * split (64: one 16-key tile a warp) and with 256 (four tiles a warp); then a malformed
- * override. */
+ * split (64: one 16-key tile a warp; up to DEC_ONE_SPLIT_KEYS keys one split, so 2 splits do
+ * not occur) and with 256 (four tiles a warp, every count); then a malformed override. */
 static void test_decode_split_counts(void **state)
 {
     (void)state;
@@ -1156,7 +1158,8 @@ static void test_attention_benchmark(void **state)
         return;
     static const int32_t depths[] = {512, 4096, 16384};
     /* B = 1 at the short contexts of a tg128 run, by the fewest keys a split (the default is
-     * DEC_MIN_SPLIT_KEYS; 64 is every split as short as it can be). */
+     * DEC_MIN_SPLIT_KEYS_ONE_TOKEN, every split as short as it can be, past the one-split
+     * contexts of up to DEC_ONE_SPLIT_KEYS keys). */
     static const int32_t short_depths[] = {1, 64, 128, 256, 512, 640};
     static const char *const min_keys[] = {"64", "128", "256", "640"};
     for (int m = 0; m < 4; m++) {
@@ -1166,7 +1169,8 @@ static void test_attention_benchmark(void **state)
             bench_decode(1, short_depths[i], 0);
     }
     assert_int_equal(unsetenv("PIO_CUDA_DECODE_SPLIT_MIN_KEYS"), 0);
-    print_message("fewest keys a split: default (%d)\n", DEC_MIN_SPLIT_KEYS);
+    print_message("fewest keys a split: default (%d for one token, one split up to %d)\n",
+                  DEC_MIN_SPLIT_KEYS_ONE_TOKEN, DEC_ONE_SPLIT_KEYS);
     bench_decode(1, 1, 0);
     bench_decode(1, 64, 0);
     for (int i = 0; i < 3; i++) {
