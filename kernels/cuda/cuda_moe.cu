@@ -295,32 +295,40 @@ __device__ __forceinline__ void moe_route_token(const float *x, int E, int k, bo
 #pragma unroll
     for (int v = 0; v < V; v++)
         p[v] = uniform ? inv : expf(p[v] - m) * inv;
-    uint64_t key[V];
+    uint64_t key[V]; /* the lane's keys, largest first (distinct: each holds its expert) */
 #pragma unroll
     for (int v = 0; v < V; v++)
         key[v] = lane + 32 * v < E ? moe_order_key(p[v], lane + 32 * v) : 0u;
-    uint64_t prev = ~(uint64_t)0, mine = 0;
-    for (int j = 0; j < k; j++) { /* round j: the largest key below round j - 1's */
-        uint64_t best = 0;
 #pragma unroll
-        for (int v = 0; v < V; v++)
-            best = key[v] < prev && key[v] > best ? key[v] : best;
-        const uint32_t hi = __reduce_max_sync(0xffffffffu, (uint32_t)(best >> 32));
+    for (int i = 0; i < V - 1; i++)
+#pragma unroll
+        for (int v = V - 1; v > i; v--)
+            if (key[v] > key[v - 1]) {
+                const uint64_t t = key[v];
+                key[v] = key[v - 1];
+                key[v - 1] = t;
+            }
+    uint64_t mine = 0;
+    float sum = 0.0f; /* as the CPU: the weights' float sum in slot order */
+    for (int j = 0; j < k; j++) { /* round j: the largest key left, which the winner drops */
+        const uint64_t cand = key[0];
+        const uint32_t hi = __reduce_max_sync(0xffffffffu, (uint32_t)(cand >> 32));
         const uint32_t lo =
-            __reduce_max_sync(0xffffffffu, (uint32_t)(best >> 32) == hi ? (uint32_t)best : 0u);
-        prev = (uint64_t)hi << 32 | lo;
+            __reduce_max_sync(0xffffffffu, (uint32_t)(cand >> 32) == hi ? (uint32_t)cand : 0u);
+        const uint64_t best = (uint64_t)hi << 32 | lo;
+        const bool won = cand == best;
+#pragma unroll
+        for (int v = 0; v < V - 1; v++)
+            key[v] = won ? key[v + 1] : key[v];
+        key[V - 1] = won ? 0u : key[V - 1];
         if (lane == j)
-            mine = prev;
+            mine = best;
+        sum += hi != 0u ? __uint_as_float(hi - 1u) : __int_as_float(0x7fffffff);
     }
     const uint32_t mine_hi = (uint32_t)(mine >> 32);
     float my_w = mine_hi != 0u ? __uint_as_float(mine_hi - 1u) : __int_as_float(0x7fffffff);
-    if (normalize) { /* as the CPU: float sum in slot order, divided only when positive */
-        float sum = 0.0f;
-        for (int j = 0; j < k; j++)
-            sum += __shfl_sync(0xffffffffu, my_w, j);
-        if (sum > 0.0f)
-            my_w /= sum;
-    }
+    if (normalize && sum > 0.0f) /* divided only when positive, as the CPU */
+        my_w /= sum;
     *id = (int32_t)~(uint32_t)mine;
     *w = my_w;
 }
