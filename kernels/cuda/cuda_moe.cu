@@ -124,8 +124,9 @@
  *
  * Left: the pair buffer could be bf16 or the T·k rows processed in chunks to bound the
  * workspace; 128-row tiles (or wgmma) for T >= 2048, where the products dominate (124 TFLOP/s);
- * the decode path at T = 1 streams at 2.3 TB/s (33 us for 75 MB): TMA bulk loads, or one
- * persistent kernel over gate_up and down, are the next things to try.
+ * the decode path at T = 1 is latency-bound (docs/KERNELS.md, "Tenth session": gate_up's routing
+ * after its wait, the down kernel's start; bulk copies into shared memory were slower), and one
+ * persistent kernel over gate_up and down is untried.
  */
 #include "kernels/cuda/cuda_internal.h"
 
