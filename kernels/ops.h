@@ -38,10 +38,24 @@ typedef struct pk_context pk_context;
 /* Contexts and memory                                                                        */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Which one-row GEMVs with BF16 weights (decode projections) a CUDA context streams through
+ * shared memory with tensor-map copies rather than through registers (kernels/cuda/
+ * cuda_matmul.cu): PK_GEMV_TMA_DEFAULT only those of many waves of blocks (an lm_head);
+ * PK_GEMV_TMA_ALL every one; PK_GEMV_TMA_NONE none. The environment variable PIO_CUDA_GEMV_TMA
+ * (0 | all) overrides it. Which is faster depends on the kernels beside them (docs/KERNELS.md,
+ * "Tenth session"): all of them for a dense model's decode step up to a few thousand tokens of
+ * context, the default next to the MoE kernels and at long contexts. */
+typedef enum pk_gemv_tma {
+    PK_GEMV_TMA_DEFAULT = 0,
+    PK_GEMV_TMA_ALL = 1,
+    PK_GEMV_TMA_NONE = 2,
+} pk_gemv_tma;
+
 typedef struct pk_context_options {
     int n_threads;        /* CPU worker threads; <= 0: OpenMP's default (OMP_NUM_THREADS / cores) */
     int device_index;     /* GPU ordinal for a GPU backend; ignored by the CPU backend */
     int cpu_force_scalar; /* non-zero: the CPU backend uses its portable C paths only (tests) */
+    pk_gemv_tma gemv_tma; /* CUDA: see pk_gemv_tma; ignored by the CPU backend */
 } pk_context_options;
 
 /* True when this build has a backend for `device`. */

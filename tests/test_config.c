@@ -944,6 +944,8 @@ static void test_validate_checks_choices_and_ranges(void **state)
 
     expect_validation("runtime.cuda_graphs: off\n", NULL);
     expect_validation("runtime.cuda_graphs: 1\n", "expected a boolean");
+    expect_validation("runtime.cuda_gemv_tma: lm_head\n", NULL);
+    expect_validation("runtime.cuda_gemv_tma: some\n", "expected one of auto|all|lm_head|off");
     expect_validation("model.path: [a, b]\n",
                       "t.yaml:1:13: key 'model.path': expected a string, got a list");
     expect_validation("model.path: 16\n", NULL);

@@ -526,6 +526,33 @@ static void write_edited_config(const char *name, const char *from, const char *
                      0);
 }
 
+/* runtime.cuda_gemv_tma: "auto" (or unset) streams every decode projection by tensor-map copies
+ * for a dense model and only the lm_head for a MoE; the other words name one choice for both;
+ * anything else is refused (the schema names the choices before the plugin sees the text). */
+static void cuda_gemv_tma_setting_resolves_by_model(void **state)
+{
+    (void)state;
+    pk_gemv_tma got = PK_GEMV_TMA_NONE;
+    assert_int_equal(pio_decoder_gemv_tma(NULL, 0, &got), 0);
+    assert_int_equal(got, PK_GEMV_TMA_ALL);
+    assert_int_equal(pio_decoder_gemv_tma("auto", 0, &got), 0);
+    assert_int_equal(got, PK_GEMV_TMA_ALL);
+    assert_int_equal(pio_decoder_gemv_tma("auto", 1, &got), 0);
+    assert_int_equal(got, PK_GEMV_TMA_DEFAULT);
+    for (int moe = 0; moe < 2; moe++) {
+        assert_int_equal(pio_decoder_gemv_tma("all", moe, &got), 0);
+        assert_int_equal(got, PK_GEMV_TMA_ALL);
+        assert_int_equal(pio_decoder_gemv_tma("lm_head", moe, &got), 0);
+        assert_int_equal(got, PK_GEMV_TMA_DEFAULT);
+        assert_int_equal(pio_decoder_gemv_tma("off", moe, &got), 0);
+        assert_int_equal(got, PK_GEMV_TMA_NONE);
+        got = PK_GEMV_TMA_ALL;
+        assert_int_equal(pio_decoder_gemv_tma("All", moe, &got), -1);
+        assert_int_equal(pio_decoder_gemv_tma("", moe, &got), -1);
+        assert_int_equal(got, PK_GEMV_TMA_ALL); /* untouched on refusal */
+    }
+}
+
 static void bad_configs_name_file_and_key(void **state)
 {
     (void)state;
@@ -569,6 +596,7 @@ int main(void)
         cmocka_unit_test(yaml_stop_strings_end_generation),
         cmocka_unit_test(prompts_that_cannot_run_are_clear_errors),
         cmocka_unit_test(full_kv_cache_is_soft_and_ends_generation_with_length),
+        cmocka_unit_test(cuda_gemv_tma_setting_resolves_by_model),
         cmocka_unit_test_setup_teardown(pio_logits_writes_the_same_numbers, make_scratch,
                                         remove_scratch),
         cmocka_unit_test_setup_teardown(pio_run_prints_the_reply, make_scratch, remove_scratch),

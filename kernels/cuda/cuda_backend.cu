@@ -218,10 +218,13 @@ static pio_status cuda_init(pk_context *ctx, pio_error *err)
             st->gemv_max_m = (int)v;
     }
     const char *tma_env = getenv("PIO_CUDA_GEMV_TMA");
-    st->gemv_tma = tma_env == NULL ? PK_CUDA_GEMV_TMA_MANY_WAVES
-                   : strcmp(tma_env, "0") == 0   ? PK_CUDA_GEMV_TMA_OFF
-                   : strcmp(tma_env, "all") == 0 ? PK_CUDA_GEMV_TMA_ALL
-                                                 : PK_CUDA_GEMV_TMA_MANY_WAVES;
+    const pk_gemv_tma tma_option = ctx->options.gemv_tma;
+    st->gemv_tma = tma_env != NULL && strcmp(tma_env, "0") == 0     ? PK_CUDA_GEMV_TMA_OFF
+                   : tma_env != NULL && strcmp(tma_env, "all") == 0 ? PK_CUDA_GEMV_TMA_ALL
+                   : tma_env != NULL                                ? PK_CUDA_GEMV_TMA_MANY_WAVES
+                   : tma_option == PK_GEMV_TMA_ALL                  ? PK_CUDA_GEMV_TMA_ALL
+                   : tma_option == PK_GEMV_TMA_NONE                 ? PK_CUDA_GEMV_TMA_OFF
+                                                                    : PK_CUDA_GEMV_TMA_MANY_WAVES;
     if (st->gemv_tma != PK_CUDA_GEMV_TMA_OFF)
         st->encode_tensor_map = driver_tensor_map_encoder();
     const char *target_env = getenv("PIO_CUDA_GEMV_TARGET");

@@ -140,11 +140,12 @@ pio_status pk_cuda_sample_workspace(pk_context *ctx, size_t bytes, const char *o
 enum { PK_CUDA_GEMV_MAX_M_DEFAULT = 2, PK_CUDA_GEMV_ROWS = 8, PK_CUDA_GEMV_MAX_M_EXACT = 1 << 30 };
 
 /* Which one-row GEMVs with BF16 weights stream them through shared memory by tensor-map copies
- * (gemv_tma_kernel) rather than registers (gemv_kernel): PK_CUDA_GEMV_TMA_MANY_WAVES unless
- * PIO_CUDA_GEMV_TMA says "0" (none) or "all". Measured on Qwen3 decode steps (docs/KERNELS.md,
- * "Eighth session"): the lm_head, a GEMV of many waves of blocks, gains with it on both models
- * and both GPUs; the one-wave projections gain in a chain of GEMVs alone but lose next to the
- * long-context attention and the MoE kernels. */
+ * (gemv_tma_kernel) rather than registers (gemv_kernel): pk_context_options.gemv_tma
+ * (PK_CUDA_GEMV_TMA_MANY_WAVES by default), unless PIO_CUDA_GEMV_TMA says "0" (none) or "all".
+ * Measured on Qwen3 decode steps (docs/KERNELS.md, "Eighth session", "Tenth session"): the
+ * lm_head, a GEMV of many waves of blocks, gains with it on both models and both GPUs; every
+ * projection on it gains in a dense model's step up to a few thousand tokens of context and
+ * loses next to the MoE kernels and at long contexts. */
 enum pk_cuda_gemv_tma {
     PK_CUDA_GEMV_TMA_OFF = 0,
     PK_CUDA_GEMV_TMA_MANY_WAVES = 1, /* PK_CUDA_GEMV_MANY_WAVES row groups an SM or more */

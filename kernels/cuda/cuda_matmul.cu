@@ -335,6 +335,12 @@ static constexpr int GEMV_TMA_ROWS = 8;                         /* rows of W in 
 static constexpr int GEMV_TMA_BOX = GEMV_TMA_ROWS * GEMV_TMA_COLS * 2; /* bytes */
 static constexpr int GEMV_TMA_DEPTH = 2; /* boxes in flight a warp */
 static constexpr int GEMV_TMA_SMEM = GEMV_WARPS * GEMV_TMA_DEPTH * GEMV_TMA_BOX; /* a block's */
+/* gemv_tma_kernel's warps per SM for the split rule (gemv_splits): its loads in flight do not
+ * depend on its warps, so fewer, longer warps lose nothing; measured on an H200 in a Qwen3-4B
+ * step with every projection on it (docs/KERNELS.md, "Tenth session"): at 16 the gate/up
+ * projection is one wave of 304 blocks and streams its 99.6 MB in 24.2 us after its wait,
+ * against 27.2 us for 608 blocks at gemv_kernel's 32. */
+static constexpr int GEMV_TMA_TARGET = 16;
 
 template <int EPI>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 3)
@@ -448,15 +454,17 @@ static bool gemv_tensor_map(const pk_cuda_state *st, const gemv_args &a, int box
 template <int M, bool BF16, int EPI>
 static cudaError_t launch_gemv_m(bool vec, gemv_args a, const pk_cuda_state *st)
 {
-    a.splits = gemv_splits<M>(a.N, a.K, BF16, st->sm_count, st->gemv_target);
+    CUtensorMap map;
+    static_assert(gemv_shape<1>::ROWS == GEMV_TMA_ROWS, "gemv_tma_kernel's row groups");
+    const bool tma =
+        M == 1 && BF16 && vec &&
+        gemv_tensor_map(st, a, EPI == GEMV_NORM_SWIGLU ? GEMV_TMA_ROWS / 2 : GEMV_TMA_ROWS, &map);
+    const int target = st->gemv_target > 0 ? st->gemv_target : tma ? GEMV_TMA_TARGET : 0;
+    a.splits = gemv_splits<M>(a.N, a.K, BF16, st->sm_count, target);
     int64_t rows_per_block = (int64_t)(GEMV_WARPS / a.splits) * gemv_shape<M>::ROWS;
     dim3 blocks((unsigned)((a.N + rows_per_block - 1) / rows_per_block));
     dim3 threads(GEMV_WARPS * 32);
-    CUtensorMap map;
-    static_assert(gemv_shape<1>::ROWS == GEMV_TMA_ROWS, "gemv_tma_kernel's row groups");
-    if (M == 1 && BF16 && vec &&
-        gemv_tensor_map(st, a, EPI == GEMV_NORM_SWIGLU ? GEMV_TMA_ROWS / 2 : GEMV_TMA_ROWS,
-                        &map))
+    if (tma)
         return pk_cuda_launch_pdl(st, gemv_tma_kernel<EPI>, blocks, threads, GEMV_TMA_SMEM, map,
                                   a);
     if (EPI != GEMV_PLAIN || vec)

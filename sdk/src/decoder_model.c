@@ -316,7 +316,8 @@ static void describe_ops(pio_decoder *d)
 static pio_status build(pio_decoder *d, const pio_decoder_load_options *o, pio_error *err)
 {
     pk_context_options ctx_options = {.n_threads = o->n_threads,
-                                      .device_index = o->device_index};
+                                      .device_index = o->device_index,
+                                      .gemv_tma = o->gemv_tma};
     int tp = o->tensor_parallel_size > 1 ? o->tensor_parallel_size : 1;
     int ranks = pio_decoder_uses_ranks(o);
     /* With ranks this decoder holds only the config and the full weights, in host memory (the
@@ -395,7 +396,8 @@ pio_status pio_decoder_rank_create(const pio_decoder *full, const pio_decoder_sh
     d->final_norm = full->final_norm;
     d->lm_head = full->lm_head;
     d->weights = full->weights;
-    pk_context_options ctx_options = {.n_threads = n_threads, .device_index = o->device_index};
+    pk_context_options ctx_options = {.n_threads = n_threads, .device_index = o->device_index,
+                                      .gemv_tma = o->gemv_tma};
     int64_t D = d->config.head_dim;
     pio_status status = pk_context_create(o->device, &ctx_options, &d->ctx, err);
     if (status == PIO_OK && (d->layers = calloc((size_t)d->config.n_layers,

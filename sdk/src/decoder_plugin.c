@@ -4,8 +4,8 @@
  * (pio/textgen.h) in the spec's chat format.
  *
  * Config keys read (configs/README.md): model.seed, runtime.threads, runtime.max_context,
- * parallel.tensor_parallel_size / devices / force_ranks, kv_cache.block_size / max_tokens /
- * memory_gb / dtype, generation.*.
+ * runtime.cuda_gemv_tma, parallel.tensor_parallel_size / devices / force_ranks,
+ * kv_cache.block_size / max_tokens / memory_gb / dtype, generation.*.
  * Extension: PIO_TEXTGEN_MODEL_EXTENSION gives the batched forward over KV sequences.
  */
 #include "pio/decoder.h"
@@ -169,9 +169,32 @@ static pio_status read_load_options(pio_instance *inst, const pio_load_params *p
     o->n_threads = threads > 4096 ? 4096 : (int)(threads > 0 ? threads : 0);
     o->max_context = max_context;
     o->tensor_parallel_size = tp > PK_COMM_MAX_RANKS ? PK_COMM_MAX_RANKS : (int)(tp > 1 ? tp : 1);
+    const char *gemv_tma = NULL;
+    if (PIO_IS_ERROR(status = sv->config_get_str(inst->host, "runtime.cuda_gemv_tma",
+                                                 &gemv_tma)))
+        return status;
+    if (pio_decoder_gemv_tma(gemv_tma, inst->spec->routed_weights != NULL, &o->gemv_tma) != 0)
+        return pio_error_set(err, PIO_ERR_CONFIG,
+                             "runtime.cuda_gemv_tma: '%s' is not auto, all, lm_head or off",
+                             gemv_tma);
     if ((status = read_parallel_options(inst, o, err)) != PIO_OK)
         return status;
     return parse_device(p->device, o, err);
+}
+
+int pio_decoder_gemv_tma(const char *setting, int moe, pk_gemv_tma *out)
+{
+    if (setting == NULL || strcmp(setting, "auto") == 0)
+        *out = moe ? PK_GEMV_TMA_DEFAULT : PK_GEMV_TMA_ALL;
+    else if (strcmp(setting, "all") == 0)
+        *out = PK_GEMV_TMA_ALL;
+    else if (strcmp(setting, "lm_head") == 0)
+        *out = PK_GEMV_TMA_DEFAULT;
+    else if (strcmp(setting, "off") == 0)
+        *out = PK_GEMV_TMA_NONE;
+    else
+        return -1;
+    return 0;
 }
 
 /* The text runtime over the loaded model, or over nothing for a vocab-only load. */

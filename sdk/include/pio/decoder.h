@@ -201,7 +201,16 @@ typedef struct pio_decoder_load_options {
      * (one rank thread, a communicator of one rank: NCCL on cuda), to check it against the
      * plain path. */
     int force_ranks;
+    /* runtime.cuda_gemv_tma, resolved (pio_decoder_gemv_tma): which decode projections a CUDA
+     * context streams with tensor-map copies. */
+    pk_gemv_tma gemv_tma;
 } pio_decoder_load_options;
+
+/* runtime.cuda_gemv_tma ("auto", "all", "lm_head" or "off"; NULL: "auto") for a model that
+ * routes to experts (`moe`) or not: "auto" is every projection for a dense model and the
+ * lm_head only for a MoE (docs/KERNELS.md, "Tenth session"). Returns 0, or -1 for any other
+ * text. */
+int pio_decoder_gemv_tma(const char *setting, int moe, pk_gemv_tma *out);
 
 /* Reads the config, binds or generates the weights, creates the KV pool and the workspace.
  * On failure *out is NULL and everything taken is released. */
