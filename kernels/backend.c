@@ -80,6 +80,15 @@ void pk_context_destroy(pk_context *ctx)
     free(ctx);
 }
 
+void pk_context_set_gemv_tma(pk_context *ctx, pk_gemv_tma mode)
+{
+    if (ctx == NULL || ctx->options.gemv_tma == mode)
+        return;
+    ctx->options.gemv_tma = mode;
+    if (ctx->backend->options_changed != NULL)
+        ctx->backend->options_changed(ctx);
+}
+
 pk_device_kind pk_context_device(const pk_context *ctx)
 {
     return ctx->backend->device;

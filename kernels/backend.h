@@ -133,6 +133,9 @@ struct pk_backend {
     void (*graph_destroy)(pk_context *ctx, pk_graph *graph);
     int (*graph_is_current)(pk_context *ctx, const pk_graph *graph);
 
+    /* ctx->options changed after init (pk_context_set_gemv_tma); NULL: nothing to redo. */
+    void (*options_changed)(pk_context *ctx);
+
     /* Sampling (ops.h); optional (NULL: PIO_ERR_UNSUPPORTED). Arguments are checked; a NULL
      * history tensor means none. Rows that cannot be sampled get -1, not an error. */
     pio_status (*sample)(pk_context *ctx, const pk_tensor *ids, const pk_tensor *logits,

@@ -68,6 +68,9 @@ const char *pk_device_name(pk_device_kind device);
 pio_status pk_context_create(pk_device_kind device, const pk_context_options *options,
                              pk_context **out, pio_error *err);
 void pk_context_destroy(pk_context *ctx);
+/* Changes ctx's pk_context_options.gemv_tma for the launches that follow (the decoder switches
+ * it with the context length); a recorded graph keeps the choice of its recording. */
+void pk_context_set_gemv_tma(pk_context *ctx, pk_gemv_tma mode);
 pk_device_kind pk_context_device(const pk_context *ctx);
 const char *pk_context_backend_name(const pk_context *ctx);
 /* Worker threads the CPU backend uses (1 for GPU backends). */

@@ -527,30 +527,43 @@ static void write_edited_config(const char *name, const char *from, const char *
 }
 
 /* runtime.cuda_gemv_tma: "auto" (or unset) streams every decode projection by tensor-map copies
- * for a dense model and only the lm_head for a MoE; the other words name one choice for both;
- * anything else is refused (the schema names the choices before the plugin sees the text). */
+ * for a dense model at short contexts and only the lm_head otherwise (a MoE, or steps from
+ * PIO_DECODER_SHORT_CONTEXT positions); the other words name one choice for both; anything else
+ * is refused, leaving the output alone (the schema names the choices before the plugin sees
+ * the text). On a CPU context the choice is kept and changes nothing. */
 static void cuda_gemv_tma_setting_resolves_by_model(void **state)
 {
     (void)state;
-    pk_gemv_tma got = PK_GEMV_TMA_NONE;
-    assert_int_equal(pio_decoder_gemv_tma(NULL, 0, &got), 0);
-    assert_int_equal(got, PK_GEMV_TMA_ALL);
-    assert_int_equal(pio_decoder_gemv_tma("auto", 0, &got), 0);
-    assert_int_equal(got, PK_GEMV_TMA_ALL);
-    assert_int_equal(pio_decoder_gemv_tma("auto", 1, &got), 0);
-    assert_int_equal(got, PK_GEMV_TMA_DEFAULT);
+    pk_gemv_tma got[2] = {PK_GEMV_TMA_NONE, PK_GEMV_TMA_NONE};
+    assert_int_equal(pio_decoder_gemv_tma(NULL, 0, got), 0);
+    assert_int_equal(got[0], PK_GEMV_TMA_ALL);
+    assert_int_equal(got[1], PK_GEMV_TMA_DEFAULT);
+    assert_int_equal(pio_decoder_gemv_tma("auto", 0, got), 0);
+    assert_int_equal(got[0], PK_GEMV_TMA_ALL);
+    assert_int_equal(got[1], PK_GEMV_TMA_DEFAULT);
+    assert_int_equal(pio_decoder_gemv_tma("auto", 1, got), 0);
+    assert_int_equal(got[0], PK_GEMV_TMA_DEFAULT);
+    assert_int_equal(got[1], PK_GEMV_TMA_DEFAULT);
+    static const struct { const char *word; pk_gemv_tma mode; } words[] = {
+        {"all", PK_GEMV_TMA_ALL}, {"lm_head", PK_GEMV_TMA_DEFAULT}, {"off", PK_GEMV_TMA_NONE}};
     for (int moe = 0; moe < 2; moe++) {
-        assert_int_equal(pio_decoder_gemv_tma("all", moe, &got), 0);
-        assert_int_equal(got, PK_GEMV_TMA_ALL);
-        assert_int_equal(pio_decoder_gemv_tma("lm_head", moe, &got), 0);
-        assert_int_equal(got, PK_GEMV_TMA_DEFAULT);
-        assert_int_equal(pio_decoder_gemv_tma("off", moe, &got), 0);
-        assert_int_equal(got, PK_GEMV_TMA_NONE);
-        got = PK_GEMV_TMA_ALL;
-        assert_int_equal(pio_decoder_gemv_tma("All", moe, &got), -1);
-        assert_int_equal(pio_decoder_gemv_tma("", moe, &got), -1);
-        assert_int_equal(got, PK_GEMV_TMA_ALL); /* untouched on refusal */
+        for (size_t i = 0; i < sizeof words / sizeof *words; i++) {
+            assert_int_equal(pio_decoder_gemv_tma(words[i].word, moe, got), 0);
+            assert_int_equal(got[0], words[i].mode);
+            assert_int_equal(got[1], words[i].mode);
+        }
+        got[0] = got[1] = PK_GEMV_TMA_ALL;
+        assert_int_equal(pio_decoder_gemv_tma("All", moe, got), -1);
+        assert_int_equal(pio_decoder_gemv_tma("", moe, got), -1);
+        assert_int_equal(got[0], PK_GEMV_TMA_ALL); /* untouched on refusal */
+        assert_int_equal(got[1], PK_GEMV_TMA_ALL);
     }
+    pk_context *ctx = NULL;
+    pio_error err;
+    assert_int_equal(pk_context_create(PK_DEVICE_CPU, NULL, &ctx, &err), PIO_OK);
+    pk_context_set_gemv_tma(ctx, PK_GEMV_TMA_ALL);
+    pk_context_set_gemv_tma(NULL, PK_GEMV_TMA_ALL); /* no context: nothing happens */
+    pk_context_destroy(ctx);
 }
 
 static void bad_configs_name_file_and_key(void **state)

@@ -158,6 +158,25 @@ static void release_state(pk_cuda_state *st)
     free(st);
 }
 
+/* st->gemv_tma from PIO_CUDA_GEMV_TMA ("0" | "all"; tests and benchmarks), else from
+ * ctx->options.gemv_tma. */
+static void resolve_gemv_tma(const pk_context *ctx, pk_cuda_state *st)
+{
+    const char *env = getenv("PIO_CUDA_GEMV_TMA");
+    const pk_gemv_tma option = ctx->options.gemv_tma;
+    st->gemv_tma = env != NULL && strcmp(env, "0") == 0     ? PK_CUDA_GEMV_TMA_OFF
+                   : env != NULL && strcmp(env, "all") == 0 ? PK_CUDA_GEMV_TMA_ALL
+                   : env != NULL                            ? PK_CUDA_GEMV_TMA_MANY_WAVES
+                   : option == PK_GEMV_TMA_ALL              ? PK_CUDA_GEMV_TMA_ALL
+                   : option == PK_GEMV_TMA_NONE             ? PK_CUDA_GEMV_TMA_OFF
+                                                            : PK_CUDA_GEMV_TMA_MANY_WAVES;
+}
+
+static void cuda_options_changed(pk_context *ctx)
+{
+    resolve_gemv_tma(ctx, pk_cuda_state_of(ctx));
+}
+
 /* The driver's cuTensorMapEncodeTiled through the runtime (no link against the driver
  * library), or NULL where the driver has none. */
 static void *driver_tensor_map_encoder(void)
@@ -217,16 +236,8 @@ static pio_status cuda_init(pk_context *ctx, pio_error *err)
         if (*end == '\0' && v >= 0 && v <= PK_CUDA_GEMV_MAX_M_EXACT)
             st->gemv_max_m = (int)v;
     }
-    const char *tma_env = getenv("PIO_CUDA_GEMV_TMA");
-    const pk_gemv_tma tma_option = ctx->options.gemv_tma;
-    st->gemv_tma = tma_env != NULL && strcmp(tma_env, "0") == 0     ? PK_CUDA_GEMV_TMA_OFF
-                   : tma_env != NULL && strcmp(tma_env, "all") == 0 ? PK_CUDA_GEMV_TMA_ALL
-                   : tma_env != NULL                                ? PK_CUDA_GEMV_TMA_MANY_WAVES
-                   : tma_option == PK_GEMV_TMA_ALL                  ? PK_CUDA_GEMV_TMA_ALL
-                   : tma_option == PK_GEMV_TMA_NONE                 ? PK_CUDA_GEMV_TMA_OFF
-                                                                    : PK_CUDA_GEMV_TMA_MANY_WAVES;
-    if (st->gemv_tma != PK_CUDA_GEMV_TMA_OFF)
-        st->encode_tensor_map = driver_tensor_map_encoder();
+    st->encode_tensor_map = driver_tensor_map_encoder();
+    resolve_gemv_tma(ctx, st);
     const char *target_env = getenv("PIO_CUDA_GEMV_TARGET");
     if (target_env != NULL && *target_env != '\0') {
         char *end = NULL;
@@ -462,6 +473,7 @@ static constexpr pk_backend make_cuda_backend()
     b.host_alloc = pk_cuda_host_alloc;
     b.host_free = pk_cuda_host_free;
     b.sample = pk_cuda_sample;
+    b.options_changed = cuda_options_changed;
     return b;
 }
 

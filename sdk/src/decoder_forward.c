@@ -234,6 +234,15 @@ static pio_status run_chunks(pio_decoder *m, const pio_textgen_batch *b, pio_err
     return st == PIO_OK ? pk_synchronize(m->ctx, err) : st;
 }
 
+int pio_decoder_long_context(const pio_decoder *m)
+{
+    const pio_kv_batch *kb = &m->kv_batch;
+    for (int64_t i = 0; i < kb->n_tokens; i++)
+        if (kb->positions[i] >= PIO_DECODER_SHORT_CONTEXT)
+            return 1;
+    return 0;
+}
+
 pio_status pio_decoder_run_batch(pio_decoder *m, const pio_textgen_batch *b, int *ran,
                                  pio_error *err)
 {
@@ -243,6 +252,7 @@ pio_status pio_decoder_run_batch(pio_decoder *m, const pio_textgen_batch *b, int
     if (st != PIO_OK)
         return st;
     *ran = 1;
+    pk_context_set_gemv_tma(m->ctx, m->gemv_tma[pio_decoder_long_context(m)]);
     if (pio_decoder_graph_eligible(m, b)) {
         if (m->services->should_abort(m->host))
             st = pio_error_set(err, PIO_ERR_CANCELLED, "forward: interrupted");

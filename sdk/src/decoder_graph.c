@@ -12,8 +12,10 @@
  * A step ends with the op that picks its ids, recorded with the rest: pk_argmax over whole rows
  * (pio_textgen_batch.argmax), pk_argmax over the ids that may be sampled (sampled ids, every row
  * plain greedy) or pk_sample without histories (sampled ids, no penalties to apply), its
- * parameters and uniforms staged with the other inputs. One graph is kept per pick, size and
- * width (the argmax's columns or pk_sample's n_valid). Sampled rows with penalties read
+ * parameters and uniforms staged with the other inputs. One graph is kept per context length
+ * (under PIO_DECODER_SHORT_CONTEXT positions or not: the steps of each record with their own
+ * runtime.cuda_gemv_tma choice), pick, size and width (the argmax's columns or pk_sample's
+ * n_valid). Sampled rows with penalties read
  * histories whose length changes every step: such a step replays the argmax graph and then
  * runs pk_sample directly on its logits (decoder_sample.c).
  *
@@ -45,9 +47,11 @@ _Static_assert(UNIFORMS % 2 == 0, "the I64 uniforms need 8-byte alignment");
 typedef enum pick { PICK_ARGMAX, PICK_SAMPLE, PICKS } pick;
 
 struct pio_decoder_graphs {
-    pk_graph *graph[PICKS][MAX + 1];        /* by pick and token count */
-    unsigned char warmed[PICKS][MAX + 1];
-    int64_t width[PICKS][MAX + 1];          /* columns the pick was recorded over */
+    /* by context length (pio_decoder_long_context: the steps of each run with their own
+     * runtime.cuda_gemv_tma choice, which a recording keeps), pick and token count */
+    pk_graph *graph[2][PICKS][MAX + 1];
+    unsigned char warmed[2][PICKS][MAX + 1];
+    int64_t width[2][PICKS][MAX + 1];       /* columns the pick was recorded over */
     int disabled;
     int64_t table_width;
     pk_buffer device;        /* the layout above */
@@ -100,9 +104,10 @@ void pio_decoder_graphs_free(pio_decoder *m)
     pio_decoder_graphs *g = m->graphs;
     if (g == NULL)
         return;
-    for (int p = 0; p < PICKS; p++)
-        for (int n = 0; n <= MAX; n++)
-            pk_graph_destroy(m->ctx, g->graph[p][n]);
+    for (int c = 0; c < 2; c++)
+        for (int p = 0; p < PICKS; p++)
+            for (int n = 0; n <= MAX; n++)
+                pk_graph_destroy(m->ctx, g->graph[c][p][n]);
     pk_buffer_free(m->ctx, &g->device);
     pk_host_free(m->ctx, g->host);
     free(g);
@@ -122,11 +127,12 @@ typedef struct step_plan {
     pick pick;
     int64_t width;
     int sample_after;
+    int context; /* pio_decoder_long_context */
 } step_plan;
 
 static step_plan plan_step(const pio_decoder *m, const pio_textgen_batch *b, int64_t n)
 {
-    step_plan plan = {PICK_ARGMAX, m->config.vocab_size, 0};
+    step_plan plan = {PICK_ARGMAX, m->config.vocab_size, 0, pio_decoder_long_context(m)};
     if (pio_decoder_batch_sampled(b) == NULL)
         return plan;
     pio_decoder_sample_kind kind = pio_decoder_sample_kind_of(b, NULL, n);
@@ -201,7 +207,7 @@ static pio_status step_ops(pio_decoder *m, int64_t n, const step_plan *plan, pio
 static void record(pio_decoder *m, int64_t n, const step_plan *plan)
 {
     pio_decoder_graphs *g = m->graphs;
-    pk_graph **graph = &g->graph[plan->pick][n];
+    pk_graph **graph = &g->graph[plan->context][plan->pick][n];
     pio_error err = {0};
     pio_status st = pk_graph_begin(m->ctx, &err);
     if (st == PIO_OK) {
@@ -264,17 +270,18 @@ static pio_status copy_results(pio_decoder *m, const pio_textgen_batch *b, int64
 static void drop_stale_graph(pio_decoder *m, int64_t n, const step_plan *plan)
 {
     pio_decoder_graphs *g = m->graphs;
-    pk_graph **graph = &g->graph[plan->pick][n];
-    if (g->width[plan->pick][n] != plan->width) {
+    const int c = plan->context;
+    pk_graph **graph = &g->graph[c][plan->pick][n];
+    if (g->width[c][plan->pick][n] != plan->width) {
         pk_graph_destroy(m->ctx, *graph);
         *graph = NULL;
-        g->warmed[plan->pick][n] = 0;
-        g->width[plan->pick][n] = plan->width;
+        g->warmed[c][plan->pick][n] = 0;
+        g->width[c][plan->pick][n] = plan->width;
     }
     if (*graph != NULL && !pk_graph_is_current(m->ctx, *graph)) {
         pk_graph_destroy(m->ctx, *graph);
         *graph = NULL;
-        g->warmed[plan->pick][n] = 0;
+        g->warmed[c][plan->pick][n] = 0;
     }
 }
 
@@ -289,8 +296,8 @@ pio_status pio_decoder_graph_step(pio_decoder *m, const pio_textgen_batch *b, pi
     if ((st = stage_inputs(m, b, n, &plan, err)) != PIO_OK)
         return st;
     drop_stale_graph(m, n, &plan);
-    pk_graph **graph = &g->graph[plan.pick][n];
-    if (*graph == NULL && g->warmed[plan.pick][n] && !g->disabled)
+    pk_graph **graph = &g->graph[plan.context][plan.pick][n];
+    if (*graph == NULL && g->warmed[plan.context][plan.pick][n] && !g->disabled)
         record(m, n, &plan);
     if (*graph != NULL && !pk_graph_is_current(m->ctx, *graph)) {
         pk_graph_destroy(m->ctx, *graph); /* a workspace grew while recording */
@@ -300,6 +307,6 @@ pio_status pio_decoder_graph_step(pio_decoder *m, const pio_textgen_batch *b, pi
         st = pk_graph_launch(m->ctx, *graph, err);
     else
         st = step_ops(m, n, &plan, err);
-    g->warmed[plan.pick][n] = 1;
+    g->warmed[plan.context][plan.pick][n] = 1;
     return st == PIO_OK ? copy_results(m, b, n, &plan, err) : st;
 }

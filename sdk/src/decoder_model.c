@@ -317,7 +317,9 @@ static pio_status build(pio_decoder *d, const pio_decoder_load_options *o, pio_e
 {
     pk_context_options ctx_options = {.n_threads = o->n_threads,
                                       .device_index = o->device_index,
-                                      .gemv_tma = o->gemv_tma};
+                                      .gemv_tma = o->gemv_tma[0]};
+    d->gemv_tma[0] = o->gemv_tma[0];
+    d->gemv_tma[1] = o->gemv_tma[1];
     int tp = o->tensor_parallel_size > 1 ? o->tensor_parallel_size : 1;
     int ranks = pio_decoder_uses_ranks(o);
     /* With ranks this decoder holds only the config and the full weights, in host memory (the
@@ -396,8 +398,10 @@ pio_status pio_decoder_rank_create(const pio_decoder *full, const pio_decoder_sh
     d->final_norm = full->final_norm;
     d->lm_head = full->lm_head;
     d->weights = full->weights;
+    /* Rank steps run op by op at every context length: the long-context choice throughout. */
     pk_context_options ctx_options = {.n_threads = n_threads, .device_index = o->device_index,
-                                      .gemv_tma = o->gemv_tma};
+                                      .gemv_tma = o->gemv_tma[1]};
+    d->gemv_tma[0] = d->gemv_tma[1] = o->gemv_tma[1];
     int64_t D = d->config.head_dim;
     pio_status status = pk_context_create(o->device, &ctx_options, &d->ctx, err);
     if (status == PIO_OK && (d->layers = calloc((size_t)d->config.n_layers,

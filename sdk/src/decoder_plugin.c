@@ -173,7 +173,7 @@ static pio_status read_load_options(pio_instance *inst, const pio_load_params *p
     if (PIO_IS_ERROR(status = sv->config_get_str(inst->host, "runtime.cuda_gemv_tma",
                                                  &gemv_tma)))
         return status;
-    if (pio_decoder_gemv_tma(gemv_tma, inst->spec->routed_weights != NULL, &o->gemv_tma) != 0)
+    if (pio_decoder_gemv_tma(gemv_tma, inst->spec->routed_weights != NULL, o->gemv_tma) != 0)
         return pio_error_set(err, PIO_ERR_CONFIG,
                              "runtime.cuda_gemv_tma: '%s' is not auto, all, lm_head or off",
                              gemv_tma);
@@ -182,18 +182,23 @@ static pio_status read_load_options(pio_instance *inst, const pio_load_params *p
     return parse_device(p->device, o, err);
 }
 
-int pio_decoder_gemv_tma(const char *setting, int moe, pk_gemv_tma *out)
+int pio_decoder_gemv_tma(const char *setting, int moe, pk_gemv_tma out[2])
 {
-    if (setting == NULL || strcmp(setting, "auto") == 0)
-        *out = moe ? PK_GEMV_TMA_DEFAULT : PK_GEMV_TMA_ALL;
-    else if (strcmp(setting, "all") == 0)
-        *out = PK_GEMV_TMA_ALL;
+    pk_gemv_tma mode;
+    if (setting == NULL || strcmp(setting, "auto") == 0) {
+        out[0] = moe ? PK_GEMV_TMA_DEFAULT : PK_GEMV_TMA_ALL;
+        out[1] = PK_GEMV_TMA_DEFAULT;
+        return 0;
+    }
+    if (strcmp(setting, "all") == 0)
+        mode = PK_GEMV_TMA_ALL;
     else if (strcmp(setting, "lm_head") == 0)
-        *out = PK_GEMV_TMA_DEFAULT;
+        mode = PK_GEMV_TMA_DEFAULT;
     else if (strcmp(setting, "off") == 0)
-        *out = PK_GEMV_TMA_NONE;
+        mode = PK_GEMV_TMA_NONE;
     else
         return -1;
+    out[0] = out[1] = mode;
     return 0;
 }
 

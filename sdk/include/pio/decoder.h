@@ -182,6 +182,7 @@ struct pio_decoder {
                                              threads (decoder_tp.c), or NULL */
     struct pio_decoder_sampling *sampling; /* device sampling's operands (decoder_sample.c),
                                               made on first use, or NULL */
+    pk_gemv_tma gemv_tma[2];              /* pio_decoder_load_options.gemv_tma */
 };
 
 typedef struct pio_decoder_load_options {
@@ -202,15 +203,22 @@ typedef struct pio_decoder_load_options {
      * plain path. */
     int force_ranks;
     /* runtime.cuda_gemv_tma, resolved (pio_decoder_gemv_tma): which decode projections a CUDA
-     * context streams with tensor-map copies. */
-    pk_gemv_tma gemv_tma;
+     * context streams with tensor-map copies, [0] for steps whose tokens are all at positions
+     * below PIO_DECODER_SHORT_CONTEXT, [1] for the others. */
+    pk_gemv_tma gemv_tma[2];
 } pio_decoder_load_options;
 
+/* The position from which a decode step counts as long-context for runtime.cuda_gemv_tma's
+ * "auto": where streaming a dense model's projections with tensor-map copies stops paying
+ * (measured crossovers: ~512 tokens on an H100, ~4,096 on an H200; docs/KERNELS.md). */
+#define PIO_DECODER_SHORT_CONTEXT 512
+
 /* runtime.cuda_gemv_tma ("auto", "all", "lm_head" or "off"; NULL: "auto") for a model that
- * routes to experts (`moe`) or not: "auto" is every projection for a dense model and the
- * lm_head only for a MoE (docs/KERNELS.md, "Tenth session"). Returns 0, or -1 for any other
- * text. */
-int pio_decoder_gemv_tma(const char *setting, int moe, pk_gemv_tma *out);
+ * routes to experts (`moe`) or not, into out[0] (short contexts) and out[1] (long): "auto" is
+ * every projection for a dense model at short contexts and the lm_head only otherwise, the
+ * other words one choice for both (docs/KERNELS.md, "Tenth session"). Returns 0, or -1 for any
+ * other text (out untouched). */
+int pio_decoder_gemv_tma(const char *setting, int moe, pk_gemv_tma out[2]);
 
 /* Reads the config, binds or generates the weights, creates the KV pool and the workspace.
  * On failure *out is NULL and everything taken is released. */
