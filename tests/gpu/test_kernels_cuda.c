@@ -1267,6 +1267,47 @@ static void test_qk_norm_rope_store(void **state)
 
 /* A recorded chain replays what running it directly gives, with whatever the input holds at
  * replay; a host copy while recording fails the recording and leaves the context usable. */
+/* pk_context_set_gemv_tma switches a context's one-row GEMVs between gemv_kernel and
+ * gemv_tma_kernel for the launches that follow, and a graph keeps its recording's kernel. At
+ * N = 16384, K = 2048 the two split K differently on GPUs of 65 to 256 SMs (their split rules
+ * aim at 32 and 16 warps an SM: 4 and 2 splits on 132 SMs), so their sums differ in the last
+ * bits: the switch shows in the output, switching back gives the first bits again, and the two
+ * agree within TOL_F32. */
+static void test_gemv_tma_switch(void **state)
+{
+    (void)state;
+    enum { N = 16384, K = 2048 };
+    pio_error err;
+    pair x = random_pair(PIO_DTYPE_F32, 1, K, 0);
+    pair w = random_pair(PIO_DTYPE_BF16, N, K, 0);
+    pair y = nan_pair(PIO_DTYPE_F32, 1, N, 0);
+    sync_gpu("uploads"); /* gemv_ctx has its own stream: the uploads on gpu_ctx's must be done */
+    const size_t bytes = y.span_bytes;
+    void *registers = host_alloc(bytes), *tma = host_alloc(bytes);
+    expect_ok(pk_matmul(gemv_ctx, &y.d, &x.d, &w.d, &err), &err, "gemv_kernel");
+    download(&y);
+    memcpy(registers, y.got, bytes);
+    pk_context_set_gemv_tma(gemv_ctx, PK_GEMV_TMA_ALL);
+    expect_ok(pk_matmul(gemv_ctx, &y.d, &x.d, &w.d, &err), &err, "gemv_tma_kernel");
+    download(&y);
+    memcpy(tma, y.got, bytes);
+    pk_graph *graph = NULL;
+    expect_ok(pk_graph_begin(gemv_ctx, &err), &err, "pk_graph_begin");
+    expect_ok(pk_matmul(gemv_ctx, &y.d, &x.d, &w.d, &err), &err, "recorded gemv_tma_kernel");
+    expect_ok(pk_graph_end(gemv_ctx, &graph, &err), &err, "pk_graph_end");
+    pk_context_set_gemv_tma(gemv_ctx, PK_GEMV_TMA_DEFAULT);
+    expect_ok(pk_matmul(gemv_ctx, &y.d, &x.d, &w.d, &err), &err, "gemv_kernel again");
+    download(&y);
+    assert_memory_equal(y.got, registers, bytes);
+    expect_ok(pk_graph_launch(gemv_ctx, graph, &err), &err, "pk_graph_launch");
+    download(&y);
+    assert_memory_equal(y.got, tma, bytes); /* the recording's kernel */
+    pk_graph_destroy(gemv_ctx, graph);
+    assert_memory_not_equal(registers, tma, bytes);
+    memcpy(y.h.data, registers, bytes); /* the register kernel's sums as the reference */
+    check_pair("gemv_tma_kernel against gemv_kernel", &y, NULL, TOL_F32, NULL);
+}
+
 static void test_graph_replay(void **state)
 {
     (void)state;
@@ -1465,6 +1506,7 @@ int main(void)
         cmocka_unit_test_teardown(test_rmsnorm_matmul, release_all),
         cmocka_unit_test_teardown(test_rmsnorm_matmul_swiglu, release_all),
         cmocka_unit_test_teardown(test_qk_norm_rope_store, release_all),
+        cmocka_unit_test_teardown(test_gemv_tma_switch, release_all),
         cmocka_unit_test_teardown(test_graph_replay, release_all),
         cmocka_unit_test_teardown(test_matmul_benchmark, release_all),
         cmocka_unit_test_teardown(test_fused_norm_benchmark, release_all),
