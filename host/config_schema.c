@@ -66,8 +66,8 @@ static const pio_config_key_info schema[] = {
     I64("runtime.threads", AT_LEAST(0), "0 (one per online CPU)", "CPU backend threads"),
     BOOL("runtime.cuda_graphs", "true", "capture decode steps as CUDA graphs"),
     STR("runtime.cuda_gemv_tma", "auto|all|lm_head|off", "auto",
-        "decode projections streamed by tensor-map copies: auto = all for a dense model, the "
-        "lm_head for a MoE"),
+        "decode projections streamed by tensor-map copies: auto = all for a dense model below "
+        "512 positions, else the lm_head"),
     I64("runtime.max_batch_size", AT_LEAST(1), "256", "sequences decoded together at most"),
     I64("runtime.max_context", AT_LEAST(1), "max_position_embeddings from config.json",
         "positions per sequence at most (prompt + generated)"),

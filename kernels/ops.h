@@ -43,8 +43,9 @@ typedef struct pk_context pk_context;
  * cuda_matmul.cu): PK_GEMV_TMA_DEFAULT only those of many waves of blocks (an lm_head);
  * PK_GEMV_TMA_ALL every one; PK_GEMV_TMA_NONE none. The environment variable PIO_CUDA_GEMV_TMA
  * (0 | all) overrides it. Which is faster depends on the kernels beside them (docs/KERNELS.md,
- * "Tenth session"): all of them for a dense model's decode step up to a few thousand tokens of
- * context, the default next to the MoE kernels and at long contexts. */
+ * "Tenth session"): all of them for a dense model's decode step at short contexts (up to ~512
+ * positions on an H100, ~4,096 on an H200), the default next to the MoE kernels and at longer
+ * contexts. */
 typedef enum pk_gemv_tma {
     PK_GEMV_TMA_DEFAULT = 0,
     PK_GEMV_TMA_ALL = 1,
