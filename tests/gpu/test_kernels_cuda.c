@@ -1265,8 +1265,14 @@ static void test_qk_norm_rope_store(void **state)
 /* Graphs                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
-/* A recorded chain replays what running it directly gives, with whatever the input holds at
- * replay; a host copy while recording fails the recording and leaves the context usable. */
+/* download, for a result written on ctx's own stream: that stream is waited for first (the
+ * copy runs on gpu_ctx's). */
+static void download_from(pk_context *ctx, pair *p)
+{
+    sync_ctx(ctx, "download_from");
+    download(p);
+}
+
 /* pk_context_set_gemv_tma switches a context's one-row GEMVs between gemv_kernel and
  * gemv_tma_kernel for the launches that follow, and a graph keeps its recording's kernel. At
  * N = 16384, K = 2048 the two split K differently on GPUs of 65 to 256 SMs (their split rules
@@ -1285,11 +1291,11 @@ static void test_gemv_tma_switch(void **state)
     const size_t bytes = y.span_bytes;
     void *registers = host_alloc(bytes), *tma = host_alloc(bytes);
     expect_ok(pk_matmul(gemv_ctx, &y.d, &x.d, &w.d, &err), &err, "gemv_kernel");
-    download(&y);
+    download_from(gemv_ctx, &y);
     memcpy(registers, y.got, bytes);
     pk_context_set_gemv_tma(gemv_ctx, PK_GEMV_TMA_ALL);
     expect_ok(pk_matmul(gemv_ctx, &y.d, &x.d, &w.d, &err), &err, "gemv_tma_kernel");
-    download(&y);
+    download_from(gemv_ctx, &y);
     memcpy(tma, y.got, bytes);
     pk_graph *graph = NULL;
     expect_ok(pk_graph_begin(gemv_ctx, &err), &err, "pk_graph_begin");
@@ -1297,10 +1303,10 @@ static void test_gemv_tma_switch(void **state)
     expect_ok(pk_graph_end(gemv_ctx, &graph, &err), &err, "pk_graph_end");
     pk_context_set_gemv_tma(gemv_ctx, PK_GEMV_TMA_DEFAULT);
     expect_ok(pk_matmul(gemv_ctx, &y.d, &x.d, &w.d, &err), &err, "gemv_kernel again");
-    download(&y);
+    download_from(gemv_ctx, &y);
     assert_memory_equal(y.got, registers, bytes);
     expect_ok(pk_graph_launch(gemv_ctx, graph, &err), &err, "pk_graph_launch");
-    download(&y);
+    download_from(gemv_ctx, &y);
     assert_memory_equal(y.got, tma, bytes); /* the recording's kernel */
     pk_graph_destroy(gemv_ctx, graph);
     assert_memory_not_equal(registers, tma, bytes);
@@ -1308,6 +1314,8 @@ static void test_gemv_tma_switch(void **state)
     check_pair("gemv_tma_kernel against gemv_kernel", &y, NULL, TOL_F32, NULL);
 }
 
+/* A recorded chain replays what running it directly gives, with whatever the input holds at
+ * replay; a host copy while recording fails the recording and leaves the context usable. */
 static void test_graph_replay(void **state)
 {
     (void)state;
