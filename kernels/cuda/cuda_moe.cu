@@ -1174,6 +1174,9 @@ static pio_status run_experts_gemv(pk_context *ctx, const char *op, const moe_ca
 static constexpr int MOE_DECODE_THREADS = MOE_WARPS * 32;
 static constexpr int MOE_DECODE_MAX_PAIRS = MOE_DECODE_THREADS; /* one pair a thread of the plan */
 static constexpr int MOE_DOWN_ROWS = 8; /* down outputs per block (2 row groups of MOE_ROWS) */
+static constexpr int MOE_PRELOAD_ITEMS = 2; /* warp items of moe_decode_down_preload_kernel */
+static constexpr int MOE_PRELOAD_MAX_K = MOE_PRELOAD_ITEMS * MOE_WARPS * MOE_ROWS / MOE_DOWN_ROWS;
+static constexpr int MOE_PRELOAD_STEPS = 3; /* 16-byte steps a lane of a row: K <= 768 */
 
 /* Operands of the two decode launches (see the top of this file). With `route`
  * (pk_moe_topk_experts) the kernels route the tokens themselves from the router logits, and
@@ -1484,6 +1487,89 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
     }
 }
 
+/*
+ * down for one routed token whose warps' weights fit their registers (BF16 rows 16-byte aligned,
+ * K <= STEPS·256 with K % 8 == 0, at most MOE_PRELOAD_MAX_K routes, so at most two warp items
+ * a warp): every weight load of the block is issued right after the routing, before the
+ * programmatic wait, and after it only act is read. The one-pair variant above loads its rows
+ * after the wait, two dependent round trips an item, four a warp: most of its time at
+ * Qwen3-Coder's shape (docs/KERNELS.md, "Eleventh session"). The items, the per-lane order of
+ * the steps, the warp sums and the weighted sum are the one-pair variant's: the same bits.
+ */
+template <int STEPS>
+__global__ void __launch_bounds__(MOE_DECODE_THREADS, 2)
+    moe_decode_down_preload_kernel(moe_decode_args a)
+{
+    constexpr int R = MOE_ROWS, GROUPS = MOE_DOWN_ROWS / R, ITEMS = MOE_PRELOAD_ITEMS;
+    __shared__ moe_decode_plan pl;
+    __shared__ float sums[MOE_PRELOAD_MAX_K][MOE_DOWN_ROWS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const moe_gemv_args &g = a.dn;
+    const int64_t r0 = (int64_t)blockIdx.x * MOE_DOWN_ROWS;
+    moe_decode_route(pl, a, false); /* the logits are settled: see moe_decode_down_kernel */
+    moe_decode_plan_distinct(pl, a, false);
+    const int items = pl.n_u * GROUPS;
+    uint4 wq[ITEMS][STEPS][R];
+#pragma unroll
+    for (int it = 0; it < ITEMS; it++) {
+        const int i = warp + it * MOE_WARPS;
+        const int64_t o0 = r0 + (i % GROUPS) * R;
+        if (i >= items || o0 >= g.n_out)
+            continue;
+        const char *rows[R];
+        moe_warp_rows<true, 1>(g, pl.expert[i / GROUPS], o0, rows);
+#pragma unroll
+        for (int s = 0; s < STEPS; s++) {
+            const int64_t k = (int64_t)(s * 32 + lane) * 8;
+#pragma unroll
+            for (int j = 0; j < R; j++)
+                if (k < g.K)
+                    wq[it][s][j] = pk_load_weights16(rows[j] + (size_t)k * 2);
+        }
+    }
+    pk_pdl_wait(); /* act and the published weights; out is read by nothing earlier now */
+    pk_pdl_launch_dependents();
+#pragma unroll
+    for (int it = 0; it < ITEMS; it++) {
+        const int i = warp + it * MOE_WARPS, gr = i % GROUPS;
+        const int64_t o0 = r0 + gr * R;
+        if (i >= items || o0 >= g.n_out)
+            continue;
+        const int pair = pl.list[pl.begin[i / GROUPS]];
+        const float *in = g.in + (int64_t)pair * g.in_stride;
+        float acc[R];
+#pragma unroll
+        for (int j = 0; j < R; j++)
+            acc[j] = 0.0f;
+#pragma unroll
+        for (int s = 0; s < STEPS; s++) {
+            const int64_t k = (int64_t)(s * 32 + lane) * 8;
+            if (k >= g.K)
+                break;
+            const pk_vec16<true> x = pk_load_x16<true>(in + k);
+#pragma unroll
+            for (int j = 0; j < R; j++)
+                acc[j] += pk_dot16<true>(pk_unpack16<true>(wq[it][s][j]), x);
+        }
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            const float v = pk_warp_sum(acc[j]);
+            if (lane == 0)
+                sums[pair][gr * R + j] = v;
+        }
+    }
+    __syncthreads();
+    const int r = threadIdx.x;
+    if (r < MOE_DOWN_ROWS && r0 + r < g.n_out) {
+        float *o = a.out + r0 + r;
+        float acc = a.accumulate ? *o : 0.0f;
+        for (int j = 0; j < a.k; j++)
+            if (pl.pair_u[j] >= 0)
+                acc = fmaf(a.weights[j], sums[j][r], acc);
+        *o = acc;
+    }
+}
+
 /* PIO_CUDA_MOE_DECODE, read at every call (tests and benchmarks): "0" turns the decode path
  * off (the general GEMV kernels run), "one" / "grouped" force its variant, anything else or
  * unset leaves the choice to the backend. */
@@ -1511,6 +1597,17 @@ static bool moe_decode_one_pair(const moe_call &c)
     if (strcmp(setting, "one") == 0 || strcmp(setting, "grouped") == 0)
         return setting[0] == 'o';
     return c.T == 1;
+}
+
+/* Whether the down launch of a one-pair decode call takes moe_decode_down_preload_kernel: one
+ * routed token, BF16 rows that fit its registers, one row block a block; not when
+ * PIO_CUDA_MOE_DECODE=one asks for the one-pair variant's loads after the wait (tests compare the
+ * two bit for bit). */
+static bool moe_down_preloads(const moe_call &c, bool one_pair, bool down_vec, unsigned dn_blocks)
+{
+    return one_pair && c.logits != NULL && c.T == 1 && pk_is_bf16(c.down) && down_vec &&
+           c.F % 8 == 0 && c.F <= MOE_PRELOAD_STEPS * 256 && c.k <= MOE_PRELOAD_MAX_K &&
+           (int64_t)dn_blocks * MOE_DOWN_ROWS >= c.H && strcmp(moe_decode_setting(), "one") != 0;
 }
 
 template <bool BF16, bool VEC, int NPMAX>
@@ -1612,7 +1709,10 @@ static pio_status run_experts_decode(pk_context *ctx, const char *op, const moe_
     const size_t smem = (size_t)c.n_local * sizeof(int32_t);
     cudaError_t e = launch_moe_decode(st, a, false, gu_bf16, gu_vec, one_pair,
                                       (unsigned)(gu_blocks > 0 ? gu_blocks : 1), smem);
-    if (e == cudaSuccess)
+    if (e == cudaSuccess && moe_down_preloads(c, one_pair, down_vec, dn_blocks))
+        e = pk_cuda_launch_pdl(st, moe_decode_down_preload_kernel<MOE_PRELOAD_STEPS>,
+                               dim3(dn_blocks), dim3(MOE_DECODE_THREADS), 0, a);
+    else if (e == cudaSuccess)
         e = launch_moe_decode(st, a, true, down_bf16, down_vec, one_pair, dn_blocks, smem);
     if (e != cudaSuccess)
         return pk_cuda_fail(ctx, op, "cudaLaunchKernelEx (moe decode)", e, err);

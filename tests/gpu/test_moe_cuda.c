@@ -837,6 +837,74 @@ static void test_moe_topk_experts(void **state)
     }
 }
 
+/* One GPU run of pk_moe_topk_experts for w's token: out, ids and weights downloaded into their
+ * got buffers, out uploaded first (the op accumulates into it). */
+static void run_routed_token(moe_world *w, pair *logits, pair *ids, pair *weights,
+                             const char *what)
+{
+    pio_error err;
+    upload(&w->out);
+    expect_ok(pk_moe_topk_experts(gpu_ctx, &w->out.d, &w->x.d, &logits->d, &w->gate_up.d,
+                                  &w->down.d, &ids->d, &weights->d, 1, &err),
+              &err, what);
+    download(&w->out);
+    download(ids);
+    download(weights);
+}
+
+/*
+ * One routed token where the down kernel loads its weights before its wait
+ * (moe_decode_down_preload_kernel: BF16 rows 16-byte aligned, F a multiple of 8 up to 768, k up
+ * to 8) against the one-pair variant that loads them after it (PIO_CUDA_MOE_DECODE=one): out,
+ * ids and weights bit for bit, then out against the CPU within TOL_F32. Qwen3-Coder's widths;
+ * padded rows of either matrix; F below one 16-byte step a lane (40) and between steps (136);
+ * H not a multiple of the block's 8 outputs (75: a partial last block); fewer routes than a
+ * block has warps (k 2, 4).
+ */
+static void test_moe_decode_down_preload(void **state)
+{
+    (void)state;
+    static const struct { int64_t e, k, h, f, pad_h, pad_f; } cases[] = {
+        {128, 8, 2048, 768, 0, 0}, {128, 8, 256, 136, 8, 16}, {12, 8, 64, 40, 0, 8},
+        {16, 4, 75, 64, 0, 0},     {16, 2, 1024, 256, 16, 0},
+    };
+    pio_error err;
+    force_path(DEFAULT_PATH);
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        if (sanitizer && cases[c].h > 256)
+            continue;
+        moe_world w = make_world(1, cases[c].e, cases[c].k, cases[c].h, cases[c].f,
+                                 cases[c].pad_h, cases[c].pad_f, PIO_DTYPE_BF16);
+        pair logits = grid_logits(1, cases[c].e);
+        pair ids = make_pair(PIO_DTYPE_I32, 1, cases[c].k, 0, FILL_ZERO, -999, -999);
+        pair weights = nan_pair(PIO_DTYPE_F32, 1, cases[c].k, 0);
+        char what[112];
+        snprintf(what, sizeof what, "down preload E=%lld k=%lld H=%lld F=%lld pads %lld/%lld",
+                 (long long)cases[c].e, (long long)cases[c].k, (long long)cases[c].h,
+                 (long long)cases[c].f, (long long)cases[c].pad_h, (long long)cases[c].pad_f);
+        void *out_before = snapshot(&w.out);
+        run_routed_token(&w, &logits, &ids, &weights, what);
+        void *pre_out = snapshot(&w.out), *pre_ids = snapshot(&ids);
+        void *pre_weights = snapshot(&weights);
+        memcpy(pre_out, w.out.got, w.out.span_bytes);
+        memcpy(pre_ids, ids.got, ids.span_bytes);
+        memcpy(pre_weights, weights.got, weights.span_bytes);
+        setenv("PIO_CUDA_MOE_DECODE", "one", 1);
+        run_routed_token(&w, &logits, &ids, &weights, what);
+        unsetenv("PIO_CUDA_MOE_DECODE");
+        assert_memory_equal(pre_out, w.out.got, w.out.span_bytes);
+        assert_memory_equal(pre_ids, ids.got, ids.span_bytes);
+        assert_memory_equal(pre_weights, weights.got, weights.span_bytes);
+        expect_ok(pk_moe_topk_experts(cpu_ctx, &w.out.h, &w.x.h, &logits.h, &w.gate_up.h,
+                                      &w.down.h, &ids.h, &weights.h, 1, &err),
+                  &err, "pk_moe_topk_experts (cpu)");
+        check_pair(what, &ids, NULL, 0.0, NULL);
+        check_pair(what, &weights, NULL, TOL_F32, NULL);
+        check_pair_rows(what, &w.out, NULL, TOL_F32, out_before, NULL, 1);
+        release_all(NULL);
+    }
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Benchmark                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
@@ -938,6 +1006,7 @@ int main(void)
         cmocka_unit_test_teardown(test_moe_gemm_graph_replay, release_all),
         cmocka_unit_test_teardown(test_moe_gemm_bad_expert_id_is_reported, release_all),
         cmocka_unit_test_teardown(test_moe_decode_against_cpu, release_all),
+        cmocka_unit_test_teardown(test_moe_decode_down_preload, release_all),
         cmocka_unit_test_teardown(test_moe_decode_routing_extremes, release_all),
         cmocka_unit_test_teardown(test_moe_decode_slice, release_all),
         cmocka_unit_test_teardown(test_moe_decode_deterministic_and_batch_independent,
