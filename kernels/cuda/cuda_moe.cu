@@ -48,7 +48,10 @@
  * (reading the published ids there would race with gate_up's writes; the logits are settled),
  * so its plan overlaps gate_up as in the ids-given mode; the grouped
  * variant plans after the wait from the published ids. A single token's plan needs no atomics:
- * its k routes are distinct experts (moe_decode_plan_distinct).
+ * its k routes are distinct experts (moe_decode_plan_distinct). Where a warp's down rows fit its
+ * registers (one routed token, BF16, F <= 768, k <= 8: Qwen3-Coder) the down launch is
+ * moe_decode_down_preload_kernel, which also issues every weight load before the wait (the same
+ * bits; PIO_CUDA_MOE_DECODE=one keeps the one-pair kernel's loads after the wait).
  *
  * GEMV path (T·k > 256 with F32 or unaligned weights, or PIO_CUDA_MOE_DECODE=0): four launches
  * on the context's stream.
@@ -1571,8 +1574,9 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, 2)
 }
 
 /* PIO_CUDA_MOE_DECODE, read at every call (tests and benchmarks): "0" turns the decode path
- * off (the general GEMV kernels run), "one" / "grouped" force its variant, anything else or
- * unset leaves the choice to the backend. */
+ * off (the general GEMV kernels run), "one" / "grouped" force its variant ("one" with the
+ * one-pair down kernel, never the preloading one), anything else or unset leaves the choice to
+ * the backend. */
 static const char *moe_decode_setting(void)
 {
     const char *text = getenv("PIO_CUDA_MOE_DECODE");

@@ -7,7 +7,7 @@
  * activations rounded to bf16). Run by `make test-gpu` on a machine with a GPU; not part of
  * `make test`. PIO_GPU_TEST_FILTER=PATTERN runs only the tests whose names match.
  * PIO_CUDA_MOE_DECODE=one|grouped forces the decode path's variant (the benchmark, the
- * determinism test).
+ * determinism test, the down-preload test: "one" also keeps the one-pair down kernel).
  *
  * The path is forced per test with PIO_CUDA_MOE_GEMM_MIN_T and PIO_CUDA_MOE_DECODE, which the op
  * reads at every call (GEMM_MIN_T 1: the GEMM whenever the weights allow it; a huge value: the
