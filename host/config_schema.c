@@ -67,7 +67,7 @@ static const pio_config_key_info schema[] = {
     BOOL("runtime.cuda_graphs", "true", "capture decode steps as CUDA graphs"),
     STR("runtime.cuda_gemv_tma", "auto|all|lm_head|off", "auto",
         "decode projections streamed by tensor-map copies: auto = all for a dense model below "
-        "512 positions, else the lm_head"),
+        "512 positions (4096 on GPUs with memory of 4 TB/s or more), else the lm_head"),
     I64("runtime.max_batch_size", AT_LEAST(1), "256", "sequences decoded together at most"),
     I64("runtime.max_context", AT_LEAST(1), "max_position_embeddings from config.json",
         "positions per sequence at most (prompt + generated)"),

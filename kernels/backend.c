@@ -6,6 +6,9 @@
 #include "kernels/cuda/cuda_backend.h"
 #endif
 
+/* pk_gemv_tma_short_context_for: between the H100's 3,350 and the H200's 4,800 GB/s. */
+#define PK_GEMV_TMA_FAST_MEMORY_GBS 4000.0
+
 /* Every backend of this build: the CUDA one (kernels/cuda/) when built with CUDA. */
 static const pk_backend *const backends[PK_DEVICE_KIND_COUNT] = {
     [PK_DEVICE_CPU] = &pk_cpu_backend,
@@ -97,6 +100,18 @@ pk_device_kind pk_context_device(const pk_context *ctx)
 const char *pk_context_backend_name(const pk_context *ctx)
 {
     return ctx->backend->name;
+}
+
+int pk_gemv_tma_short_context_for(double memory_gbs)
+{
+    return memory_gbs >= PK_GEMV_TMA_FAST_MEMORY_GBS ? 4096 : 512;
+}
+
+int pk_context_gemv_tma_short_context(const pk_context *ctx)
+{
+    return ctx->backend->gemv_tma_short_context != NULL
+               ? ctx->backend->gemv_tma_short_context(ctx)
+               : 0;
 }
 
 int pk_context_threads(const pk_context *ctx)

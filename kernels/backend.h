@@ -135,6 +135,8 @@ struct pk_backend {
 
     /* ctx->options changed after init (pk_context_set_gemv_tma); NULL: nothing to redo. */
     void (*options_changed)(pk_context *ctx);
+    /* pk_context_gemv_tma_short_context (ops.h); NULL: 0. */
+    int (*gemv_tma_short_context)(const pk_context *ctx);
 
     /* Sampling (ops.h); optional (NULL: PIO_ERR_UNSUPPORTED). Arguments are checked; a NULL
      * history tensor means none. Rows that cannot be sampled get -1, not an error. */
@@ -159,6 +161,13 @@ const pk_backend *pk_backend_for(pk_device_kind device);
 /* Creates a context on an explicit backend (tests use it to run a backend double). */
 pio_status pk_context_create_with(const pk_backend *backend, const pk_context_options *options,
                                   pk_context **out, pio_error *err);
+
+/* The positions below which a dense model's decode step is fastest with every projection on the
+ * TMA GEMV, on a GPU whose memory streams `memory_gbs` GB/s at its peak
+ * (pk_context_gemv_tma_short_context). Measured on two GPUs of 132 SMs (docs/KERNELS.md,
+ * "Eleventh session"): the H100 (3,350 GB/s) crosses over near 512 positions, the H200 (4,800)
+ * near 4,096 — the faster memory needs the TMA GEMV's deeper loads in flight for longer. */
+int pk_gemv_tma_short_context_for(double memory_gbs);
 
 #ifdef __cplusplus
 }

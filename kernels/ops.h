@@ -74,6 +74,11 @@ void pk_context_destroy(pk_context *ctx);
 void pk_context_set_gemv_tma(pk_context *ctx, pk_gemv_tma mode);
 pk_device_kind pk_context_device(const pk_context *ctx);
 const char *pk_context_backend_name(const pk_context *ctx);
+/* The positions below which a dense model's decode steps should run with every projection on
+ * the TMA GEMV (PK_GEMV_TMA_ALL) on ctx's device, and from which with the default: 4,096 on a
+ * GPU whose memory streams 4 TB/s or more (an H200), 512 below that (an H100); 0 for backends
+ * without the choice (the CPU). */
+int pk_context_gemv_tma_short_context(const pk_context *ctx);
 /* Worker threads the CPU backend uses (1 for GPU backends). */
 int pk_context_threads(const pk_context *ctx);
 /* Waits until every op and copy issued on ctx has finished; reports a deferred device error. */

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kernels/backend.h" /* pk_gemv_tma_short_context_for */
 #include "kernels/kv_cache.h"
 #include "kernels/ops.h"
 
@@ -805,6 +806,7 @@ static void test_context_and_buffers(void **state)
     assert_int_equal(pk_context_device(ctx), PK_DEVICE_CPU);
     assert_string_equal(pk_context_backend_name(ctx), "cpu");
     assert_int_equal(pk_context_threads(ctx), 2);
+    assert_int_equal(pk_context_gemv_tma_short_context(ctx), 0); /* no such choice on the CPU */
     assert_true(pk_backend_available(PK_DEVICE_CPU));
     pk_buffer buf;
     assert_int_equal(pk_buffer_alloc(ctx, 1000, &buf, NULL), PIO_OK);
@@ -825,6 +827,19 @@ static void test_context_and_buffers(void **state)
         assert_null(gpu);
         assert_non_null(strstr(err.message, "cuda"));
     }
+}
+
+/* The CUDA backend's short-context rule for the TMA GEMVs (pk_context_gemv_tma_short_context):
+ * 512 positions for memory below 4 TB/s (an H100's 3,350 GB/s), 4,096 from there (an H200's
+ * 4,800); a driver that reports no bandwidth (0) gets the cautious 512. */
+static void test_gemv_tma_short_context_rule(void **state)
+{
+    (void)state;
+    assert_int_equal(pk_gemv_tma_short_context_for(0.0), 512);
+    assert_int_equal(pk_gemv_tma_short_context_for(3352.3), 512);
+    assert_int_equal(pk_gemv_tma_short_context_for(3999.9), 512);
+    assert_int_equal(pk_gemv_tma_short_context_for(4000.0), 4096);
+    assert_int_equal(pk_gemv_tma_short_context_for(4915.2), 4096);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1251,7 +1266,8 @@ static void test_qk_norm_rope_attention(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest simd[] = {OP_TESTS, cmocka_unit_test(test_matmul_benchmark)};
+    const struct CMUnitTest simd[] = {OP_TESTS, cmocka_unit_test(test_gemv_tma_short_context_rule),
+                                      cmocka_unit_test(test_matmul_benchmark)};
     const struct CMUnitTest portable[] = {OP_TESTS};
     int failed = cmocka_run_group_tests_name("kernels_cpu_simd", simd, setup_simd,
                                              teardown_context);

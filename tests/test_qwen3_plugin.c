@@ -527,8 +527,8 @@ static void write_edited_config(const char *name, const char *from, const char *
 }
 
 /* runtime.cuda_gemv_tma: "auto" (or unset) streams every decode projection by tensor-map copies
- * for a dense model at short contexts and only the lm_head otherwise (a MoE, or steps from
- * PIO_DECODER_SHORT_CONTEXT positions); the other words name one choice for both; anything else
+ * for a dense model at short contexts and only the lm_head otherwise (a MoE, or steps from the
+ * device's pk_context_gemv_tma_short_context positions); the other words name one choice for both; anything else
  * is refused, leaving the output alone (the schema names the choices before the plugin sees
  * the text). On a CPU context the choice is kept and changes nothing. */
 static void cuda_gemv_tma_setting_resolves_by_model(void **state)

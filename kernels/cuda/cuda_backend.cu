@@ -177,6 +177,24 @@ static void cuda_options_changed(pk_context *ctx)
     resolve_gemv_tma(ctx, pk_cuda_state_of(ctx));
 }
 
+/* Peak bandwidth of device dev's memory in GB/s (two transfers a memory clock over the bus), or
+ * 0 where the driver does not say. */
+static double peak_memory_gbs(int dev)
+{
+    int khz = 0, bits = 0;
+    if (cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0.0;
+    }
+    return 2.0 * khz * 1e3 * (bits / 8.0) / 1e9;
+}
+
+static int cuda_gemv_tma_short_context(const pk_context *ctx)
+{
+    return pk_gemv_tma_short_context_for(pk_cuda_state_of(ctx)->memory_gbs);
+}
+
 /* The driver's cuTensorMapEncodeTiled through the runtime (no link against the driver
  * library), or NULL where the driver has none. */
 static void *driver_tensor_map_encoder(void)
@@ -226,6 +244,7 @@ static pio_status cuda_init(pk_context *ctx, pio_error *err)
     st->device = dev;
     st->sm_count = prop.multiProcessorCount;
     st->max_smem_optin = (int)prop.sharedMemPerBlockOptin;
+    st->memory_gbs = peak_memory_gbs(dev);
     st->gemv_max_m = PK_CUDA_GEMV_MAX_M_DEFAULT;
     const char *pdl_env = getenv("PIO_CUDA_PDL");
     st->pdl = pdl_env == NULL || strcmp(pdl_env, "0") != 0;
@@ -474,6 +493,7 @@ static constexpr pk_backend make_cuda_backend()
     b.host_free = pk_cuda_host_free;
     b.sample = pk_cuda_sample;
     b.options_changed = cuda_options_changed;
+    b.gemv_tma_short_context = cuda_gemv_tma_short_context;
     return b;
 }
 

@@ -65,6 +65,7 @@ typedef struct pk_cuda_state {
     int device;
     int sm_count;
     int max_smem_optin; /* bytes of dynamic shared memory a block may opt in to */
+    double memory_gbs;  /* peak memory bandwidth, GB/s (memory clock × bus width, double rate) */
     int gemv_max_m;     /* matmuls with at most this many rows of x use the GEMV kernel */
     int gemv_target;    /* > 0: the GEMV split rule's warps per SM (PIO_CUDA_GEMV_TARGET) */
     int pdl;            /* programmatic dependent launches allowed (PIO_CUDA_PDL=0: off) */

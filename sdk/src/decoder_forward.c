@@ -238,7 +238,7 @@ int pio_decoder_long_context(const pio_decoder *m)
 {
     const pio_kv_batch *kb = &m->kv_batch;
     for (int64_t i = 0; i < kb->n_tokens; i++)
-        if (kb->positions[i] >= PIO_DECODER_SHORT_CONTEXT)
+        if (kb->positions[i] >= m->short_context)
             return 1;
     return 0;
 }

@@ -13,11 +13,11 @@
  * (pio_textgen_batch.argmax), pk_argmax over the ids that may be sampled (sampled ids, every row
  * plain greedy) or pk_sample without histories (sampled ids, no penalties to apply), its
  * parameters and uniforms staged with the other inputs. One graph is kept per context length
- * (under PIO_DECODER_SHORT_CONTEXT positions or not: the steps of each record with their own
+ * (under pio_decoder.short_context positions or not: the steps of each record with their own
  * runtime.cuda_gemv_tma choice), pick, size and width (the argmax's columns or pk_sample's
- * n_valid). Sampled rows with penalties read
- * histories whose length changes every step: such a step replays the argmax graph and then
- * runs pk_sample directly on its logits (decoder_sample.c).
+ * n_valid). Sampled rows with penalties read histories whose length changes every step: such a
+ * step replays the argmax graph and then runs pk_sample directly on its logits
+ * (decoder_sample.c).
  *
  * The first step of a size runs directly, growing any workspace the ops need; the second is
  * recorded, then replayed. If recording fails (an op that cannot be recorded, e.g. one that

@@ -20,7 +20,7 @@ pio_status pio_decoder_graph_step(pio_decoder *m, const pio_textgen_batch *b, pi
 void pio_decoder_graphs_free(pio_decoder *m);
 
 /* decoder_forward.c: 1 when a token of the prepared batch (m->kv_batch) is at a position of
- * PIO_DECODER_SHORT_CONTEXT or more, else 0: which of m->gemv_tma the step runs with. */
+ * m->short_context or more, else 0: which of m->gemv_tma the step runs with. */
 int pio_decoder_long_context(const pio_decoder *m);
 /* decoder_forward.c: the batch's argmax output, NULL when absent or beyond its struct_size. */
 int32_t *pio_decoder_batch_argmax(const pio_textgen_batch *b);

@@ -336,6 +336,7 @@ static pio_status build(pio_decoder *d, const pio_decoder_load_options *o, pio_e
         (status = pk_context_create(device, &ctx_options, &d->ctx, err)) ||
         (status = load_weights(d, o, err)))
         return status;
+    d->short_context = pk_context_gemv_tma_short_context(d->ctx);
     if (ranks)
         status = pio_decoder_build_ranks(d, o, tp, err);
     else if ((status = create_kv_pool(d, err)) == PIO_OK)

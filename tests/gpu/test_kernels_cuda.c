@@ -1273,6 +1273,17 @@ static void download_from(pk_context *ctx, pair *p)
     download(p);
 }
 
+/* The device's short-context limit for the TMA GEMVs is one of the rule's two values
+ * (pk_gemv_tma_short_context_for, tested on the CPU), the same on every context of the GPU. */
+static void test_gemv_tma_short_context(void **state)
+{
+    (void)state;
+    const int positions = pk_context_gemv_tma_short_context(gpu_ctx);
+    print_message("gemv_tma short context on this GPU: %d positions\n", positions);
+    assert_true(positions == 512 || positions == 4096);
+    assert_int_equal(pk_context_gemv_tma_short_context(gemv_ctx), positions);
+}
+
 /* pk_context_set_gemv_tma switches a context's one-row GEMVs between gemv_kernel and
  * gemv_tma_kernel for the launches that follow, and a graph keeps its recording's kernel. At
  * N = 16384, K = 2048 the two split K differently on GPUs of 65 to 256 SMs (their split rules
@@ -1515,6 +1526,7 @@ int main(void)
         cmocka_unit_test_teardown(test_rmsnorm_matmul_swiglu, release_all),
         cmocka_unit_test_teardown(test_qk_norm_rope_store, release_all),
         cmocka_unit_test_teardown(test_gemv_tma_switch, release_all),
+        cmocka_unit_test_teardown(test_gemv_tma_short_context, release_all),
         cmocka_unit_test_teardown(test_graph_replay, release_all),
         cmocka_unit_test_teardown(test_matmul_benchmark, release_all),
         cmocka_unit_test_teardown(test_fused_norm_benchmark, release_all),

@@ -183,6 +183,8 @@ struct pio_decoder {
     struct pio_decoder_sampling *sampling; /* device sampling's operands (decoder_sample.c),
                                               made on first use, or NULL */
     pk_gemv_tma gemv_tma[2];              /* pio_decoder_load_options.gemv_tma */
+    int64_t short_context; /* positions below which a step takes gemv_tma[0]: the context's
+                              pk_context_gemv_tma_short_context (0 on the CPU: never) */
 };
 
 typedef struct pio_decoder_load_options {
@@ -204,14 +206,10 @@ typedef struct pio_decoder_load_options {
     int force_ranks;
     /* runtime.cuda_gemv_tma, resolved (pio_decoder_gemv_tma): which decode projections a CUDA
      * context streams with tensor-map copies, [0] for steps whose tokens are all at positions
-     * below PIO_DECODER_SHORT_CONTEXT, [1] for the others. */
+     * below the device's pk_context_gemv_tma_short_context (512 on an H100, 4,096 on an H200),
+     * [1] for the others. */
     pk_gemv_tma gemv_tma[2];
 } pio_decoder_load_options;
-
-/* The position from which a decode step counts as long-context for runtime.cuda_gemv_tma's
- * "auto": where streaming a dense model's projections with tensor-map copies stops paying
- * (measured crossovers: ~512 tokens on an H100, ~4,096 on an H200; docs/KERNELS.md). */
-#define PIO_DECODER_SHORT_CONTEXT 512
 
 /* runtime.cuda_gemv_tma ("auto", "all", "lm_head" or "off"; NULL: "auto") for a model that
  * routes to experts (`moe`) or not, into out[0] (short contexts) and out[1] (long): "auto" is
