@@ -9,15 +9,16 @@
  *
  *   0. tc_decode_kernel (tensor cores, fp32 results) - T <= DECODE_MAX_TOKENS over BF16 K and V
  *      with head_dim = v_head_dim in {64, 128} (Qwen3 and most decoders). Grid (token, kv head,
- *      head chunk of 8 x split), 4 warps; the warps take the split's 16-key tiles in turn:
+ *      head chunk of 8 x split), 4 warps (8 for a batch of one token: DEC_WARPS_ONE_TOKEN); the
+ *      warps take the split's 16-key tiles in turn:
  *      S = Q·Kᵀ and O += Vᵀ·Pᵀ with mma.sync m16n8k16, laid out so that the score fragment of a
  *      lane is the Pᵀ fragment it needs (no shuffles, no shared memory in the loop), K and V
  *      fragments straight from 16-byte loads (V's paired up with byte permutes), the next tile's
  *      block-table lookups issued before the current tile computes. fp32 math kept: q and P are
  *      split into three bf16 terms (K and V are bf16 already; products are exact), each tile's
  *      tensor-core sums start from zero and are added to fp32 accumulators with FMAs. Splits
- *      S = clamp(ceil(DEC_SPLIT_WAVES·DEC_BLOCKS_PER_SM·SMs / (T·n_kv·chunks)), 1, 32); a split
- *      holds max(ceil((pos + 1) / S), min_split_keys) keys rounded up to 64 (one split up to
+ *      S = clamp(ceil(DEC_SPLIT_WAVES·(blocks an SM)·SMs / (T·n_kv·chunks)), 1, 32); a split
+ *      holds max(ceil((pos + 1) / S), min_split_keys) keys rounded up to 16 a warp (one split up to
  *      DEC_ONE_SPLIT_KEYS keys: no merge), so short contexts use few splits and the empty ones
  *      return at once. The token check reads no block id (every one read is checked where
  *      it is read), so the first tile's block-table reads start with it. The merge is fused: with one active split the block writes
@@ -131,24 +132,34 @@ static constexpr int FALLBACK_BLOCKS_X = 512;  /* token slots of the fallback la
 static constexpr int COMBINE_THREADS = 128;
 
 /* Tensor-core decode kernel. */
+static constexpr int DEC_HEADS = 8;       /* query heads per block */
+static constexpr int DEC_KEYS = 16;       /* keys per warp step */
+static constexpr int DEC_SPLIT_WAVES = 2; /* blocks the split count aims for */
+/* Warps of a tc_decode_kernel block: a batch's blocks take 4 at 3 blocks an SM (its 158
+ * registers a thread); one token's take 8 at one block an SM, so each warp walks half the tiles
+ * of its split, a split holds twice the keys and there are fewer splits to merge. Measured on
+ * an H200 (docs/KERNELS.md, "Eleventh session"), Qwen3-4B with 8 against 4: tg128 +2.4 %,
+ * depth 4096 +6.6 %, one sequence after 512 +7.6 %; batch 8 -8.9 %, batch 64 -2.7 %. */
 static constexpr int DEC_WARPS = 4;
-static constexpr int DEC_THREADS = DEC_WARPS * 32;
-static constexpr int DEC_HEADS = 8;                        /* query heads per block */
-static constexpr int DEC_KEYS = 16;                        /* keys per warp step */
-static constexpr int DEC_SPLIT_KEYS = DEC_WARPS * DEC_KEYS; /* a split's keys: a multiple */
-static constexpr int DEC_BLOCKS_PER_SM = 3;                /* resident blocks (registers) */
-static constexpr int DEC_SPLIT_WAVES = 2;                  /* blocks the split count aims for */
+static constexpr int DEC_WARPS_ONE_TOKEN = 8;
+template <int W> struct dec_shape {
+    static constexpr int THREADS = W * 32;
+    static constexpr int SPLIT_KEYS = W * DEC_KEYS;                /* a split's keys: a multiple */
+    static constexpr int BLOCKS_PER_SM = W == DEC_WARPS ? 3 : 1;   /* resident (registers) */
+    static constexpr int FUSE_ITEMS = (DEC_HEADS + 2 + W - 1) / W; /* fused rows a warp */
+};
 /* Contexts of up to DEC_ONE_SPLIT_KEYS keys take one split (no partials, no merge); longer ones
  * splits of at least DEC_MIN_SPLIT_KEYS keys, DEC_MIN_SPLIT_KEYS_ONE_TOKEN for a batch of one
- * token. A larger minimum means fewer splits to merge but more 16-key tiles a warp walks, one
- * HBM round trip each. Measured (docs/KERNELS.md): on an H100, B = 1 at depth 640 13.3 us at
- * 64, 14.0 at 128, 16.7 at 256, 25.3 at 640; whole Qwen3-4B steps at 128 against 64: tg128 from
- * an empty context +1 %, batch 8 after 512 tokens +4.5 %. On an H200 (tenth session), 64 against
- * 128 for one token after 512: Qwen3-4B and Qwen3-Coder +1.5 %; batch 8 -6.8 % (4B); below 128
- * keys one split stays best (Coder tg128 -1.1 % with two). */
+ * token (one 16-key tile a warp of its 8). A larger minimum means fewer splits to merge but
+ * more 16-key tiles a warp walks, one HBM round trip each. Measured (docs/KERNELS.md): on an
+ * H100, B = 1 at depth 640 13.3 us at 64, 14.0 at 128, 16.7 at 256, 25.3 at 640 (4 warps);
+ * whole Qwen3-4B steps at 128 against 64: tg128 from an empty context +1 %, batch 8 after 512
+ * tokens +4.5 %. On an H200 (tenth session, 4 warps), 64 against 128 for one token after 512:
+ * Qwen3-4B and Qwen3-Coder +1.5 %; batch 8 -6.8 % (4B); below 128 keys one split stays best
+ * (Coder tg128 -1.1 % with two). */
 static constexpr int DEC_ONE_SPLIT_KEYS = 128;
 static constexpr int DEC_MIN_SPLIT_KEYS = 128;
-static constexpr int DEC_MIN_SPLIT_KEYS_ONE_TOKEN = 64;
+static constexpr int DEC_MIN_SPLIT_KEYS_ONE_TOKEN = 128;
 /* The attention workspace starts with one split counter per (token, kv head, head chunk). */
 static constexpr int ATTN_COUNTERS = 16384;
 static constexpr size_t ATTN_COUNTER_BYTES = sizeof(unsigned) * ATTN_COUNTERS;
@@ -1141,15 +1152,16 @@ __device__ __forceinline__ decode_slots decode_slots_of(const split_args &a, con
  * partials were written by other blocks: read through L2 (__ldcg), after the caller's fence.
  * The merge is on the path of every token with several splits, so its loads are issued
  * together: a lane per split for (m, l), then BATCH splits of every output a thread writes. */
-template <int HD>
+template <int HD, int W>
 __device__ void merge_splits(const split_args &a, int64_t t, int h_first, int hn, int n_active,
                              float (&w_s)[DEC_HEADS][SPLIT_MAX_SPLITS], float *l_s)
 {
-    constexpr int ITEMS = DEC_HEADS * HD / DEC_THREADS; /* outputs per thread */
+    constexpr int THREADS = dec_shape<W>::THREADS;
+    constexpr int ITEMS = DEC_HEADS * HD / THREADS; /* outputs per thread */
     constexpr int BATCH = 4;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int64_t part = (t * a.n_q + h_first) * a.splits; /* + h·splits + split */
-    for (int h = warp; h < hn; h += DEC_WARPS) {
+    for (int h = warp; h < hn; h += W) {
         const float2 v = lane < n_active ? __ldcg(a.part_ml + part + (int64_t)h * a.splits + lane)
                                          : make_float2(-INFINITY, 0.0f);
         const float mt = pk_warp_max(v.x);
@@ -1171,7 +1183,7 @@ __device__ void merge_splits(const split_args &a, int64_t t, int h_first, int hn
         for (int i = 0; i < ITEMS; i++)
 #pragma unroll
             for (int k = 0; k < BATCH; k++) {
-                const int idx = tid + i * DEC_THREADS, h = idx / HD;
+                const int idx = tid + i * THREADS, h = idx / HD;
                 v[i][k] = idx < hn * HD && s0 + k < n_active
                               ? __ldcg(a.part_acc + (part + (int64_t)h * a.splits + s0 + k) * HD +
                                        (idx - h * HD))
@@ -1181,7 +1193,7 @@ __device__ void merge_splits(const split_args &a, int64_t t, int h_first, int hn
         for (int i = 0; i < ITEMS; i++)
 #pragma unroll
             for (int k = 0; k < BATCH; k++) {
-                const int idx = tid + i * DEC_THREADS, h = idx / HD;
+                const int idx = tid + i * THREADS, h = idx / HD;
                 if (idx < hn * HD && s0 + k < n_active && w_s[h][s0 + k] != 0.0f)
                     sum[i] = fmaf(w_s[h][s0 + k], v[i][k], sum[i]);
             }
@@ -1189,7 +1201,7 @@ __device__ void merge_splits(const split_args &a, int64_t t, int h_first, int hn
     float *o = a.out + t * a.out_stride + (int64_t)h_first * HD;
 #pragma unroll
     for (int i = 0; i < ITEMS; i++) {
-        const int idx = tid + i * DEC_THREADS;
+        const int idx = tid + i * THREADS;
         if (idx < hn * HD)
             o[idx] = sum[i] / l_s[idx / HD];
     }
@@ -1263,13 +1275,13 @@ __device__ __forceinline__ void prefetch_kv_tile(const decode_slots &cur, const 
 /* q scaled into the k-step fragments of tc_decode_kernel (qr: head g's row, when g < hn): lane
  * (g, tq) of k-step s holds head g's dims 8·(tq + 4·(s/2)) + 4·(s%2) + 0..3, the dims of the K
  * words it multiplies, as three bf16 terms. */
-template <int HD>
+template <int HD, int W>
 __device__ __forceinline__ void load_q_frags(const float *qr, int hn, float scale_log2,
                                              uint2 (*q_frag)[3][32])
 {
     constexpr int STEPS = HD / 16;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-    for (int s = warp; s < STEPS; s += DEC_WARPS) {
+    for (int s = warp; s < STEPS; s += W) {
         float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (g < hn)
 #pragma unroll
@@ -1287,23 +1299,21 @@ __device__ __forceinline__ void load_q_frags(const float *qr, int hn, float scal
 /*
  * The fused prologue of pk_qk_norm_rope_attention, in two steps so that its loads overlap the
  * token's checks and block-table reads. Items are the block's query heads h_first..+hn-1 of
- * token t, then the token's key and value of kv head kvh; warp w takes items w, w + DEC_WARPS,
+ * token t, then the token's key and value of kv head kvh; warp w of W takes items w, w + W,
  * ..., one head a warp as pk_head_norm_rope wants.
  *
  * fused_load_rows: the raw rows of the warp's items (written by the kernel before; the norm
  * weights, read-only, are loaded before the programmatic wait).
  */
-static constexpr int FUSE_ITEMS = (DEC_HEADS + 2 + DEC_WARPS - 1) / DEC_WARPS; /* per warp */
-
-template <int HD>
+template <int HD, int W>
 __device__ __forceinline__ void fused_load_rows(const split_args &a, const qk_fuse &f, int64_t t,
                                                 int kvh, int h_first, int hn,
-                                                float (&raw)[FUSE_ITEMS][HD / 32])
+                                                float (&raw)[dec_shape<W>::FUSE_ITEMS][HD / 32])
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-    for (int i = 0; i < FUSE_ITEMS; i++) {
-        const int item = warp + DEC_WARPS * i;
+    for (int i = 0; i < dec_shape<W>::FUSE_ITEMS; i++) {
+        const int item = warp + W * i;
         if (item >= hn + 2) {
 #pragma unroll
             for (int j = 0; j < HD / 32; j++)
@@ -1340,29 +1350,30 @@ __device__ __forceinline__ void split_bf16(float x, uint16_t (&terms)[3])
  * caller's barrier then makes both visible to the block's warps. A warp's items are reduced
  * together so that their shuffles overlap.
  */
-template <int HD>
+template <int HD, int W>
 __device__ void fused_qk_rows(const split_args &a, const qk_fuse &f, int kvh, int hn, int64_t pos,
                               int64_t slot, const float (&freq)[HD / 64],
-                              float (&raw)[FUSE_ITEMS][HD / 32], const float (&q_w)[HD / 32],
+                              float (&raw)[dec_shape<W>::FUSE_ITEMS][HD / 32],
+                              const float (&q_w)[HD / 32],
                               const float (&k_w)[HD / 32], uint2 (*q_frag)[3][32])
 {
     constexpr int E = HD / 32, STEPS = HD / 16;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int items = hn + (slot >= 0 ? 2 : 0);
-    for (int idx = threadIdx.x; idx < STEPS * 3 * 32; idx += DEC_THREADS)
+    for (int idx = threadIdx.x; idx < STEPS * 3 * 32; idx += dec_shape<W>::THREADS)
         if (((idx & 31) >> 2) >= hn)
             q_frag[idx / 96][(idx / 32) % 3][idx & 31] = make_uint2(0u, 0u);
-    float c[E / 2], sn[E / 2], sums[FUSE_ITEMS];
+    float c[E / 2], sn[E / 2], sums[dec_shape<W>::FUSE_ITEMS];
     pk_rope_cos_sin<E>((float)pos, freq, c, sn);
 #pragma unroll
-    for (int i = 0; i < FUSE_ITEMS; i++)
+    for (int i = 0; i < dec_shape<W>::FUSE_ITEMS; i++)
         sums[i] = pk_lane_sum_squares(raw[i]);
 #pragma unroll
-    for (int i = 0; i < FUSE_ITEMS; i++)
+    for (int i = 0; i < dec_shape<W>::FUSE_ITEMS; i++)
         sums[i] = pk_warp_sum(sums[i]);
 #pragma unroll
-    for (int i = 0; i < FUSE_ITEMS; i++) {
-        const int item = warp + DEC_WARPS * i;
+    for (int i = 0; i < dec_shape<W>::FUSE_ITEMS; i++) {
+        const int item = warp + W * i;
         if (item >= items)
             continue;
         const bool is_q = item < hn, is_k = item == hn;
@@ -1392,7 +1403,7 @@ __device__ void fused_qk_rows(const split_args &a, const qk_fuse &f, int kvh, in
 }
 
 /*
- * Grid (token, kv head, head chunks × splits), DEC_THREADS threads. A block takes up to
+ * Grid (token, kv head, head chunks × splits), W warps (dec_shape). A block takes up to
  * DEC_HEADS query heads of one kv head and one split of the token's keys; its warps take the
  * split's 16-key tiles in turn, each with its own online softmax:
  *   S = Q·Kᵀ  (m16n8k16: rows = the heads, 8 of 16 used; columns = 8 keys; k = head dims),
@@ -1406,10 +1417,10 @@ __device__ void fused_qk_rows(const split_args &a, const qk_fuse &f, int kvh, in
  * are looked up while the current tile computes.
  *
  * Splits: `splits` (host) cuts the keys into ceil((pos + 1) / splits) rounded up to
- * DEC_SPLIT_KEYS; splits past the end return at once. A token with one active split writes its
- * output; otherwise each split writes (m, l, acc) partials and bumps the token's counter, and the
- * last one to arrive merges the partials in split order and resets the counter to 0 for the
- * next launch (graph replays).
+ * SPLIT_KEYS (16 a warp); splits past the end return at once. A token with one active split
+ * writes its output; otherwise each split writes (m, l, acc) partials and bumps the token's
+ * counter, and the last one to arrive merges the partials in split order and resets the counter
+ * to 0 for the next launch (graph replays).
  *
  * A settled batch (pk_token_batch.settled: the metadata and every key before a token's position
  * were written before the step began) lets the block read the token's metadata and its first
@@ -1419,18 +1430,19 @@ __device__ void fused_qk_rows(const split_args &a, const qk_fuse &f, int kvh, in
  * and written after it. Read-only inputs (the norm weights, the RoPE frequencies) are read
  * before the wait in every batch.
  */
-template <int HD, class Fuse>
-__global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
+template <int HD, int W, class Fuse>
+__global__ void __launch_bounds__(dec_shape<W>::THREADS, dec_shape<W>::BLOCKS_PER_SM)
     tc_decode_kernel(split_args a, Fuse fuse)
 {
+    constexpr int THREADS = dec_shape<W>::THREADS, SPLIT_KEYS = dec_shape<W>::SPLIT_KEYS;
     constexpr int KCH = HD / 32;   /* 16-byte chunks of a key row per lane */
     constexpr int VCH = HD / 64;   /* 16-byte chunks of a value row per lane */
     constexpr int STEPS = HD / 16; /* k-steps of Q·Kᵀ = row tiles of Vᵀ·Pᵀ */
     constexpr int DPT = HD / 8;    /* value dims per lane */
     constexpr int AST = HD + 4;    /* floats per head row of warp_acc */
     __shared__ uint2 q_frag[STEPS][3][32];
-    __shared__ float warp_acc[DEC_WARPS][DEC_HEADS][AST];
-    __shared__ float warp_m[DEC_WARPS][DEC_HEADS], warp_l[DEC_WARPS][DEC_HEADS];
+    __shared__ float warp_acc[W][DEC_HEADS][AST];
+    __shared__ float warp_m[W][DEC_HEADS], warp_l[W][DEC_HEADS];
     __shared__ float head_m[DEC_HEADS], head_l[DEC_HEADS];
     __shared__ float split_w[DEC_HEADS][SPLIT_MAX_SPLITS];
     __shared__ int last_block;
@@ -1443,7 +1455,8 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     const int h_first = kvh * a.group + g0;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
     /* q (fused: the raw rows of q, k and v): written by the kernel before */
-    float raw[Fuse::on ? FUSE_ITEMS : 1][HD / 32], q_w[HD / 32], k_w[HD / 32], freq[HD / 64];
+    float raw[Fuse::on ? dec_shape<W>::FUSE_ITEMS : 1][HD / 32];
+    float q_w[HD / 32], k_w[HD / 32], freq[HD / 64];
     if constexpr (Fuse::on)
         pk_rope_lane_freqs<HD / 32>(fuse.rope, freq); /* first: see pk_rope_lane_freqs */
     auto wait_and_load_queries = [&] {
@@ -1454,9 +1467,9 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
         pk_pdl_wait();
         pk_pdl_launch_dependents(); /* the o_proj GEMV may start loading its weights */
         if constexpr (Fuse::on)
-            fused_load_rows<HD>(a, fuse, t, kvh, h_first, hn, raw);
+            fused_load_rows<HD, W>(a, fuse, t, kvh, h_first, hn, raw);
         else
-            load_q_frags<HD>(a.q + t * a.q_stride + (int64_t)(h_first + g) * HD, hn,
+            load_q_frags<HD, W>(a.q + t * a.q_stride + (int64_t)(h_first + g) * HD, hn,
                              a.scale_log2, q_frag);
     };
     /* A settled batch's metadata and keys before each position are older than the kernel
@@ -1473,7 +1486,7 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
         if (a.settled)
             pk_pdl_wait(); /* out may still be read by the kernels before */
         if (split == 0)
-            for (int idx = tid; idx < hn * HD; idx += DEC_THREADS)
+            for (int idx = tid; idx < hn * HD; idx += THREADS)
                 a.out[t * a.out_stride + (int64_t)h_first * HD + idx] =
                     __int_as_float(0x7fc00000); /* NaN */
         return;
@@ -1481,7 +1494,7 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     int64_t per = pos < DEC_ONE_SPLIT_KEYS
                       ? DEC_ONE_SPLIT_KEYS
                       : max((pos + a.splits) / a.splits, (int64_t)a.min_split_keys);
-    per = (per + DEC_SPLIT_KEYS - 1) / DEC_SPLIT_KEYS * DEC_SPLIT_KEYS;
+    per = (per + SPLIT_KEYS - 1) / SPLIT_KEYS * SPLIT_KEYS;
     const int n_active = (int)((pos + per) / per);
     const int64_t start = (int64_t)split * per, end = min(pos + 1, start + per);
     if (start >= end) /* past the end of a short context */
@@ -1512,7 +1525,7 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
         pos_slot = checked_slot(a, table, t, pos, pos + 1, bad);
     }
     if constexpr (Fuse::on)
-        fused_qk_rows<HD>(a, fuse, kvh, hn, pos, pos_slot, freq, raw, q_w, k_w, q_frag);
+        fused_qk_rows<HD, W>(a, fuse, kvh, hn, pos, pos_slot, freq, raw, q_w, k_w, q_frag);
     __syncthreads(); /* q_frag; fused: the new key and value in the cache */
 
     while (j0 < end) {
@@ -1522,7 +1535,7 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
             load_kv_tile<true>(cur, k_head, v_head, a.k_row_bytes, a.v_row_bytes, kr, vr);
         else
             load_kv_tile<false>(cur, k_head, v_head, a.k_row_bytes, a.v_row_bytes, kr, vr);
-        const int64_t j_next = j0 + DEC_SPLIT_KEYS;
+        const int64_t j_next = j0 + SPLIT_KEYS;
         if (j_next < end)
             next = decode_slots_of(a, table, t, j_next, end, bad);
 
@@ -1597,13 +1610,13 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
         const int h = 2 * tq + e;
         float mt = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++)
+        for (int w = 0; w < W; w++)
             mt = fmaxf(mt, warp_m[w][h]);
         f[e] = warp_m[warp][h] == -INFINITY ? 0.0f : exp2f(warp_m[warp][h] - mt);
         if (g == 0) { /* one lane per head: the head's (m, l) */
             float lt = 0.0f;
 #pragma unroll
-            for (int w = 0; w < DEC_WARPS; w++)
+            for (int w = 0; w < W; w++)
                 if (warp_m[w][h] != -INFINITY)
                     lt += warp_l[w][h] * exp2f(warp_m[w][h] - mt);
             if (warp == 0) {
@@ -1625,22 +1638,22 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     const float nan = __int_as_float(0x7fc00000);
     if (n_active == 1) {
         float *o = a.out + t * a.out_stride + (int64_t)h_first * HD;
-        for (int idx = tid; idx < hn * HD; idx += DEC_THREADS) {
+        for (int idx = tid; idx < hn * HD; idx += THREADS) {
             const int h = idx / HD, d = idx - h * HD;
             float v = 0.0f;
 #pragma unroll
-            for (int w = 0; w < DEC_WARPS; w++)
+            for (int w = 0; w < W; w++)
                 v += warp_acc[w][h][d];
             o[idx] = block_bad ? nan : v / head_l[h];
         }
         return;
     }
     const int64_t part = (t * a.n_q + h_first) * a.splits; /* + h·splits + split */
-    for (int idx = tid; idx < hn * HD; idx += DEC_THREADS) {
+    for (int idx = tid; idx < hn * HD; idx += THREADS) {
         const int h = idx / HD, d = idx - h * HD;
         float v = 0.0f;
 #pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++)
+        for (int w = 0; w < W; w++)
             v += warp_acc[w][h][d];
         a.part_acc[(part + (int64_t)h * a.splits + split) * HD + d] = v;
     }
@@ -1661,7 +1674,7 @@ __global__ void __launch_bounds__(DEC_THREADS, DEC_BLOCKS_PER_SM)
     if (!last_block)
         return;
     __threadfence();
-    merge_splits<HD>(a, t, h_first, hn, n_active, split_w, head_l);
+    merge_splits<HD, W>(a, t, h_first, hn, n_active, split_w, head_l);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1870,6 +1883,12 @@ static bool use_tc_decode(const pk_tensor *q, const pk_tensor *k_cache, const pk
            (p->head_dim == 64 || p->head_dim == 128);
 }
 
+/* Warps of tc_decode_kernel's blocks for a batch of T tokens (see DEC_WARPS_ONE_TOKEN). */
+static int decode_warps(int64_t T)
+{
+    return T == 1 ? DEC_WARPS_ONE_TOKEN : DEC_WARPS;
+}
+
 /* Splits per token of tc_decode_kernel: about DEC_SPLIT_WAVES waves of resident blocks, from
  * host-known numbers only; 1 where the counters would not fit. */
 static int choose_decode_splits(int64_t T, int n_kv, int chunks, int sm_count)
@@ -1877,7 +1896,9 @@ static int choose_decode_splits(int64_t T, int n_kv, int chunks, int sm_count)
     int64_t blocks = T * n_kv * chunks;
     if ((int64_t)DECODE_MAX_TOKENS * n_kv * chunks > ATTN_COUNTERS)
         return 1;
-    int64_t want = ((int64_t)DEC_SPLIT_WAVES * DEC_BLOCKS_PER_SM * sm_count + blocks - 1) / blocks;
+    const int per_sm = decode_warps(T) == DEC_WARPS ? dec_shape<DEC_WARPS>::BLOCKS_PER_SM
+                                                    : dec_shape<DEC_WARPS_ONE_TOKEN>::BLOCKS_PER_SM;
+    int64_t want = ((int64_t)DEC_SPLIT_WAVES * per_sm * sm_count + blocks - 1) / blocks;
     return (int)(want < 1 ? 1 : want > SPLIT_MAX_SPLITS ? SPLIT_MAX_SPLITS : want);
 }
 
@@ -1913,6 +1934,16 @@ static pio_status decode_min_split_keys(const char *op, int64_t T, int *keys, pi
     return PIO_OK;
 }
 
+template <int W, class Fuse>
+static cudaError_t launch_tc_decode_warps(const pk_cuda_state *st, dim3 grid, const split_args &a,
+                                         const Fuse &fuse)
+{
+    const dim3 threads(dec_shape<W>::THREADS);
+    return a.head_dim == 64
+               ? pk_cuda_launch_pdl(st, tc_decode_kernel<64, W, Fuse>, grid, threads, 0, a, fuse)
+               : pk_cuda_launch_pdl(st, tc_decode_kernel<128, W, Fuse>, grid, threads, 0, a, fuse);
+}
+
 template <class Fuse>
 static pio_status launch_tc_decode(pk_context *ctx, split_args a, int n_kv, const Fuse &fuse,
                                    const char *op, pio_error *err)
@@ -1933,10 +1964,9 @@ static pio_status launch_tc_decode(pk_context *ctx, split_args a, int n_kv, cons
     if (n_kv > 65535 || (int64_t)chunks * a.splits > 65535)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: batch too large for one launch", op);
     dim3 grid((unsigned)a.T, (unsigned)n_kv, (unsigned)(chunks * a.splits));
-    cudaError_t e = a.head_dim == 64 ? pk_cuda_launch_pdl(st, tc_decode_kernel<64, Fuse>, grid,
-                                                          dim3(DEC_THREADS), 0, a, fuse)
-                                     : pk_cuda_launch_pdl(st, tc_decode_kernel<128, Fuse>, grid,
-                                                          dim3(DEC_THREADS), 0, a, fuse);
+    cudaError_t e = decode_warps(a.T) == DEC_WARPS
+                        ? launch_tc_decode_warps<DEC_WARPS>(st, grid, a, fuse)
+                        : launch_tc_decode_warps<DEC_WARPS_ONE_TOKEN>(st, grid, a, fuse);
     if (e != cudaSuccess)
         return pk_cuda_fail(ctx, op, "kernel launch", e, err);
     return pk_cuda_check_launch(ctx, op, err);

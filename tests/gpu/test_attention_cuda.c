@@ -55,11 +55,12 @@
 #define DECODE_MAX_TOKENS 64
 /* The tensor-core decode kernel's fewest keys per split by default for one token (the
  * environment variable PIO_CUDA_DECODE_SPLIT_MIN_KEYS overrides it at every call), the context
- * up to which it takes one split whatever the minimum, and its split granule, which is also the
- * smallest minimum (every split as short as it can be). */
-#define DEC_MIN_SPLIT_KEYS_ONE_TOKEN 64
+ * up to which it takes one split whatever the minimum, and its split granule for one token (16
+ * keys a warp of its 8), which is also the smallest minimum (every split as short as it can
+ * be); batches take 4 warps, a granule of 64. */
+#define DEC_MIN_SPLIT_KEYS_ONE_TOKEN 128
 #define DEC_ONE_SPLIT_KEYS 128
-#define DEC_SPLIT_KEYS 64
+#define DEC_SPLIT_KEYS_ONE_TOKEN 128
 
 static int sanitizer; /* PIO_GPU_TEST_SANITIZER=1: smaller shapes */
 
@@ -395,16 +396,15 @@ static void test_decode_head_shapes(void **state)
     }
 }
 
-/* tc_decode_kernel's fused merge: one token, so 32 splits of 64 keys up to depth 2048 (on GPUs
- * of 43 SMs or more), at depths that leave 1..32 splits with keys: every count of partials is
- * merged by the last split to finish. */
-/* 1..32 splits holding keys (the fused merge at every count), with the smallest fewest keys a
- * split (64: one 16-key tile a warp; up to DEC_ONE_SPLIT_KEYS keys one split, so 2 splits do
- * not occur) and with 256 (four tiles a warp, every count); then a malformed override. */
+/* tc_decode_kernel's fused merge for one token (8 warps, 32 splits on GPUs of 43 SMs or more) at
+ * depths that leave 1..32 splits holding keys, so every count of partials is merged by the last
+ * split to finish: with the smallest fewest keys a split (128: one 16-key tile a warp; up to
+ * DEC_ONE_SPLIT_KEYS keys one split) and with 512 (four tiles a warp); then a malformed
+ * override. */
 static void test_decode_split_counts(void **state)
 {
     (void)state;
-    static const int32_t min_keys[] = {DEC_SPLIT_KEYS, 4 * DEC_SPLIT_KEYS};
+    static const int32_t min_keys[] = {DEC_SPLIT_KEYS_ONE_TOKEN, 4 * DEC_SPLIT_KEYS_ONE_TOKEN};
     for (int i = 0; i < 2; i++) {
         char value[16];
         snprintf(value, sizeof value, "%d", min_keys[i]);
