@@ -17,7 +17,8 @@
  *      block-table lookups issued before the current tile computes. fp32 math kept: q and P are
  *      split into three bf16 terms (K and V are bf16 already; products are exact), each tile's
  *      tensor-core sums start from zero and are added to fp32 accumulators with FMAs. Splits
- *      S = clamp(ceil(DEC_SPLIT_WAVES·(blocks an SM)·SMs / (T·n_kv·chunks)), 1, 32); a split
+ *      S = clamp(ceil(2·3·SMs / (T·n_kv·chunks)), 1, 32) for a batch, clamp(floor(SMs / (n_kv·
+ *      chunks)), 1, 32) for one token (one wave of its blocks, one an SM); a split
  *      holds max(ceil((pos + 1) / S), min_split_keys) keys rounded up to 16 a warp (one split up to
  *      DEC_ONE_SPLIT_KEYS keys: no merge), so short contexts use few splits and the empty ones
  *      return at once. The token check reads no block id (every one read is checked where
@@ -134,7 +135,7 @@ static constexpr int COMBINE_THREADS = 128;
 /* Tensor-core decode kernel. */
 static constexpr int DEC_HEADS = 8;       /* query heads per block */
 static constexpr int DEC_KEYS = 16;       /* keys per warp step */
-static constexpr int DEC_SPLIT_WAVES = 2; /* blocks the split count aims for */
+static constexpr int DEC_SPLIT_WAVES = 2; /* waves of resident blocks a batch's splits aim for */
 /* Warps of a tc_decode_kernel block: a batch's blocks take 4 at 3 blocks an SM (its 158
  * registers a thread); one token's take 8 at one block an SM, so each warp walks half the tiles
  * of its split, a split holds twice the keys and there are fewer splits to merge. Measured on
@@ -1889,16 +1890,22 @@ static int decode_warps(int64_t T)
     return T == 1 ? DEC_WARPS_ONE_TOKEN : DEC_WARPS;
 }
 
-/* Splits per token of tc_decode_kernel: about DEC_SPLIT_WAVES waves of resident blocks, from
- * host-known numbers only; 1 where the counters would not fit. */
+/* Splits per token of tc_decode_kernel, from host-known numbers only (1 where the counters
+ * would not fit): a batch's about DEC_SPLIT_WAVES waves of resident blocks; one token's as many
+ * as one wave holds (its blocks are one an SM, and a second wave waits for the first: Qwen3-4B
+ * on an H200 at depth 8192 / 16384, 32 splits of 8 kv heads against 17, 276.8 / 248.3 against
+ * 311.8 / 277.7 tok/s; docs/KERNELS.md, "Eleventh session"). */
 static int choose_decode_splits(int64_t T, int n_kv, int chunks, int sm_count)
 {
     int64_t blocks = T * n_kv * chunks;
     if ((int64_t)DECODE_MAX_TOKENS * n_kv * chunks > ATTN_COUNTERS)
         return 1;
-    const int per_sm = decode_warps(T) == DEC_WARPS ? dec_shape<DEC_WARPS>::BLOCKS_PER_SM
-                                                    : dec_shape<DEC_WARPS_ONE_TOKEN>::BLOCKS_PER_SM;
-    int64_t want = ((int64_t)DEC_SPLIT_WAVES * per_sm * sm_count + blocks - 1) / blocks;
+    int64_t want;
+    if (decode_warps(T) == DEC_WARPS)
+        want = ((int64_t)DEC_SPLIT_WAVES * dec_shape<DEC_WARPS>::BLOCKS_PER_SM * sm_count +
+                blocks - 1) / blocks;
+    else
+        want = (int64_t)dec_shape<DEC_WARPS_ONE_TOKEN>::BLOCKS_PER_SM * sm_count / blocks;
     return (int)(want < 1 ? 1 : want > SPLIT_MAX_SPLITS ? SPLIT_MAX_SPLITS : want);
 }
 

@@ -396,14 +396,16 @@ static void test_decode_head_shapes(void **state)
     }
 }
 
-/* tc_decode_kernel's fused merge for one token (8 warps, 32 splits on GPUs of 43 SMs or more) at
- * depths that leave 1..32 splits holding keys, so every count of partials is merged by the last
- * split to finish: with the smallest fewest keys a split (128: one 16-key tile a warp; up to
+/* tc_decode_kernel's fused merge for one token at depths that leave 1..32 splits holding keys,
+ * so every count of partials is merged by the last split to finish: two kv heads (one token's
+ * splits are as many as one wave of its one-an-SM blocks holds, so 32 on GPUs of 64 SMs or
+ * more), with the smallest fewest keys a split (128: one 16-key tile a warp of 8; up to
  * DEC_ONE_SPLIT_KEYS keys one split) and with 512 (four tiles a warp); then a malformed
  * override. */
 static void test_decode_split_counts(void **state)
 {
     (void)state;
+    static const shape two_kv_heads = {8, 2, 128, 128, 16, PIO_DTYPE_BF16, 0, 0};
     static const int32_t min_keys[] = {DEC_SPLIT_KEYS_ONE_TOKEN, 4 * DEC_SPLIT_KEYS_ONE_TOKEN};
     for (int i = 0; i < 2; i++) {
         char value[16];
@@ -415,7 +417,7 @@ static void test_decode_split_counts(void **state)
             int32_t depth = min_keys[i] * k + (int32_t)random_int(1, min_keys[i]);
             char what[64];
             snprintf(what, sizeof what, "decode %d splits of >= %d keys", k + 1, min_keys[i]);
-            run_decode(&QWEN3, 1, &depth, what);
+            run_decode(&two_kv_heads, 1, &depth, what);
         }
     }
     assert_int_equal(setenv("PIO_CUDA_DECODE_SPLIT_MIN_KEYS", "12x", 1), 0);
@@ -983,8 +985,9 @@ static void test_graph_replay_at_new_positions(void **state)
 
 /*
  * One recorded decode token replayed at growing positions (and back): the number of splits with
- * keys changes from 1 to 32 between replays, so the split counters must be back at 0 after every
- * launch for the last split to find itself and write the output.
+ * keys changes from 1 to 12 between replays (16 splits of 8 kv heads on 132 SMs), so the split
+ * counters must be back at 0 after every launch for the last split to find itself and write the
+ * output.
  */
 static void test_graph_replay_growing_positions(void **state)
 {
