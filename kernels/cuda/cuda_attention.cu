@@ -1928,7 +1928,8 @@ static size_t decode_workspace_bound(int n_q, int n_kv, int chunks, int v_head_d
 static pio_status decode_min_split_keys(const char *op, int64_t T, int *keys, pio_error *err)
 {
     const char *text = getenv("PIO_CUDA_DECODE_SPLIT_MIN_KEYS");
-    *keys = T == 1 ? DEC_MIN_SPLIT_KEYS_ONE_TOKEN : DEC_MIN_SPLIT_KEYS;
+    *keys = decode_warps(T) == DEC_WARPS_ONE_TOKEN ? DEC_MIN_SPLIT_KEYS_ONE_TOKEN
+                                                   : DEC_MIN_SPLIT_KEYS;
     if (text == NULL || *text == '\0')
         return PIO_OK;
     char *end = NULL;

@@ -1421,6 +1421,27 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
     }
 }
 
+/* The down kernels' last step for outputs [r0, r0 + MOE_DOWN_ROWS): out[t, r] (+)=
+ * Σ_j weights[t, j] · sums[t·k + j][r] over the token's local pairs, in slot order (the CPU's
+ * order; a token's bits do not depend on the batch). The block's threads take (t, r) in turn. */
+__device__ __forceinline__ void moe_down_weighted_sum(const moe_decode_args &a,
+                                                      const moe_decode_plan &pl,
+                                                      const float (*sums)[MOE_DOWN_ROWS],
+                                                      int64_t r0)
+{
+    for (int idx = threadIdx.x; idx < a.T * MOE_DOWN_ROWS; idx += blockDim.x) {
+        const int t = idx / MOE_DOWN_ROWS, r = idx % MOE_DOWN_ROWS;
+        if (r0 + r >= a.dn.n_out)
+            continue;
+        float *o = a.out + (int64_t)t * a.os + r0 + r;
+        float acc = a.accumulate ? *o : 0.0f;
+        for (int j = 0; j < a.k; j++)
+            if (pl.pair_u[t * a.k + j] >= 0)
+                acc = fmaf(a.weights[(int64_t)t * a.ws + j], sums[t * a.k + j][r], acc);
+        *o = acc;
+    }
+}
+
 /*
  * down and the weighted sum: block b owns outputs [b·MOE_DOWN_ROWS, +MOE_DOWN_ROWS) of every
  * selected expert (warp items (u, MOE_ROWS outputs)), keeps each pair's sums in shared memory,
@@ -1475,17 +1496,7 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, NPMAX == 1 ? 3 : 2)
             });
         }
         __syncthreads();
-        for (int idx = threadIdx.x; idx < a.T * MOE_DOWN_ROWS; idx += blockDim.x) {
-            const int t = idx / MOE_DOWN_ROWS, r = idx % MOE_DOWN_ROWS;
-            if (r0 + r >= g.n_out)
-                continue;
-            float *o = a.out + (int64_t)t * a.os + r0 + r;
-            float acc = a.accumulate ? *o : 0.0f;
-            for (int j = 0; j < a.k; j++)
-                if (pl.pair_u[t * a.k + j] >= 0)
-                    acc = fmaf(a.weights[(int64_t)t * a.ws + j], sums[t * a.k + j][r], acc);
-            *o = acc;
-        }
+        moe_down_weighted_sum(a, pl, sums, r0);
         __syncthreads(); /* sums is rewritten by the next row block */
     }
 }
@@ -1562,15 +1573,7 @@ __global__ void __launch_bounds__(MOE_DECODE_THREADS, 2)
         }
     }
     __syncthreads();
-    const int r = threadIdx.x;
-    if (r < MOE_DOWN_ROWS && r0 + r < g.n_out) {
-        float *o = a.out + r0 + r;
-        float acc = a.accumulate ? *o : 0.0f;
-        for (int j = 0; j < a.k; j++)
-            if (pl.pair_u[j] >= 0)
-                acc = fmaf(a.weights[j], sums[j][r], acc);
-        *o = acc;
-    }
+    moe_down_weighted_sum(a, pl, sums, r0);
 }
 
 /* PIO_CUDA_MOE_DECODE, read at every call (tests and benchmarks): "0" turns the decode path
